@@ -1,0 +1,77 @@
+/**
+ * `lockmgr daemon`, `lockmgr config`, `lockmgr migrate`.
+ */
+import { LockDaemon } from '../daemon/lock-daemon';
+import { OPTIONS, envName, maskedConfig, type ConfigKey } from '../daemon/config';
+import { createLogger, type LogLevel } from '../daemon/logger';
+import { Database } from '../daemon/store/database';
+import { migrate } from '../daemon/store/migrations';
+import { resolveConfig } from './options';
+
+export async function daemonCommand(argv: Record<string, unknown>): Promise<void> {
+  const { config } = resolveConfig(argv);
+  const logger = createLogger({ level: config.logLevel as LogLevel, format: config.logFormat as 'auto' });
+  const daemon = new LockDaemon({ config, logger });
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals) => {
+    signals += 1;
+    if (signals > 1) {
+      logger.warn(`second ${signal}: exiting now`);
+      process.exit(130);
+    }
+    logger.info(`${signal} received: draining (send it again to exit at once)`);
+    const force = setTimeout(() => {
+      logger.error(`drain took longer than ${config.drainTimeout}s: exiting now`);
+      process.exit(1);
+    }, (config.drainTimeout + 5) * 1000);
+    force.unref();
+    daemon.stop().then(
+      () => process.exit(0),
+      (err) => {
+        logger.error(`stop failed: ${(err as Error).message}`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  try {
+    await daemon.start();
+  } catch (err) {
+    logger.error(`daemon failed to start: ${(err as Error).message}`);
+    await daemon.stop(1000).catch(() => undefined);
+    process.exit(1);
+  }
+}
+
+export async function configCommand(argv: Record<string, unknown>): Promise<void> {
+  const { config, sources } = resolveConfig(argv);
+  const masked = maskedConfig(config);
+  if (argv.json) {
+    const out: Record<string, { value: unknown; source: string }> = {};
+    for (const key of Object.keys(OPTIONS) as ConfigKey[]) out[key] = { value: masked[key], source: sources[key] };
+    process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+    return;
+  }
+  const width = Math.max(...Object.keys(OPTIONS).map((k) => k.length));
+  for (const key of Object.keys(OPTIONS) as ConfigKey[]) {
+    const source = sources[key] === 'env' ? `env ${envName(key)}` : sources[key];
+    process.stdout.write(`${key.padEnd(width)}  ${JSON.stringify(masked[key])}  (${source})\n`);
+  }
+}
+
+export async function migrateCommand(argv: Record<string, unknown>): Promise<void> {
+  const { config } = resolveConfig(argv);
+  const db = new Database({ url: config.db });
+  try {
+    process.stdout.write(`migrating ${db.describe()}\n`);
+    const applied = await migrate({
+      sequelize: db.sequelize,
+      dialect: db.dialect,
+      onApplied: (name) => process.stdout.write(`  applied ${name}\n`),
+    });
+    process.stdout.write(applied.length ? `done: ${applied.length} migration(s) applied\n` : 'schema is up to date\n');
+  } finally {
+    await db.close();
+  }
+}

@@ -1,0 +1,31 @@
+/**
+ * Daemon options as command-line flags, derived from the one option table in daemon/config.
+ */
+import type { Argv } from 'yargs';
+import { OPTIONS, flagName, loadConfig, type ConfigKey } from '../daemon/config';
+
+/** Adds every daemon option as a flag (--nats-url, --db, ...). */
+export function withDaemonOptions<T>(y: Argv<T>): Argv<T> {
+  let out = y.option('config', { type: 'string', describe: 'JSON config file (see config/)' });
+  for (const key of Object.keys(OPTIONS) as ConfigKey[]) {
+    const spec = OPTIONS[key] as { kind: string; describe: string; choices?: readonly string[] };
+    out = out.option(flagName(key), {
+      type: spec.kind === 'number' ? 'number' : spec.kind === 'boolean' ? 'boolean' : 'string',
+      describe: spec.describe,
+      choices: spec.choices as string[] | undefined,
+    }) as never;
+  }
+  return out;
+}
+
+/** Flag values keyed by config key, as yargs parsed them. */
+export function flagsFrom(argv: Record<string, unknown>): Partial<Record<ConfigKey, unknown>> {
+  const flags: Partial<Record<ConfigKey, unknown>> = {};
+  for (const key of Object.keys(OPTIONS) as ConfigKey[]) flags[key] = argv[flagName(key)];
+  return flags;
+}
+
+export function resolveConfig(argv: Record<string, unknown>) {
+  return loadConfig({ flags: flagsFrom(argv), file: argv.config as string | undefined });
+}
+

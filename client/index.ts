@@ -1,0 +1,34 @@
+export { LockClient } from './lock-client';
+export type { LockClientOptions, ConnectOptions, SetLockOptions, GetLockOptions, RenewLockOptions, ListLocksOptions } from './lock-client';
+export { LockManager } from './lock-manager';
+export type { WithLockOptions, ManagerLockOptions, ManagerRenewOptions } from './lock-manager';
+export { Lock, LockSetResult, pythonTime } from './lock';
+export {
+  LockError,
+  Locked,
+  LockFail,
+  LockNotFound,
+  NotOwner,
+  InvalidRequest,
+  StoreUnavailable,
+  InternalError,
+  NoDaemon,
+  RequestTimeout,
+  errorFromWire,
+} from './errors';
+export type { ClientErrorCode } from './errors';
+export {
+  setLock,
+  getLock,
+  unlock,
+  renewLock,
+  isLocked,
+  listLocks,
+  cleanLocks,
+  resetLocks,
+  withLock,
+  close,
+  getDefaultClient,
+} from './default-client';
+export type { LockRecord, LockSetStatus, LockSetCounts, LockSetResultRecord } from '../shared/protocol';
+export type { LockEvent, EventType } from '../shared/events';

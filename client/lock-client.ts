@@ -1,0 +1,287 @@
+/**
+ * LockClient: django-lockmgr's API over NATS request/reply. Thin by design: it validates names,
+ * fills in the defaults the seed documents (600 s, the hostname as `locked_by`), sends one request
+ * and maps the reply, or its absence, to a result or one of the error classes.
+ */
+import { hostname } from 'node:os';
+import { connect, ErrorCode as NatsErrorCode, headers, type ConnectionOptions, type NatsConnection } from 'nats';
+import {
+  DEFAULT_EXPIRES,
+  DEFAULT_PREFIX,
+  requestSubject,
+  type Api,
+  type Endpoint,
+  type ListResult,
+  type Reply,
+} from '../shared/protocol';
+import { lockNameProblem } from '../shared/validate';
+import { InvalidRequest, LockError, NoDaemon, RequestTimeout, errorFromWire } from './errors';
+import { Lock, LockSetResult } from './lock';
+import { LockManager, type WithLockOptions } from './lock-manager';
+
+export interface LockClientOptions {
+  /** Subject prefix the daemons serve (default `lock`). */
+  prefix?: string;
+  /** Milliseconds to wait for a reply (default 10000); `getLock` waits adds its `wait` on top. */
+  timeout?: number;
+  /** Default `locked_by` for requests that name none (default: this machine's hostname). */
+  locked_by?: string;
+}
+
+export interface ConnectOptions extends LockClientOptions {
+  /** NATS server URL(s); default `LOCKMGR_NATS_URL` or nats://127.0.0.1:4222. */
+  servers?: string | string[];
+  /** Anything else for the NATS connection (credentials, TLS, name...). */
+  nats?: Omit<ConnectionOptions, 'servers'>;
+}
+
+export interface SetLockOptions {
+  /** Seconds; 0 or null: never expires. Default 600. */
+  timeout?: number | null;
+  /** All or nothing: if any name is held, raise LockFail and keep nothing. Default false. */
+  fail?: boolean;
+  /** Renew names that are already locked. Default true. */
+  renew?: boolean;
+  /** Create names that are not locked. Default true. */
+  create?: boolean;
+  locked_by?: string;
+  process_id?: number;
+}
+
+export interface GetLockOptions {
+  /** Seconds; 0 or null: never expires. Default 600. */
+  expires?: number | null;
+  locked_by?: string;
+  lock_process?: number;
+  /** Seconds to wait for a held lock to be released (woken by the release). Default 0. */
+  wait?: number;
+}
+
+export interface RenewLockOptions {
+  /** Seconds. Default 600. A lock is never shortened. */
+  expires?: number | null;
+  /** Add to the current expiry instead of setting now + expires. Default false. */
+  add_time?: boolean;
+  /** Create the lock if it does not exist. Default false. */
+  create?: boolean;
+  locked_by?: string;
+  lock_process?: number;
+}
+
+export interface ListLocksOptions {
+  /** Only names starting with this. */
+  prefix?: string;
+  /** Page size (1-10000, default 1000). */
+  limit?: number;
+  /** Start after this name (the previous page's `next`). */
+  after?: string;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function checkName(name: unknown): string {
+  const problem = lockNameProblem(name);
+  if (problem) throw new InvalidRequest(`invalid lock name ${JSON.stringify(name)}: ${problem}`, [{ field: 'name', problem }]);
+  return name as string;
+}
+
+/** Drop undefined fields so the daemon applies its defaults. */
+function compact<T extends object>(o: T): T {
+  for (const k of Object.keys(o) as (keyof T)[]) if (o[k] === undefined) delete o[k];
+  return o;
+}
+
+export class LockClient {
+  readonly prefix: string;
+  readonly timeout: number;
+  readonly lockedBy: string;
+  private readonly ownsConnection: boolean;
+  private clientTag?: string;
+
+  /** Use an existing NATS connection (the client will not close it). */
+  constructor(
+    readonly nc: NatsConnection,
+    options: LockClientOptions = {},
+    ownsConnection = false,
+  ) {
+    this.prefix = options.prefix ?? DEFAULT_PREFIX;
+    this.timeout = options.timeout ?? 10_000;
+    this.lockedBy = options.locked_by ?? hostname();
+    this.ownsConnection = ownsConnection;
+  }
+
+  /** Connect to NATS and return a client that closes the connection on `close()`. */
+  static async connect(options: ConnectOptions = {}): Promise<LockClient> {
+    const servers = options.servers ?? process.env.LOCKMGR_NATS_URL ?? 'nats://127.0.0.1:4222';
+    const nc = await connect({
+      name: `lockmgr-client ${hostname()}:${process.pid}`,
+      ...options.nats,
+      servers: typeof servers === 'string' ? servers.split(',') : servers,
+    });
+    return new LockClient(nc, { prefix: options.prefix ?? process.env.LOCKMGR_PREFIX, ...options }, true);
+  }
+
+  /** Send one request; resolve its result or throw the mapped error. */
+  async call<E extends Endpoint>(endpoint: E, request: Api[E]['request'], timeoutMs = this.timeout): Promise<Api[E]['result']> {
+    const subject = requestSubject(this.prefix, endpoint);
+    this.clientTag ??= `${this.nc.info?.client_id ?? '?'}@${hostname()}:${process.pid}`;
+    const h = headers();
+    h.set('Lockmgr-Client', this.clientTag);
+    let data: Uint8Array;
+    try {
+      const msg = await this.nc.request(subject, encoder.encode(JSON.stringify(request)), { timeout: timeoutMs, headers: h });
+      data = msg.data;
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code === NatsErrorCode.NoResponders) throw new NoDaemon(subject, { cause: err });
+      if (code === NatsErrorCode.Timeout) throw new RequestTimeout(subject, timeoutMs, { cause: err });
+      throw err;
+    }
+    let reply: Reply<Api[E]['result']>;
+    try {
+      reply = JSON.parse(decoder.decode(data));
+    } catch {
+      throw new LockError('PROTOCOL_MISMATCH', `reply on ${subject} is not JSON`);
+    }
+    if (reply.ok === true) return reply.result;
+    if (reply.ok === false && reply.error) throw errorFromWire(reply.error);
+    throw new LockError('PROTOCOL_MISMATCH', `reply on ${subject} is not a lockmgr reply`);
+  }
+
+  /**
+   * Create and/or renew several locks in one transaction (django-lockmgr's `set_lock`).
+   * `setLock('hello', 'world')`, `setLock('a', 'b', {timeout: 30, fail: true})`.
+   */
+  async setLock(...args: (string | string[] | SetLockOptions)[]): Promise<LockSetResult> {
+    const last = args[args.length - 1];
+    const options: SetLockOptions = typeof last === 'object' && last !== null && !Array.isArray(last) ? (args.pop() as SetLockOptions) : {};
+    const names = (args as (string | string[])[]).flat().map(checkName);
+    const result = await this.call('set', compact({
+      locks: names,
+      timeout: options.timeout === undefined ? DEFAULT_EXPIRES : options.timeout,
+      fail: options.fail,
+      renew: options.renew,
+      create: options.create,
+      locked_by: options.locked_by ?? this.lockedBy,
+      process_id: options.process_id,
+    }));
+    return new LockSetResult(result);
+  }
+
+  /** Take a free lock, or throw Locked (after waiting up to `wait` seconds for its release). */
+  async getLock(name: string, options: GetLockOptions = {}): Promise<Lock> {
+    const wait = options.wait ?? 0;
+    const record = await this.call(
+      'get',
+      compact({
+        name: checkName(name),
+        expires: options.expires === undefined ? DEFAULT_EXPIRES : options.expires,
+        locked_by: options.locked_by ?? this.lockedBy,
+        lock_process: options.lock_process,
+        wait: wait || undefined,
+      }),
+      this.timeout + Math.max(0, wait) * 1000,
+    );
+    return Lock.fromRecord(record);
+  }
+
+  /**
+   * Release a lock. By name: whoever holds it. By a Lock: only that grant; if the name has since
+   * been granted to someone else, NotOwner is thrown and their lock stays.
+   * Resolves true if a live lock was released, false if there was none (not an error).
+   */
+  async unlock(lock: string | Lock): Promise<boolean> {
+    const req = typeof lock === 'string' ? { name: checkName(lock) } : { name: checkName(lock.name), token: lock.token };
+    return (await this.call('unlock', req)).unlocked;
+  }
+
+  /**
+   * Extend a lock (never shortening it). Given a Lock, only that grant is renewed, and the object
+   * is updated in place and returned.
+   */
+  async renewLock(lock: string | Lock, options: RenewLockOptions = {}): Promise<Lock> {
+    const byObject = typeof lock !== 'string';
+    const record = await this.call(
+      'renew',
+      compact({
+        name: checkName(byObject ? lock.name : lock),
+        token: byObject ? lock.token : undefined,
+        expires: options.expires === undefined ? DEFAULT_EXPIRES : options.expires,
+        add_time: options.add_time,
+        create: options.create,
+        locked_by: options.locked_by ?? this.lockedBy,
+        lock_process: options.lock_process,
+      }),
+    );
+    return byObject ? lock.assign(record) : Lock.fromRecord(record);
+  }
+
+  /** True if a live (unexpired) lock holds the name. */
+  async isLocked(lock: string | Lock): Promise<boolean> {
+    return (await this.call('is_locked', { name: checkName(typeof lock === 'string' ? lock : lock.name) })).locked;
+  }
+
+  /** The live lock holding `name`, or null. */
+  async lockInfo(name: string): Promise<Lock | null> {
+    const r = await this.call('is_locked', { name: checkName(name) });
+    return r.lock ? Lock.fromRecord(r.lock) : null;
+  }
+
+  /** Every live lock (all pages), in name order. */
+  async listLocks(options: Omit<ListLocksOptions, 'after' | 'limit'> = {}): Promise<Lock[]> {
+    const out: Lock[] = [];
+    let after: string | undefined;
+    do {
+      const page = await this.listLocksPage({ ...options, after });
+      out.push(...page.locks);
+      after = page.next;
+    } while (after !== undefined);
+    return out;
+  }
+
+  /** One page of live locks; pass `next` back as `after` for the following page. */
+  async listLocksPage(options: ListLocksOptions = {}): Promise<{ locks: Lock[]; next?: string }> {
+    const r: ListResult = await this.call('list', compact({ prefix: options.prefix, limit: options.limit, after: options.after }));
+    return r.next === undefined ? { locks: r.locks.map(Lock.fromRecord) } : { locks: r.locks.map(Lock.fromRecord), next: r.next };
+  }
+
+  /** Remove expired locks now; resolves how many were removed. */
+  async cleanLocks(): Promise<number> {
+    return (await this.call('clean', {})).removed;
+  }
+
+  /** Remove every lock, held or not (admin). Resolves how many were removed. */
+  async resetLocks(): Promise<number> {
+    return (await this.call('reset', {})).removed;
+  }
+
+  /**
+   * django-lockmgr's LockMgr: take `name`, run `fn(mgr)`, release on the way out (also when `fn`
+   * throws, and the error propagates). `mgr.lock(other)` takes more locks, `mgr.renew()` adds 120 s.
+   * Only grants the manager still holds are released.
+   */
+  async withLock<T>(name: string, options: WithLockOptions, fn: (mgr: LockManager) => Promise<T> | T): Promise<T>;
+  async withLock<T>(name: string, fn: (mgr: LockManager) => Promise<T> | T): Promise<T>;
+  async withLock<T>(
+    name: string,
+    optionsOrFn: WithLockOptions | ((mgr: LockManager) => Promise<T> | T),
+    maybeFn?: (mgr: LockManager) => Promise<T> | T,
+  ): Promise<T> {
+    const options = typeof optionsOrFn === 'function' ? {} : optionsOrFn;
+    const fn = typeof optionsOrFn === 'function' ? optionsOrFn : maybeFn!;
+    const mgr = new LockManager(this, name, options);
+    await mgr.enter();
+    try {
+      return await fn(mgr);
+    } finally {
+      await mgr.exit();
+    }
+  }
+
+  /** Close the NATS connection if this client opened it. */
+  async close(): Promise<void> {
+    if (this.ownsConnection && !this.nc.isClosed()) await this.nc.drain();
+  }
+}
+

@@ -1,0 +1,135 @@
+/**
+ * The object `withLock` hands to its callback: django-lockmgr's LockMgr, with its bugs fixed.
+ * It remembers each grant by token, so leaving releases only the grants it still holds, never a
+ * lock someone else has taken since.
+ */
+import { DEFAULT_EXPIRES, DEFAULT_RENEW_SECONDS } from '../shared/protocol';
+import { LockError, Locked, LockNotFound, NotOwner } from './errors';
+import type { Lock } from './lock';
+import type { LockClient } from './lock-client';
+
+export interface WithLockOptions {
+  /** Seconds the locks last; 0 or null: never expire. Default 600. */
+  expires?: number | null;
+  locked_by?: string;
+  lock_process?: number;
+  /** Seconds to wait for a held lock (woken by its release). Default 0: fail at once. */
+  wait?: number;
+}
+
+export interface ManagerLockOptions {
+  /** Default: the manager's `expires`. */
+  expires?: number | null;
+  /** Default: the manager's `wait`. */
+  wait?: number;
+  /** Return false instead of throwing Locked. */
+  ret?: boolean;
+}
+
+export interface ManagerRenewOptions {
+  /** Seconds. Default 120. */
+  expires?: number | null;
+  /** Default true: add to the current expiry. */
+  add_time?: boolean;
+  /** Default true: re-create the lock if it expired meanwhile. */
+  create?: boolean;
+}
+
+export class LockManager {
+  /** The lock this manager was made for, once taken. */
+  main_lock: Lock | null = null;
+  /** Every grant this manager holds. */
+  readonly locks: Lock[] = [];
+  readonly expires: number | null;
+  readonly wait: number;
+  readonly locked_by: string;
+  readonly lock_process: number | undefined;
+
+  constructor(
+    private readonly client: LockClient,
+    readonly name: string,
+    options: WithLockOptions = {},
+  ) {
+    if (options.wait !== undefined && (typeof options.wait !== 'number' || !(options.wait >= 0))) {
+      throw new LockError('INVALID_REQUEST', `wait must be a non-negative number of seconds, got ${options.wait}`);
+    }
+    this.expires = options.expires === undefined ? DEFAULT_EXPIRES : options.expires;
+    this.wait = options.wait ?? 0;
+    this.locked_by = options.locked_by ?? client.lockedBy;
+    this.lock_process = options.lock_process;
+  }
+
+  /** @internal Take the main lock (throws Locked when it cannot). */
+  async enter(): Promise<void> {
+    await this.lock(this.name);
+  }
+
+  /** Take another lock under this manager. Throws Locked, or returns false with `ret: true`. */
+  async lock(name: string, options: ManagerLockOptions = {}): Promise<boolean> {
+    try {
+      const lock = await this.client.getLock(name, {
+        expires: options.expires === undefined ? this.expires : options.expires,
+        wait: options.wait ?? this.wait,
+        locked_by: this.locked_by,
+        lock_process: this.lock_process,
+      });
+      if (this.main_lock === null) this.main_lock = lock;
+      this.locks.push(lock);
+      return true;
+    } catch (err) {
+      if (options.ret && err instanceof Locked) return false;
+      throw err;
+    }
+  }
+
+  /** Release the main lock, or the given one; only a grant this manager holds is released. */
+  async unlock(lock?: string | Lock): Promise<boolean> {
+    const grant = this.grantFor(lock);
+    if (!grant) return typeof lock === 'string' ? this.client.unlock(lock) : false;
+    this.locks.splice(this.locks.indexOf(grant), 1);
+    return this.releaseQuietly(grant);
+  }
+
+  /**
+   * Extend the main lock (or the given one) by 120 s; re-create it if it has expired, with this
+   * manager's owner fields.
+   */
+  async renew(lock?: string | Lock, options: ManagerRenewOptions = {}): Promise<Lock> {
+    const grant = this.grantFor(lock);
+    const target = grant ?? (typeof lock === 'string' ? lock : lock?.name ?? this.name);
+    const renewed = await this.client.renewLock(target, {
+      expires: options.expires === undefined ? DEFAULT_RENEW_SECONDS : options.expires,
+      add_time: options.add_time ?? true,
+      create: options.create ?? true,
+      locked_by: this.locked_by,
+      lock_process: this.lock_process,
+    });
+    if (!grant) {
+      this.locks.push(renewed);
+      if (this.main_lock === null && renewed.name === this.name) this.main_lock = renewed;
+    }
+    return renewed;
+  }
+
+  /** @internal Release every grant still held. */
+  async exit(): Promise<void> {
+    const held = this.locks.splice(0);
+    await Promise.all(held.map((l) => this.releaseQuietly(l)));
+  }
+
+  private grantFor(lock?: string | Lock): Lock | undefined {
+    if (lock === undefined) return this.main_lock && this.locks.includes(this.main_lock) ? this.main_lock : undefined;
+    if (typeof lock !== 'string') return this.locks.find((l) => l === lock || (l.name === lock.name && l.token === lock.token));
+    return this.locks.find((l) => l.name === lock);
+  }
+
+  /** Release a grant by token; a lock re-granted to someone else or gone is left alone. */
+  private async releaseQuietly(grant: Lock): Promise<boolean> {
+    try {
+      return await this.client.unlock(grant);
+    } catch (err) {
+      if (err instanceof NotOwner || err instanceof LockNotFound) return false;
+      throw err;
+    }
+  }
+}

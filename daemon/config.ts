@@ -1,0 +1,162 @@
+/**
+ * Daemon configuration: defaults < config file (JSON) < environment (LOCKMGR_*) < flags.
+ * Every option is declared once below; the environment name and flag name derive from it.
+ */
+import { readFileSync } from 'node:fs';
+import { maskDatabaseUrl } from './store/database';
+import { LOG_LEVELS } from './logger';
+
+type Kind = 'string' | 'number' | 'boolean' | 'enum';
+interface OptionSpec {
+  kind: Kind;
+  default: string | number | boolean;
+  describe: string;
+  choices?: readonly string[];
+  secret?: boolean;
+  min?: number;
+}
+
+export const OPTIONS = {
+  natsUrl: { kind: 'string', default: 'nats://127.0.0.1:4222', describe: 'NATS server URL(s), comma-separated', secret: true },
+  natsCreds: { kind: 'string', default: '', describe: 'NATS credentials file (.creds), if the server needs one' },
+  prefix: { kind: 'string', default: 'lock', describe: 'Subject prefix P: requests on P.set, P.get...; events on P.events.>' },
+  db: { kind: 'string', default: './data/lockmgr.sqlite', describe: 'SQLite file path, or a postgres:// URL', secret: true },
+  dbPoolSize: { kind: 'number', default: 4, min: 1, describe: 'PostgreSQL connections per daemon' },
+  sqliteSynchronous: { kind: 'enum', default: 'FULL', choices: ['FULL', 'NORMAL'], describe: 'SQLite synchronous pragma (FULL survives power loss)' },
+  migrate: { kind: 'boolean', default: true, describe: 'Apply pending schema migrations at start' },
+  logLevel: { kind: 'enum', default: 'info', choices: LOG_LEVELS, describe: 'Log level' },
+  logFormat: { kind: 'enum', default: 'auto', choices: ['auto', 'json', 'pretty'], describe: 'Log format (auto: pretty on a terminal, JSON otherwise)' },
+  maxBatch: { kind: 'number', default: 256, min: 1, describe: 'Most requests committed in one transaction' },
+  sweepInterval: { kind: 'number', default: 0.5, min: 0.05, describe: 'Seconds between sweeps for expired locks' },
+  drainTimeout: { kind: 'number', default: 10, min: 0, describe: 'Seconds a graceful stop may take before it is forced' },
+  eventsJetstream: { kind: 'enum', default: 'auto', choices: ['auto', 'off'], describe: 'Deliver events to JetStream (auto) or core NATS only (off)' },
+  eventsStream: { kind: 'string', default: 'LOCKMGR_EVENTS', describe: 'JetStream stream that stores events (created if missing)' },
+  eventsRetention: { kind: 'enum', default: 'limits', choices: ['limits', 'interest', 'workqueue'], describe: 'Retention policy of the events stream' },
+  eventsReplicas: { kind: 'number', default: 1, min: 1, describe: 'Replicas of the events stream' },
+  eventsMaxAge: { kind: 'number', default: 0, min: 0, describe: 'Seconds events are kept in the stream (0: forever)' },
+  eventsDuplicateWindow: { kind: 'number', default: 600, min: 1, describe: 'Seconds JetStream remembers event ids to drop re-sends' },
+} as const satisfies Record<string, OptionSpec>;
+
+export type ConfigKey = keyof typeof OPTIONS;
+type ValueOf<K extends ConfigKey> = (typeof OPTIONS)[K]['kind'] extends 'number'
+  ? number
+  : (typeof OPTIONS)[K]['kind'] extends 'boolean'
+    ? boolean
+    : string;
+export type DaemonConfig = { [K in ConfigKey]: ValueOf<K> };
+export type ConfigSource = 'default' | 'file' | 'env' | 'flag';
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+/** LOCKMGR_NATS_URL for natsUrl, and so on. */
+export function envName(key: string): string {
+  return `LOCKMGR_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
+}
+/** --nats-url for natsUrl, and so on. */
+export function flagName(key: string): string {
+  return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+}
+
+function coerce(key: ConfigKey, raw: unknown, origin: string): string | number | boolean {
+  const spec: OptionSpec = OPTIONS[key];
+  switch (spec.kind) {
+    case 'number': {
+      const n = typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : raw;
+      if (typeof n !== 'number' || !Number.isFinite(n)) throw new ConfigError(`${origin}: ${key} must be a number, got ${JSON.stringify(raw)}`);
+      if (spec.min !== undefined && n < spec.min) throw new ConfigError(`${origin}: ${key} must be at least ${spec.min}, got ${n}`);
+      return n;
+    }
+    case 'boolean': {
+      if (typeof raw === 'boolean') return raw;
+      if (typeof raw === 'string' && /^(1|true|yes|on)$/i.test(raw)) return true;
+      if (typeof raw === 'string' && /^(0|false|no|off)$/i.test(raw)) return false;
+      throw new ConfigError(`${origin}: ${key} must be true or false, got ${JSON.stringify(raw)}`);
+    }
+    case 'enum': {
+      if (typeof raw !== 'string' || !spec.choices!.includes(raw)) {
+        throw new ConfigError(`${origin}: ${key} must be one of ${spec.choices!.join(', ')}, got ${JSON.stringify(raw)}`);
+      }
+      return raw;
+    }
+    default:
+      if (typeof raw !== 'string' || raw === '' && key !== 'natsCreds') {
+        throw new ConfigError(`${origin}: ${key} must be a non-empty string, got ${JSON.stringify(raw)}`);
+      }
+      return raw;
+  }
+}
+
+export interface LoadConfigInput {
+  /** Values from command-line flags (undefined entries are ignored). */
+  flags?: Partial<Record<ConfigKey, unknown>>;
+  env?: NodeJS.ProcessEnv;
+  /** Path of a JSON config file. */
+  file?: string;
+}
+
+export interface LoadedConfig {
+  config: DaemonConfig;
+  sources: Record<ConfigKey, ConfigSource>;
+}
+
+export function loadConfig(input: LoadConfigInput = {}): LoadedConfig {
+  const env = input.env ?? process.env;
+  const values: Record<string, unknown> = {};
+  const sources = {} as Record<ConfigKey, ConfigSource>;
+  const keys = Object.keys(OPTIONS) as ConfigKey[];
+  for (const key of keys) {
+    values[key] = OPTIONS[key].default;
+    sources[key] = 'default';
+  }
+  const file = input.file ?? env.LOCKMGR_CONFIG;
+  if (file) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(readFileSync(file, 'utf8'));
+    } catch (err) {
+      throw new ConfigError(`cannot read config file ${file}: ${(err as Error).message}`);
+    }
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+      throw new ConfigError(`config file ${file} must hold a JSON object`);
+    }
+    for (const [key, raw] of Object.entries(parsed)) {
+      if (key === '$comment') continue;
+      if (!(key in OPTIONS)) throw new ConfigError(`config file ${file}: unknown option "${key}" (known: ${keys.join(', ')})`);
+      values[key] = coerce(key as ConfigKey, raw, `config file ${file}`);
+      sources[key as ConfigKey] = 'file';
+    }
+  }
+  for (const key of keys) {
+    const raw = env[envName(key)];
+    if (raw !== undefined && raw !== '') {
+      values[key] = coerce(key, raw, `environment ${envName(key)}`);
+      sources[key] = 'env';
+    }
+  }
+  for (const [key, raw] of Object.entries(input.flags ?? {})) {
+    if (raw === undefined) continue;
+    if (!(key in OPTIONS)) throw new ConfigError(`unknown option --${flagName(key)}`);
+    values[key] = coerce(key as ConfigKey, raw, `flag --${flagName(key)}`);
+    sources[key as ConfigKey] = 'flag';
+  }
+  return { config: values as DaemonConfig, sources };
+}
+
+/** The config with secrets masked, for logs and `lockmgr config`. */
+export function maskedConfig(config: DaemonConfig): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const key of Object.keys(OPTIONS) as ConfigKey[]) {
+    const value = config[key];
+    out[key] = key === 'db' || key === 'natsUrl' ? maskUrl(String(value)) : value;
+  }
+  return out;
+}
+
+function maskUrl(url: string): string {
+  return maskDatabaseUrl(url).replace(/^(nats|tls|wss?):\/\/([^:@/]+)(:[^@]*)?@/i, (_m, scheme) => `${scheme}://***@`);
+}

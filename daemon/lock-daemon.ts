@@ -1,0 +1,259 @@
+/**
+ * LockDaemon owns every part of a running daemon and starts and stops them in order:
+ * database -> migrations -> NATS -> event relay -> service endpoints -> sweeper, and back.
+ */
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { connect, credsAuthenticator, type NatsConnection, type Service, type Subscription } from 'nats';
+import { readFileSync } from 'node:fs';
+import { ENDPOINTS, requestSubject } from '../shared/protocol';
+import type { LockEvent } from '../shared/events';
+import { loadConfig, maskedConfig, type DaemonConfig } from './config';
+import { DAEMON_HEADER, EventRelay } from './event-relay';
+import { LockService } from './lock-service';
+import { createLogger, type Logger, type LogLevel } from './logger';
+import { Database } from './store/database';
+import { deleteExpired, type Requester } from './store/lock-ops';
+import { migrate } from './store/migrations';
+import { Batcher, type CommittedEvent } from './store/transaction';
+import { WaitQueue } from './waiters';
+
+export const SERVICE_NAME = 'lockmgr';
+export const SERVICE_VERSION: string = (() => {
+  try {
+    return JSON.parse(readFileSync(require.resolve('../../package.json'), 'utf8')).version;
+  } catch {
+    return JSON.parse(readFileSync(require.resolve('../package.json'), 'utf8')).version;
+  }
+})();
+
+export interface LockDaemonOptions {
+  config?: Partial<DaemonConfig>;
+  logger?: Logger;
+  /** An existing NATS connection to serve on (the daemon then does not close it). */
+  nc?: NatsConnection;
+}
+
+const RELEASE_TYPES = new Set(['released', 'expired', 'reset']);
+const SWEEP_PAGE = 5000;
+
+export class LockDaemon {
+  readonly config: DaemonConfig;
+  readonly logger: Logger;
+  /** Identifies this daemon in events: host, pid and a random suffix. */
+  readonly id = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+  private db?: Database;
+  private batcher?: Batcher;
+  private nc?: NatsConnection;
+  private ownsConnection = true;
+  private service?: Service;
+  private relay?: EventRelay;
+  private lockService?: LockService;
+  private wakeSub?: Subscription;
+  private sweepTimer?: NodeJS.Timeout;
+  private sweeping?: Promise<void>;
+  private readonly waiters = new WaitQueue();
+  private starting?: Promise<void>;
+  private stopping?: Promise<void>;
+
+  constructor(private readonly options: LockDaemonOptions = {}) {
+    this.config = { ...loadConfig({ env: {} }).config, ...options.config };
+    this.logger = options.logger ?? createLogger({ level: this.config.logLevel as LogLevel, format: this.config.logFormat as 'auto' });
+  }
+
+  /** Start everything; resolves once the endpoints answer. Safe to call twice. */
+  start(): Promise<void> {
+    this.starting ??= this.doStart();
+    return this.starting;
+  }
+
+  /** The database, once started (for tools and tests). */
+  get database(): Database {
+    if (!this.db) throw new Error('daemon not started');
+    return this.db;
+  }
+
+  get connection(): NatsConnection | undefined {
+    return this.nc;
+  }
+
+  get eventDelivery(): 'jetstream' | 'core' | undefined {
+    return this.relay?.deliveryMode;
+  }
+
+  private async doStart(): Promise<void> {
+    const c = this.config;
+    this.logger.info('starting lockmgr daemon', { version: SERVICE_VERSION, id: this.id, config: maskedConfig(c) });
+
+    this.db = new Database({ url: c.db, poolSize: c.dbPoolSize, sqliteSynchronous: c.sqliteSynchronous as 'FULL' | 'NORMAL' });
+    if (c.migrate) {
+      const applied = await migrate({ sequelize: this.db.sequelize, dialect: this.db.dialect });
+      this.logger.info(applied.length ? `applied migrations: ${applied.join(', ')}` : 'schema is up to date', { store: this.db.describe() });
+    }
+    this.logger.info('store ready', { store: this.db.describe(), dialect: this.db.dialect });
+
+    this.batcher = new Batcher(this.db, { maxBatch: c.maxBatch, daemonId: this.id, onCommit: (events) => this.committed(events) });
+
+    if (this.options.nc) {
+      this.nc = this.options.nc;
+      this.ownsConnection = false;
+    } else {
+      this.nc = await this.connectNats();
+    }
+    this.watchNats(this.nc);
+
+    this.relay = new EventRelay(
+      this.db,
+      this.batcher,
+      this.nc,
+      {
+        prefix: c.prefix,
+        jetstream: c.eventsJetstream as 'auto' | 'off',
+        stream: c.eventsStream,
+        retention: c.eventsRetention as 'limits',
+        replicas: c.eventsReplicas,
+        maxAgeSeconds: c.eventsMaxAge,
+        duplicateWindowSeconds: c.eventsDuplicateWindow,
+      },
+      this.logger,
+    );
+    await this.relay.start();
+
+    // Releases made by other daemons sharing the database wake our waiters too.
+    this.wakeSub = this.nc.subscribe(`${c.prefix}.events.*.>`, {
+      callback: (_err, msg) => {
+        if (msg.headers?.get(DAEMON_HEADER) === this.id) return; // ours: already woken locally
+        const type = msg.subject.slice(c.prefix.length + 8).split('.', 1)[0] ?? '';
+        if (RELEASE_TYPES.has(type)) this.waiters.notify(msg.subject.slice(c.prefix.length + 9 + type.length));
+      },
+    });
+
+    this.lockService = new LockService(this.batcher, this.waiters, this.logger);
+    this.service = await this.nc.services.add({
+      name: SERVICE_NAME,
+      version: SERVICE_VERSION,
+      description: 'lock coordinator: django-lockmgr semantics over NATS request/reply',
+      queue: SERVICE_NAME,
+      metadata: { prefix: c.prefix, store: this.db.dialect, daemon: this.id },
+    });
+    const svc = this.lockService;
+    for (const endpoint of ENDPOINTS) {
+      this.service.addEndpoint(endpoint, {
+        subject: requestSubject(c.prefix, endpoint),
+        handler: (err, msg) => {
+          if (err) {
+            this.logger.error(`endpoint ${endpoint} stopped: ${err.message}`);
+            return;
+          }
+          svc.handle(endpoint, msg);
+        },
+      });
+    }
+    this.logger.info('serving', { subjects: ENDPOINTS.map((e) => requestSubject(c.prefix, e)), queue: SERVICE_NAME });
+
+    this.scheduleSweep();
+    this.logger.info('ready');
+  }
+
+  private async connectNats(): Promise<NatsConnection> {
+    const c = this.config;
+    const servers = c.natsUrl.split(',').map((s) => s.trim());
+    const auth = c.natsCreds ? { authenticator: credsAuthenticator(readFileSync(c.natsCreds)) } : {};
+    let delay = 1000;
+    for (let attempt = 1; ; attempt++) {
+      if (this.stopping) throw new Error('stopped before NATS was reached');
+      try {
+        return await connect({
+          servers,
+          name: `lockmgr-daemon ${this.id}`,
+          maxReconnectAttempts: -1,
+          reconnectTimeWait: 1000,
+          ...auth,
+        });
+      } catch (err) {
+        this.logger.error(
+          `cannot reach NATS at ${servers.join(', ')} (${(err as Error).message}): start nats-server (with -js for the audit trail) or set LOCKMGR_NATS_URL; retrying in ${delay / 1000}s (attempt ${attempt})`,
+        );
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, 15_000);
+      }
+    }
+  }
+
+  private watchNats(nc: NatsConnection): void {
+    void (async () => {
+      for await (const s of nc.status()) {
+        if (s.type === 'disconnect') this.logger.warn('NATS disconnected; reconnecting', { server: s.data });
+        else if (s.type === 'reconnect') {
+          this.logger.info('NATS reconnected', { server: s.data });
+          this.relay?.kick();
+        } else if (s.type === 'error') this.logger.error(`NATS error: ${String(s.data)}`);
+      }
+    })();
+  }
+
+  /** After each commit: wake local waiters for released names and hand the events to the relay. */
+  private committed(events: CommittedEvent[]): void {
+    for (const e of events) if (RELEASE_TYPES.has(e.type)) this.waiters.notify(e.lock.name);
+    this.relay?.kick();
+  }
+
+  private scheduleSweep(): void {
+    const interval = this.config.sweepInterval * 1000;
+    const tick = () => {
+      this.sweeping = this.sweep().finally(() => {
+        this.sweeping = undefined;
+        if (!this.stopping) this.sweepTimer = setTimeout(tick, interval);
+      });
+    };
+    this.sweepTimer = setTimeout(tick, interval);
+  }
+
+  /** Remove every expired lock, publishing `expired` for each, so expiries need no request. */
+  private async sweep(): Promise<void> {
+    const who: Requester = { lockedBy: hostname(), process: process.pid, client: null };
+    try {
+      for (;;) {
+        const rows = await this.batcher!.run((tx) => deleteExpired(tx, SWEEP_PAGE, who, 'sweeper'));
+        if (rows.length > 0) this.logger.debug('swept expired locks', { count: rows.length });
+        if (rows.length < SWEEP_PAGE || this.stopping) return;
+      }
+    } catch (err) {
+      this.logger.warn(`expiry sweep failed, will retry: ${(err as Error).message}`);
+    }
+  }
+
+  /**
+   * Stop: take no new requests, answer those in flight, deliver pending events, then close NATS
+   * and the database. Resolves when done; `timeoutMs` bounds the graceful part.
+   */
+  stop(timeoutMs = this.config.drainTimeout * 1000): Promise<void> {
+    this.stopping ??= this.doStop(timeoutMs);
+    return this.stopping;
+  }
+
+  private async doStop(timeoutMs: number): Promise<void> {
+    await this.starting?.catch(() => undefined);
+    const deadline = Date.now() + timeoutMs;
+    const remaining = () => Math.max(0, deadline - Date.now());
+    const within = <T>(p: Promise<T>) => Promise.race([p, new Promise<void>((r) => setTimeout(r, remaining()).unref())]);
+    this.logger.info('stopping: no new requests; finishing those in flight', { inFlight: this.lockService?.inFlight ?? 0 });
+    clearTimeout(this.sweepTimer);
+    if (this.service) await within(this.service.stop().then(() => undefined).catch(() => undefined));
+    // Waiting `get`s answer LOCKED now rather than hold up the stop.
+    this.waiters.close();
+    if (this.lockService) await within(this.lockService.idle());
+    if (this.sweeping) await within(this.sweeping);
+    if (this.relay) {
+      const flushed = await this.relay.flush(Math.min(remaining(), 5000)).catch(() => false);
+      if (!flushed) this.logger.warn('stopping with events still in the outbox; the next daemon to start delivers them');
+      await this.relay.stop();
+    }
+    this.wakeSub?.unsubscribe();
+    if (this.nc && this.ownsConnection) await within(this.nc.drain().catch(() => undefined));
+    await this.db?.close();
+    this.logger.info('stopped');
+  }
+}
+
+export type { LockEvent };

@@ -1,0 +1,128 @@
+/**
+ * Numbered schema migrations, applied by umzug and recorded in the `SequelizeMeta` table.
+ * A released migration is never edited: schema changes are new entries at the end.
+ *
+ * Times are stored as integer milliseconds since the epoch (BIGINT): one representation on both
+ * databases, exact arithmetic for expiry, and a cheap index on `locked_until`.
+ */
+import { QueryTypes, type Sequelize } from 'sequelize';
+import { SequelizeStorage, Umzug, type MigrationParams } from 'umzug';
+import type { Dialect } from './database';
+
+interface MigrationContext {
+  sequelize: Sequelize;
+  dialect: Dialect;
+}
+type Step = (params: MigrationParams<MigrationContext>) => Promise<void>;
+
+async function run(ctx: MigrationContext, statements: Record<Dialect, string[]>): Promise<void> {
+  for (const sql of statements[ctx.dialect]) await ctx.sequelize.query(sql, { type: QueryTypes.RAW });
+}
+
+const MIGRATIONS: { name: string; up: Step; down: Step }[] = [
+  {
+    name: '0001-create-locks',
+    up: ({ context }) =>
+      run(context, {
+        sqlite: [
+          `CREATE TABLE lockmgr_locks (
+             name TEXT PRIMARY KEY NOT NULL,
+             locked_by TEXT,
+             lock_process INTEGER,
+             locked_until INTEGER,
+             created_at INTEGER NOT NULL,
+             updated_at INTEGER NOT NULL,
+             token INTEGER NOT NULL)`,
+          `CREATE INDEX lockmgr_locks_locked_until ON lockmgr_locks (locked_until) WHERE locked_until IS NOT NULL`,
+          // SQLite has no sequences: the token counter is a row, advanced inside each transaction.
+          `CREATE TABLE lockmgr_counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)`,
+          `INSERT INTO lockmgr_counters (name, value) VALUES ('token', 0)`,
+        ],
+        postgres: [
+          `CREATE TABLE lockmgr_locks (
+             name VARCHAR(255) COLLATE "C" PRIMARY KEY,
+             locked_by VARCHAR(255),
+             lock_process BIGINT,
+             locked_until BIGINT,
+             created_at BIGINT NOT NULL,
+             updated_at BIGINT NOT NULL,
+             token BIGINT NOT NULL)`,
+          `CREATE INDEX lockmgr_locks_locked_until ON lockmgr_locks (locked_until) WHERE locked_until IS NOT NULL`,
+          `CREATE SEQUENCE lockmgr_token_seq`,
+        ],
+      }),
+    down: ({ context }) =>
+      run(context, {
+        sqlite: ['DROP TABLE lockmgr_counters', 'DROP TABLE lockmgr_locks'],
+        postgres: ['DROP SEQUENCE lockmgr_token_seq', 'DROP TABLE lockmgr_locks'],
+      }),
+  },
+  {
+    name: '0002-create-event-outbox',
+    up: ({ context }) =>
+      run(context, {
+        // Events wait here, written in the same transaction as the change, until the relay has
+        // them acknowledged by JetStream. `seq` orders them.
+        sqlite: [
+          `CREATE TABLE lockmgr_outbox (
+             seq INTEGER PRIMARY KEY AUTOINCREMENT,
+             event_id TEXT NOT NULL,
+             type TEXT NOT NULL,
+             name TEXT NOT NULL,
+             lock TEXT NOT NULL,
+             cause TEXT NOT NULL,
+             daemon TEXT NOT NULL,
+             at INTEGER NOT NULL)`,
+        ],
+        postgres: [
+          `CREATE TABLE lockmgr_outbox (
+             seq BIGSERIAL PRIMARY KEY,
+             event_id VARCHAR(64) NOT NULL,
+             type VARCHAR(32) NOT NULL,
+             name VARCHAR(255) NOT NULL,
+             lock TEXT NOT NULL,
+             cause TEXT NOT NULL,
+             daemon VARCHAR(255) NOT NULL,
+             at BIGINT NOT NULL)`,
+        ],
+      }),
+    down: ({ context }) => run(context, { sqlite: ['DROP TABLE lockmgr_outbox'], postgres: ['DROP TABLE lockmgr_outbox'] }),
+  },
+];
+
+export interface MigrateOptions {
+  sequelize: Sequelize;
+  dialect: Dialect;
+  onApplied?: (name: string) => void;
+}
+
+function umzugFor({ sequelize, dialect }: MigrateOptions): Umzug<MigrationContext> {
+  return new Umzug<MigrationContext>({
+    migrations: MIGRATIONS,
+    context: { sequelize, dialect },
+    storage: new SequelizeStorage({ sequelize }),
+    logger: undefined,
+  });
+}
+
+/** Apply every pending migration; returns the names applied. Safe to run from several daemons. */
+export async function migrate(opts: MigrateOptions): Promise<string[]> {
+  if (opts.dialect === 'postgres') {
+    // Daemons starting together must not apply the same migration twice.
+    return opts.sequelize.transaction(async (t) => {
+      await opts.sequelize.query('SELECT pg_advisory_xact_lock(7735342101)', { transaction: t });
+      return applyPending(opts);
+    });
+  }
+  return applyPending(opts);
+}
+
+async function applyPending(opts: MigrateOptions): Promise<string[]> {
+  const applied = await umzugFor(opts).up();
+  for (const m of applied) opts.onApplied?.(m.name);
+  return applied.map((m) => m.name);
+}
+
+export async function pendingMigrations(opts: MigrateOptions): Promise<string[]> {
+  return (await umzugFor(opts).pending()).map((m) => m.name);
+}

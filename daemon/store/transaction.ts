@@ -1,0 +1,245 @@
+/**
+ * Group commit: requests that arrive while a transaction is running wait, then all of them run
+ * in the next transaction, one after another, and are answered only after it commits. One
+ * commit then serves many requests, and a reply still means "committed".
+ */
+import { randomUUID } from 'node:crypto';
+import type { EventCause, EventType } from '../../shared/events';
+import type { LockRecord } from '../../shared/protocol';
+import { Database, isRetryableConflict, isUnavailableError, type Row, type SqlConnection, StoreUnavailable } from './database';
+
+/** A change to record in the outbox, in the same transaction. */
+export interface PendingEvent {
+  type: EventType;
+  lock: LockRecord;
+  cause: EventCause;
+}
+
+/** What an operation sees: the connection, the transaction's clock and its event list. */
+export interface Tx {
+  readonly conn: SqlConnection;
+  readonly dialect: SqlConnection['dialect'];
+  /** Milliseconds since the epoch; the database's clock on PostgreSQL. */
+  readonly now: number;
+  query(sql: string, params?: readonly unknown[]): Promise<Row[]>;
+  /** SQLite: the next fencing token (PostgreSQL takes them from a sequence inside the SQL). */
+  nextToken(): number;
+  emit(type: EventType, lock: LockRecord, cause: EventCause): void;
+  /** Run `fn` so that, if it throws, none of its writes are kept (the rest of the batch is). */
+  atomically<T>(fn: () => Promise<T>): Promise<T>;
+}
+
+export type Operation<T> = (tx: Tx) => Promise<T>;
+
+interface Queued {
+  op: Operation<unknown>;
+  resolve(value: unknown): void;
+  reject(err: unknown): void;
+}
+
+/** Outcome of one operation inside a batch. Domain errors are results, not failures. */
+type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
+
+class BatchTx implements Tx {
+  readonly events: PendingEvent[] = [];
+  private tokenBase = 0;
+  tokensUsed = 0;
+  private savepoints = 0;
+
+  constructor(
+    readonly conn: SqlConnection,
+    readonly now: number,
+    tokenBase: number,
+  ) {
+    this.tokenBase = tokenBase;
+  }
+
+  get dialect() {
+    return this.conn.dialect;
+  }
+
+  query(sql: string, params?: readonly unknown[]): Promise<Row[]> {
+    return this.conn.query(sql, params);
+  }
+
+  nextToken(): number {
+    this.tokensUsed += 1;
+    return this.tokenBase + this.tokensUsed;
+  }
+
+  emit(type: EventType, lock: LockRecord, cause: EventCause): void {
+    this.events.push({ type, lock, cause });
+  }
+
+  async atomically<T>(fn: () => Promise<T>): Promise<T> {
+    const name = `lm_sp${++this.savepoints}`;
+    const eventsBefore = this.events.length;
+    await this.conn.exec(`SAVEPOINT ${name}`);
+    try {
+      const value = await fn();
+      await this.conn.exec(`RELEASE SAVEPOINT ${name}`);
+      return value;
+    } catch (err) {
+      await this.conn.exec(`ROLLBACK TO SAVEPOINT ${name}; RELEASE SAVEPOINT ${name}`);
+      this.events.length = eventsBefore;
+      throw err;
+    }
+  }
+}
+
+export interface BatcherOptions {
+  /** Most operations in one transaction. */
+  maxBatch?: number;
+  /** The daemon's instance id, written into each event. */
+  daemonId: string;
+  /** Called after each commit with the events it recorded (to wake waiters and the relay). */
+  onCommit?: (events: CommittedEvent[]) => void;
+}
+
+export interface CommittedEvent extends PendingEvent {
+  seq: number;
+  id: string;
+  at: number;
+}
+
+/** Errors that an operation throws on purpose (Locked, NotFound...) carry this marker. */
+export interface DomainError {
+  readonly domain: true;
+}
+export function isDomainError(err: unknown): err is DomainError {
+  return typeof err === 'object' && err !== null && (err as { domain?: unknown }).domain === true;
+}
+
+export class Batcher {
+  private queue: Queued[] = [];
+  private running = false;
+  private readonly maxBatch: number;
+
+  constructor(
+    private readonly db: Database,
+    private readonly options: BatcherOptions,
+  ) {
+    this.maxBatch = options.maxBatch ?? 256;
+  }
+
+  /** Run `op` in the next transaction; resolves after that transaction commits. */
+  run<T>(op: Operation<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({ op: op as Operation<unknown>, resolve: resolve as (v: unknown) => void, reject });
+      if (!this.running) {
+        this.running = true;
+        // Let requests already decoded in this turn of the event loop join the same batch.
+        setImmediate(() => void this.drain());
+      }
+    });
+  }
+
+  /** Requests waiting or running. */
+  get pending(): number {
+    return this.queue.length + (this.running ? 1 : 0);
+  }
+
+  private async drain(): Promise<void> {
+    while (this.queue.length > 0) {
+      const batch = this.queue.splice(0, this.maxBatch);
+      await this.runBatch(batch);
+    }
+    this.running = false;
+  }
+
+  private async runBatch(batch: Queued[]): Promise<void> {
+    let outcomes: Outcome[];
+    try {
+      outcomes = await this.transact(batch.map((q) => q.op));
+    } catch (err) {
+      if (batch.length > 1 && !isUnavailableError(err)) {
+        // One operation broke the transaction: run each alone so only that one fails.
+        for (const q of batch) await this.runBatch([q]);
+        return;
+      }
+      for (const q of batch) q.reject(err);
+      return;
+    }
+    outcomes.forEach((o, i) => (o.ok ? batch[i]!.resolve(o.value) : batch[i]!.reject(o.error)));
+  }
+
+  /** One transaction over `ops`, retried when PostgreSQL breaks a deadlock. */
+  private async transact(ops: Operation<unknown>[]): Promise<Outcome[]> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.transactOnce(ops);
+      } catch (err) {
+        if (!isRetryableConflict(err) || attempt >= 5) throw err;
+      }
+    }
+  }
+
+  private async transactOnce(ops: Operation<unknown>[]): Promise<Outcome[]> {
+    const conn = await this.db.connect();
+    let open = false;
+    try {
+      let now: number;
+      let tokenBase = 0;
+      if (conn.dialect === 'sqlite') {
+        await conn.exec('BEGIN IMMEDIATE');
+        open = true;
+        now = Date.now();
+        const [counter] = await conn.query(`SELECT value FROM lockmgr_counters WHERE name = 'token'`);
+        tokenBase = Number(counter?.value ?? 0);
+      } else {
+        await conn.exec('BEGIN');
+        open = true;
+        const [row] = await conn.query(`SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS now`);
+        now = Number(row!.now);
+      }
+      const tx = new BatchTx(conn, now, tokenBase);
+      const outcomes: Outcome[] = [];
+      for (const op of ops) {
+        try {
+          outcomes.push({ ok: true, value: await op(tx) });
+        } catch (err) {
+          if (!isDomainError(err)) throw err;
+          outcomes.push({ ok: false, error: err });
+        }
+      }
+      if (tx.tokensUsed > 0) {
+        await conn.query(`UPDATE lockmgr_counters SET value = ? WHERE name = 'token'`, [tokenBase + tx.tokensUsed]);
+      }
+      const committed = await this.writeOutbox(tx);
+      await conn.exec('COMMIT');
+      open = false;
+      if (committed.length > 0) this.options.onCommit?.(committed);
+      return outcomes;
+    } catch (err) {
+      if (open) await conn.exec('ROLLBACK').catch(() => undefined);
+      if (isUnavailableError(err)) throw new StoreUnavailable(`the database is unavailable: ${(err as Error).message}`, err);
+      throw err;
+    } finally {
+      conn.release();
+    }
+  }
+
+  /** Insert the batch's events into the outbox; returns them with their sequence numbers. */
+  private async writeOutbox(tx: BatchTx): Promise<CommittedEvent[]> {
+    const out: CommittedEvent[] = [];
+    const CHUNK = 500;
+    for (let i = 0; i < tx.events.length; i += CHUNK) {
+      const chunk = tx.events.slice(i, i + CHUNK);
+      const params: unknown[] = [];
+      const ids: string[] = [];
+      for (const e of chunk) {
+        const id = randomUUID();
+        ids.push(id);
+        params.push(id, e.type, e.lock.name, JSON.stringify(e.lock), JSON.stringify(e.cause), this.options.daemonId, tx.now);
+      }
+      const values = chunk.map(() => '(?, ?, ?, ?, ?, ?, ?)').join(', ');
+      const rows = await tx.query(
+        `INSERT INTO lockmgr_outbox (event_id, type, name, lock, cause, daemon, at) VALUES ${values} RETURNING seq, event_id`,
+        params,
+      );
+      const seqById = new Map(rows.map((r) => [String(r.event_id), Number(r.seq)]));
+      chunk.forEach((e, j) => out.push({ ...e, id: ids[j]!, seq: seqById.get(ids[j]!) ?? 0, at: tx.now }));
+    }
+    return out;
+  }
+}

@@ -1,0 +1,168 @@
+/**
+ * Wire protocol v1: subjects, message shapes and defaults shared by the daemon and the client.
+ * Field names are django-lockmgr's own, so a serialised LockSetResult reads like the seed's docs.
+ * Durations are seconds (fractions allowed); 0 or null means "never expires".
+ */
+
+export const PROTOCOL_VERSION = 1;
+export const DEFAULT_PREFIX = 'lock';
+/** Default lock lifetime in seconds (django-lockmgr's 600). */
+export const DEFAULT_EXPIRES = 600;
+/** `withLock` manager's `renew()` adds this many seconds by default (django-lockmgr's LockMgr.renew). */
+export const DEFAULT_RENEW_SECONDS = 120;
+/** Longest accepted duration (ten years): keeps millisecond arithmetic exact. */
+export const MAX_SECONDS = 315_360_000;
+/** Most names one `set` request may carry. */
+export const MAX_NAMES_PER_SET = 1000;
+/** Largest request body the daemon decodes. */
+export const MAX_PAYLOAD_BYTES = 256 * 1024;
+export const MAX_NAME_LENGTH = 255;
+export const MAX_LIST_LIMIT = 10_000;
+export const DEFAULT_LIST_LIMIT = 1000;
+
+/** The request/reply endpoints, keyed by their subject suffix. */
+export const ENDPOINTS = ['set', 'get', 'unlock', 'renew', 'is_locked', 'list', 'clean', 'reset'] as const;
+export type Endpoint = (typeof ENDPOINTS)[number];
+
+export function requestSubject(prefix: string, endpoint: Endpoint): string {
+  return `${prefix}.${endpoint}`;
+}
+
+/** A lock as it travels on the wire. Times are ISO 8601 UTC strings. */
+export interface LockRecord {
+  name: string;
+  locked_by: string | null;
+  lock_process: number | null;
+  /** null: the lock never expires. */
+  locked_until: string | null;
+  created_at: string;
+  updated_at: string;
+  /** Fencing token: grows with every grant of any lock, never repeats. */
+  token: number;
+}
+
+export type LockSetStatusName = 'create' | 'extend' | 'skip';
+export interface LockSetStatus {
+  was_locked: boolean;
+  status: LockSetStatusName;
+  locked: boolean;
+}
+export interface LockSetCounts {
+  created: number;
+  renewed: number;
+  skip_create: number;
+  skip_renew: number;
+}
+export interface LockSetResultRecord {
+  locks: LockRecord[];
+  counts: LockSetCounts;
+  statuses: [string, LockSetStatus][];
+}
+
+// ---- requests (what a client may send; optional fields take the documented defaults) ----
+
+export interface SetRequest {
+  locks: string[];
+  timeout?: number | null;
+  fail?: boolean;
+  renew?: boolean;
+  create?: boolean;
+  locked_by?: string | null;
+  process_id?: number | null;
+}
+export interface GetRequest {
+  name: string;
+  expires?: number | null;
+  locked_by?: string | null;
+  lock_process?: number | null;
+  /** Seconds to wait for a held lock to be released before answering LOCKED. */
+  wait?: number | null;
+}
+export interface UnlockRequest {
+  name: string;
+  /** Release only this grant: a lock since granted to someone else is left alone (NOT_OWNER). */
+  token?: number | null;
+}
+export interface RenewRequest {
+  name: string;
+  expires?: number | null;
+  add_time?: boolean;
+  create?: boolean;
+  token?: number | null;
+  locked_by?: string | null;
+  lock_process?: number | null;
+}
+export interface IsLockedRequest {
+  name: string;
+}
+export interface ListRequest {
+  prefix?: string | null;
+  limit?: number;
+  /** Cursor: list names strictly after this one (the previous page's `next`). */
+  after?: string | null;
+}
+export type CleanRequest = Record<string, never>;
+export type ResetRequest = Record<string, never>;
+
+export interface UnlockResult {
+  unlocked: boolean;
+}
+export interface IsLockedResult {
+  locked: boolean;
+  lock: LockRecord | null;
+}
+export interface ListResult {
+  locks: LockRecord[];
+  /** Present when more locks follow: pass it as `after` to get the next page. */
+  next?: string;
+}
+export interface RemovedResult {
+  removed: number;
+}
+
+/** Request and result types of every endpoint, so both sides agree at compile time. */
+export interface Api {
+  set: { request: SetRequest; result: LockSetResultRecord };
+  get: { request: GetRequest; result: LockRecord };
+  unlock: { request: UnlockRequest; result: UnlockResult };
+  renew: { request: RenewRequest; result: LockRecord };
+  is_locked: { request: IsLockedRequest; result: IsLockedResult };
+  list: { request: ListRequest; result: ListResult };
+  clean: { request: CleanRequest; result: RemovedResult };
+  reset: { request: ResetRequest; result: RemovedResult };
+}
+
+// ---- replies ----
+
+export const ErrorCode = {
+  LOCKED: 'LOCKED',
+  LOCK_FAIL: 'LOCK_FAIL',
+  LOCK_NOT_FOUND: 'LOCK_NOT_FOUND',
+  NOT_OWNER: 'NOT_OWNER',
+  INVALID_REQUEST: 'INVALID_REQUEST',
+  STORE_UNAVAILABLE: 'STORE_UNAVAILABLE',
+  INTERNAL: 'INTERNAL',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** HTTP-like status sent in the NATS service error headers (Nats-Service-Error-Code). */
+export const ERROR_STATUS: Record<ErrorCode, number> = {
+  LOCKED: 409,
+  LOCK_FAIL: 409,
+  LOCK_NOT_FOUND: 404,
+  NOT_OWNER: 403,
+  INVALID_REQUEST: 400,
+  STORE_UNAVAILABLE: 503,
+  INTERNAL: 500,
+};
+
+export interface WireError {
+  code: ErrorCode;
+  message: string;
+  /** LOCKED, LOCK_FAIL, NOT_OWNER: the lock that stood in the way. */
+  lock?: LockRecord;
+  /** INVALID_REQUEST: which field was wrong and why. */
+  details?: { field: string; problem: string }[];
+}
+
+export type Reply<T> = { ok: true; result: T } | { ok: false; error: WireError };

@@ -1,0 +1,250 @@
+/**
+ * Request validation: turns an untrusted JSON body into a normalised request with every default
+ * applied, or throws RequestInvalid listing each bad field. Durations come out in milliseconds,
+ * null meaning "never expires".
+ */
+import {
+  DEFAULT_EXPIRES,
+  DEFAULT_LIST_LIMIT,
+  Endpoint,
+  MAX_LIST_LIMIT,
+  MAX_NAME_LENGTH,
+  MAX_NAMES_PER_SET,
+  MAX_SECONDS,
+} from './protocol';
+
+export interface FieldProblem {
+  field: string;
+  problem: string;
+}
+
+export class RequestInvalid extends Error {
+  constructor(readonly details: FieldProblem[]) {
+    super(details.map((d) => `${d.field}: ${d.problem}`).join('; '));
+    this.name = 'RequestInvalid';
+  }
+}
+
+const NAME_TOKEN = /^[^\s*>.]+$/;
+
+/** Why `name` is not a valid lock name, or null when it is. */
+export function lockNameProblem(name: unknown): string | null {
+  if (typeof name !== 'string') return 'must be a string';
+  if (name.length === 0 || name.length > MAX_NAME_LENGTH) return `must be 1-${MAX_NAME_LENGTH} characters`;
+  for (const token of name.split('.')) {
+    if (token.length === 0) return 'must not have an empty dot-separated token';
+    if (!NAME_TOKEN.test(token)) return "must not contain whitespace, '*' or '>'";
+  }
+  return null;
+}
+
+export interface NormalizedSet {
+  names: string[];
+  expiresMs: number | null;
+  fail: boolean;
+  renew: boolean;
+  create: boolean;
+  lockedBy: string | null;
+  process: number | null;
+}
+export interface NormalizedGet {
+  name: string;
+  expiresMs: number | null;
+  lockedBy: string | null;
+  process: number | null;
+  waitMs: number;
+}
+export interface NormalizedUnlock {
+  name: string;
+  token: number | null;
+}
+export interface NormalizedRenew {
+  name: string;
+  expiresMs: number | null;
+  addTime: boolean;
+  create: boolean;
+  token: number | null;
+  lockedBy: string | null;
+  process: number | null;
+}
+export interface NormalizedList {
+  prefix: string | null;
+  limit: number;
+  after: string | null;
+}
+export interface NormalizedRequests {
+  set: NormalizedSet;
+  get: NormalizedGet;
+  unlock: NormalizedUnlock;
+  renew: NormalizedRenew;
+  is_locked: { name: string };
+  list: NormalizedList;
+  clean: Record<string, never>;
+  reset: Record<string, never>;
+}
+
+/** Collects problems field by field so one reply can name all of them. */
+class Reader {
+  readonly problems: FieldProblem[] = [];
+  constructor(private readonly body: Record<string, unknown>) {}
+
+  private bad(field: string, problem: string): null {
+    this.problems.push({ field, problem });
+    return null;
+  }
+
+  name(field: string): string {
+    const value = this.body[field];
+    if (value === undefined) return this.bad(field, 'is required') ?? '';
+    const problem = lockNameProblem(value);
+    return problem ? (this.bad(field, problem) ?? '') : (value as string);
+  }
+
+  /** Seconds -> ms. undefined takes the default; null, false or 0 mean never expires. */
+  duration(field: string, fallback: number): number | null {
+    const value = this.body[field];
+    if (value === undefined) return fallback * 1000;
+    if (value === null || value === false || value === 0) return null;
+    const seconds = typeof value === 'string' && value.trim() !== '' ? Number(value) : value;
+    if (typeof seconds !== 'number' || !Number.isFinite(seconds)) return this.bad(field, 'must be a number of seconds or null');
+    if (seconds < 0) return this.bad(field, 'must not be negative (use 0 or null for a lock that never expires)');
+    if (seconds > MAX_SECONDS) return this.bad(field, `must be at most ${MAX_SECONDS} seconds`);
+    const ms = Math.round(seconds * 1000);
+    return ms === 0 ? null : ms;
+  }
+
+  /** Non-negative seconds -> ms, 0 when absent. */
+  wait(field: string): number {
+    const value = this.body[field];
+    if (value === undefined || value === null || value === false) return 0;
+    if (typeof value !== 'number' || !Number.isFinite(value)) return this.bad(field, 'must be a number of seconds') ?? 0;
+    if (value < 0) return this.bad(field, 'must not be negative') ?? 0;
+    if (value > MAX_SECONDS) return this.bad(field, `must be at most ${MAX_SECONDS} seconds`) ?? 0;
+    return Math.round(value * 1000);
+  }
+
+  bool(field: string, fallback: boolean): boolean {
+    const value = this.body[field];
+    if (value === undefined || value === null) return fallback;
+    if (typeof value !== 'boolean') return this.bad(field, 'must be true or false') ?? fallback;
+    return value;
+  }
+
+  text(field: string, max = 255): string | null {
+    const value = this.body[field];
+    if (value === undefined || value === null || value === '') return null;
+    if (typeof value !== 'string') return this.bad(field, 'must be a string');
+    if (value.length > max) return this.bad(field, `must be at most ${max} characters`);
+    return value;
+  }
+
+  integer(field: string): number | null {
+    const value = this.body[field];
+    if (value === undefined || value === null) return null;
+    const n = typeof value === 'string' && /^-?\d+$/.test(value) ? Number(value) : value;
+    if (typeof n !== 'number' || !Number.isSafeInteger(n)) return this.bad(field, 'must be an integer');
+    return n;
+  }
+
+  unknownFields(allowed: readonly string[]): void {
+    for (const key of Object.keys(this.body)) {
+      if (!allowed.includes(key)) this.bad(key, 'is not a field of this request');
+    }
+  }
+}
+
+const FIELDS: Record<Endpoint, readonly string[]> = {
+  set: ['locks', 'timeout', 'fail', 'renew', 'create', 'locked_by', 'process_id'],
+  get: ['name', 'expires', 'locked_by', 'lock_process', 'wait'],
+  unlock: ['name', 'token'],
+  renew: ['name', 'expires', 'add_time', 'create', 'token', 'locked_by', 'lock_process'],
+  is_locked: ['name'],
+  list: ['prefix', 'limit', 'after'],
+  clean: [],
+  reset: [],
+};
+
+function readSet(r: Reader, body: Record<string, unknown>): NormalizedSet {
+  const locks = body.locks;
+  const names: string[] = [];
+  if (!Array.isArray(locks)) {
+    r.problems.push({ field: 'locks', problem: 'must be an array of lock names' });
+  } else if (locks.length > MAX_NAMES_PER_SET) {
+    r.problems.push({ field: 'locks', problem: `must hold at most ${MAX_NAMES_PER_SET} names` });
+  } else {
+    locks.forEach((name, i) => {
+      const problem = lockNameProblem(name);
+      if (problem) r.problems.push({ field: `locks[${i}]`, problem });
+      else names.push(name as string);
+    });
+  }
+  return {
+    names,
+    expiresMs: r.duration('timeout', DEFAULT_EXPIRES),
+    fail: r.bool('fail', false),
+    renew: r.bool('renew', true),
+    create: r.bool('create', true),
+    lockedBy: r.text('locked_by'),
+    process: r.integer('process_id'),
+  };
+}
+
+function readList(r: Reader, body: Record<string, unknown>): NormalizedList {
+  let limit = DEFAULT_LIST_LIMIT;
+  if (body.limit !== undefined && body.limit !== null) {
+    const n = body.limit;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_LIST_LIMIT) {
+      r.problems.push({ field: 'limit', problem: `must be an integer from 1 to ${MAX_LIST_LIMIT}` });
+    } else limit = n;
+  }
+  return { prefix: r.text('prefix'), limit, after: r.text('after') };
+}
+
+/** Validate and normalise one request body for `endpoint`. Throws RequestInvalid. */
+export function validateRequest<E extends Endpoint>(endpoint: E, body: unknown): NormalizedRequests[E] {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw new RequestInvalid([{ field: '(body)', problem: 'must be a JSON object' }]);
+  }
+  const fields = body as Record<string, unknown>;
+  const r = new Reader(fields);
+  r.unknownFields(FIELDS[endpoint]);
+  let out: NormalizedRequests[Endpoint];
+  switch (endpoint) {
+    case 'set':
+      out = readSet(r, fields);
+      break;
+    case 'get':
+      out = {
+        name: r.name('name'),
+        expiresMs: r.duration('expires', DEFAULT_EXPIRES),
+        lockedBy: r.text('locked_by'),
+        process: r.integer('lock_process'),
+        waitMs: r.wait('wait'),
+      };
+      break;
+    case 'unlock':
+      out = { name: r.name('name'), token: r.integer('token') };
+      break;
+    case 'renew':
+      out = {
+        name: r.name('name'),
+        expiresMs: r.duration('expires', DEFAULT_EXPIRES),
+        addTime: r.bool('add_time', false),
+        create: r.bool('create', false),
+        token: r.integer('token'),
+        lockedBy: r.text('locked_by'),
+        process: r.integer('lock_process'),
+      };
+      break;
+    case 'is_locked':
+      out = { name: r.name('name') };
+      break;
+    case 'list':
+      out = readList(r, fields);
+      break;
+    default:
+      out = {};
+  }
+  if (r.problems.length > 0) throw new RequestInvalid(r.problems);
+  return out as NormalizedRequests[E];
+}
