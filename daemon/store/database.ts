@@ -212,7 +212,7 @@ export class Database {
     } catch (err) {
       throw new StoreUnavailable(`cannot connect to PostgreSQL: ${(err as Error).message}`, err);
     }
-    return new PostgresConnection(raw, (client) => void manager.releaseConnection(client).catch(() => undefined));
+    return new PostgresConnection(raw, (client) => void Promise.resolve(manager.releaseConnection(client)).catch(() => undefined));
   }
 
   async close(): Promise<void> {
