@@ -3,6 +3,7 @@
  * Every option is declared once below; the environment name and flag name derive from it.
  */
 import { readFileSync } from 'node:fs';
+import { maskNatsUrls } from '../shared/nats-url';
 import { maskDatabaseUrl } from './store/database';
 import { LOG_LEVELS } from './logger';
 
@@ -152,11 +153,7 @@ export function maskedConfig(config: DaemonConfig): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const key of Object.keys(OPTIONS) as ConfigKey[]) {
     const value = config[key];
-    out[key] = key === 'db' || key === 'natsUrl' ? maskUrl(String(value)) : value;
+    out[key] = key === 'db' ? maskDatabaseUrl(String(value)) : key === 'natsUrl' ? maskNatsUrls(String(value)) : value;
   }
   return out;
-}
-
-function maskUrl(url: string): string {
-  return maskDatabaseUrl(url).replace(/^(nats|tls|wss?):\/\/([^:@/]+)(:[^@]*)?@/i, (_m, scheme) => `${scheme}://***@`);
 }

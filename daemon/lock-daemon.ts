@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { connect, credsAuthenticator, type NatsConnection, type Service, type Subscription } from 'nats';
 import { readFileSync } from 'node:fs';
+import { maskNatsUrls, natsServerOptions } from '../shared/nats-url';
 import { ENDPOINTS, requestSubject } from '../shared/protocol';
 import type { LockEvent } from '../shared/events';
 import { loadConfig, maskedConfig, type DaemonConfig } from './config';
@@ -157,8 +158,8 @@ export class LockDaemon {
 
   private async connectNats(): Promise<NatsConnection> {
     const c = this.config;
-    const servers = c.natsUrl.split(',').map((s) => s.trim());
-    const auth = c.natsCreds ? { authenticator: credsAuthenticator(readFileSync(c.natsCreds)) } : {};
+    const { servers, ...urlAuth } = natsServerOptions(c.natsUrl);
+    const auth = c.natsCreds ? { ...urlAuth, authenticator: credsAuthenticator(readFileSync(c.natsCreds)) } : urlAuth;
     let delay = 1000;
     for (let attempt = 1; ; attempt++) {
       if (this.stopping) throw new Error('stopped before NATS was reached');
@@ -172,7 +173,7 @@ export class LockDaemon {
         });
       } catch (err) {
         this.logger.error(
-          `cannot reach NATS at ${servers.join(', ')} (${(err as Error).message}): start nats-server (with -js for the audit trail) or set LOCKMGR_NATS_URL; retrying in ${delay / 1000}s (attempt ${attempt})`,
+          `cannot reach NATS at ${maskNatsUrls(c.natsUrl)} (${(err as Error).message}): start nats-server (with -js for the audit trail) or set LOCKMGR_NATS_URL; retrying in ${delay / 1000}s (attempt ${attempt})`,
         );
         await new Promise((r) => setTimeout(r, delay));
         delay = Math.min(delay * 2, 15_000);

@@ -36,7 +36,7 @@ export function dialectOf(url: string): Dialect {
 
 /** The URL with any password replaced, for logs and `lockmgr config`. */
 export function maskDatabaseUrl(url: string): string {
-  return url.replace(/^(postgres(?:ql)?:\/\/[^:/@]+:)([^@]*)@/i, '$1***@');
+  return url.replace(/^(postgres(?:ql)?:\/\/[^:/@]*:)([^@]*)@/i, '$1***@');
 }
 
 /** The database is unreachable or refused the work: the request may be retried later. */
