@@ -23,7 +23,7 @@ export const OPTIONS = {
   prefix: { kind: 'string', default: 'lock', describe: 'Subject prefix P: requests on P.set, P.get...; events on P.events.>' },
   db: { kind: 'string', default: './data/lockmgr.sqlite', describe: 'SQLite file path, or a postgres:// URL', secret: true },
   dbPoolSize: { kind: 'number', default: 4, min: 1, describe: 'PostgreSQL connections per daemon' },
-  sqliteSynchronous: { kind: 'enum', default: 'FULL', choices: ['FULL', 'NORMAL'], describe: 'SQLite synchronous pragma (FULL survives power loss)' },
+  sqliteSynchronous: { kind: 'enum', default: 'NORMAL', choices: ['NORMAL', 'FULL'], describe: 'SQLite synchronous pragma: NORMAL survives a killed daemon, FULL also power loss (one fsync per commit)' },
   migrate: { kind: 'boolean', default: true, describe: 'Apply pending schema migrations at start' },
   logLevel: { kind: 'enum', default: 'info', choices: LOG_LEVELS, describe: 'Log level' },
   logFormat: { kind: 'enum', default: 'auto', choices: ['auto', 'json', 'pretty'], describe: 'Log format (auto: pretty on a terminal, JSON otherwise)' },

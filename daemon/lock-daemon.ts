@@ -50,10 +50,17 @@ export class LockDaemon {
   private service?: Service;
   private relay?: EventRelay;
   private lockService?: LockService;
-  private wakeSub?: Subscription;
+  /** Per waited-for name: a subscription to its events, so releases by other daemons wake us. */
+  private readonly wakeSubs = new Map<string, Subscription>();
   private sweepTimer?: NodeJS.Timeout;
   private sweeping?: Promise<void>;
-  private readonly waiters = new WaitQueue();
+  private readonly waiters = new WaitQueue({
+    watch: (name) => this.watchReleases(name),
+    unwatch: (name) => {
+      this.wakeSubs.get(name)?.unsubscribe();
+      this.wakeSubs.delete(name);
+    },
+  });
   private starting?: Promise<void>;
   private stopping?: Promise<void>;
 
@@ -93,7 +100,13 @@ export class LockDaemon {
     }
     this.logger.info('store ready', { store: this.db.describe(), dialect: this.db.dialect });
 
-    this.batcher = new Batcher(this.db, { maxBatch: c.maxBatch, daemonId: this.id, onCommit: (events) => this.committed(events) });
+    this.batcher = new Batcher(this.db, {
+      maxBatch: c.maxBatch,
+      // One PostgreSQL connection stays free for the event relay.
+      concurrency: Math.max(1, c.dbPoolSize - 1),
+      daemonId: this.id,
+      onCommit: (events) => this.committed(events),
+    });
 
     if (this.options.nc) {
       this.nc = this.options.nc;
@@ -119,15 +132,6 @@ export class LockDaemon {
       this.logger,
     );
     await this.relay.start();
-
-    // Releases made by other daemons sharing the database wake our waiters too.
-    this.wakeSub = this.nc.subscribe(`${c.prefix}.events.*.>`, {
-      callback: (_err, msg) => {
-        if (msg.headers?.get(DAEMON_HEADER) === this.id) return; // ours: already woken locally
-        const type = msg.subject.slice(c.prefix.length + 8).split('.', 1)[0] ?? '';
-        if (RELEASE_TYPES.has(type)) this.waiters.notify(msg.subject.slice(c.prefix.length + 9 + type.length));
-      },
-    });
 
     this.lockService = new LockService(this.batcher, this.waiters, this.logger);
     this.service = await this.nc.services.add({
@@ -168,6 +172,8 @@ export class LockDaemon {
           servers,
           name: `lockmgr-daemon ${this.id}`,
           maxReconnectAttempts: -1,
+          // No stack capture per request: the daemon publishes one JetStream request per event.
+          noAsyncTraces: true,
           reconnectTimeWait: 1000,
           ...auth,
         });
@@ -191,6 +197,20 @@ export class LockDaemon {
         } else if (s.type === 'error') this.logger.error(`NATS error: ${String(s.data)}`);
       }
     })();
+  }
+
+  /** Releases of `name` made by other daemons sharing the database wake our waiters too. */
+  private watchReleases(name: string): void {
+    if (!this.nc || this.nc.isClosed()) return;
+    const prefix = this.config.prefix;
+    const sub = this.nc.subscribe(`${prefix}.events.*.${name}`, {
+      callback: (_err, msg) => {
+        if (msg.headers?.get(DAEMON_HEADER) === this.id) return; // ours: already woken at commit
+        const type = msg.subject.slice(prefix.length + 8, msg.subject.length - name.length - 1);
+        if (RELEASE_TYPES.has(type)) this.waiters.notify(name);
+      },
+    });
+    this.wakeSubs.set(name, sub);
   }
 
   /** After each commit: wake local waiters for released names and hand the events to the relay. */
@@ -250,7 +270,8 @@ export class LockDaemon {
       if (!flushed) this.logger.warn('stopping with events still in the outbox; the next daemon to start delivers them');
       await this.relay.stop();
     }
-    this.wakeSub?.unsubscribe();
+    for (const sub of this.wakeSubs.values()) sub.unsubscribe();
+    this.wakeSubs.clear();
     if (this.nc && this.ownsConnection) await within(this.nc.drain().catch(() => undefined));
     await this.db?.close();
     this.logger.info('stopped');

@@ -4,13 +4,24 @@
  * holder's lock runs out or its own wait ends.
  */
 
+/** setTimeout's longest delay; a longer one fires at once. A waiter woken early simply waits again. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 interface Waiter {
   wake(): void;
   timer: NodeJS.Timeout;
 }
 
+/** Told when a name gets its first waiter and loses its last (to follow releases elsewhere). */
+export interface WaitHooks {
+  watch(name: string): void;
+  unwatch(name: string): void;
+}
+
 export class WaitQueue {
   private readonly queues = new Map<string, Waiter[]>();
+
+  constructor(private readonly hooks?: WaitHooks) {}
   /** Once closed (the daemon is stopping), waits end at once. */
   closed = false;
 
@@ -28,12 +39,16 @@ export class WaitQueue {
           this.remove(name, waiter);
           resolve();
         },
-        timer: setTimeout(() => waiter.wake(), Math.max(0, until - Date.now())),
+        timer: setTimeout(() => waiter.wake(), Math.min(MAX_TIMER_MS, Math.max(0, until - Date.now()))),
       };
-      const queue = this.queues.get(name) ?? [];
+      let queue = this.queues.get(name);
+      if (!queue) {
+        queue = [];
+        this.queues.set(name, queue);
+        this.hooks?.watch(name);
+      }
       if (front) queue.unshift(waiter);
       else queue.push(waiter);
-      this.queues.set(name, queue);
     });
   }
 
@@ -64,6 +79,9 @@ export class WaitQueue {
     if (!queue) return;
     const i = queue.indexOf(waiter);
     if (i >= 0) queue.splice(i, 1);
-    if (queue.length === 0) this.queues.delete(name);
+    if (queue.length === 0) {
+      this.queues.delete(name);
+      this.hooks?.unwatch(name);
+    }
   }
 }

@@ -90,6 +90,11 @@ class BatchTx implements Tx {
 export interface BatcherOptions {
   /** Most operations in one transaction. */
   maxBatch?: number;
+  /**
+   * Transactions in flight at once. SQLite has one writer, so 1; on PostgreSQL several batches
+   * on several connections overlap their network round trips.
+   */
+  concurrency?: number;
   /** The daemon's instance id, written into each event. */
   daemonId: string;
   /** Called after each commit with the events it recorded (to wake waiters and the relay). */
@@ -112,22 +117,25 @@ export function isDomainError(err: unknown): err is DomainError {
 
 export class Batcher {
   private queue: Queued[] = [];
-  private running = false;
+  /** Workers draining the queue, each running one transaction at a time. */
+  private workers = 0;
   private readonly maxBatch: number;
+  private readonly concurrency: number;
 
   constructor(
     private readonly db: Database,
     private readonly options: BatcherOptions,
   ) {
     this.maxBatch = options.maxBatch ?? 256;
+    this.concurrency = db.dialect === 'sqlite' ? 1 : Math.max(1, options.concurrency ?? 1);
   }
 
   /** Run `op` in the next transaction; resolves after that transaction commits. */
   run<T>(op: Operation<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ op: op as Operation<unknown>, resolve: resolve as (v: unknown) => void, reject });
-      if (!this.running) {
-        this.running = true;
+      if (this.workers < this.concurrency) {
+        this.workers += 1;
         // Let requests already decoded in this turn of the event loop join the same batch.
         setImmediate(() => void this.drain());
       }
@@ -136,7 +144,7 @@ export class Batcher {
 
   /** Requests waiting or running. */
   get pending(): number {
-    return this.queue.length + (this.running ? 1 : 0);
+    return this.queue.length + this.workers;
   }
 
   private async drain(): Promise<void> {
@@ -144,7 +152,7 @@ export class Batcher {
       const batch = this.queue.splice(0, this.maxBatch);
       await this.runBatch(batch);
     }
-    this.running = false;
+    this.workers -= 1;
   }
 
   private async runBatch(batch: Queued[]): Promise<void> {
