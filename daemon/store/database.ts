@@ -19,6 +19,11 @@ export interface SqlConnection {
   query(sql: string, params?: readonly unknown[]): Promise<Row[]>;
   /** Several statements without parameters, in one round trip where the driver allows. */
   exec(sql: string): Promise<void>;
+  /**
+   * Open a write transaction and read the clock that decides expiry in it (ms since the epoch):
+   * the database's on PostgreSQL (in the same round trip), this process's on SQLite.
+   */
+  begin(): Promise<number>;
   release(): void;
 }
 
@@ -112,6 +117,11 @@ class SqliteConnection implements SqlConnection {
     this.db.exec(sql);
   }
 
+  async begin(): Promise<number> {
+    this.db.exec('BEGIN IMMEDIATE');
+    return Date.now();
+  }
+
   release(): void {
     // The SQLite connection is the database's one writer; it stays open until close().
   }
@@ -149,6 +159,13 @@ class PostgresConnection implements SqlConnection {
 
   async exec(sql: string): Promise<void> {
     await this.client.query(sql);
+  }
+
+  async begin(): Promise<number> {
+    const results = (await this.client.query(
+      'BEGIN; SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS now',
+    )) as unknown as { rows: Row[] }[];
+    return Number(results[1]!.rows[0]!.now);
   }
 
   release(): void {

@@ -186,19 +186,12 @@ export class Batcher {
     const conn = await this.db.connect();
     let open = false;
     try {
-      let now: number;
+      open = true; // roll back even if only part of begin() went through
+      const now = await conn.begin();
       let tokenBase = 0;
       if (conn.dialect === 'sqlite') {
-        await conn.exec('BEGIN IMMEDIATE');
-        open = true;
-        now = Date.now();
         const [counter] = await conn.query(`SELECT value FROM lockmgr_counters WHERE name = 'token'`);
         tokenBase = Number(counter?.value ?? 0);
-      } else {
-        await conn.exec('BEGIN');
-        open = true;
-        const [row] = await conn.query(`SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS now`);
-        now = Number(row!.now);
       }
       const tx = new BatchTx(conn, now, tokenBase);
       const outcomes: Outcome[] = [];
