@@ -8,6 +8,12 @@ import { ConfigError } from '../daemon/config';
 import { SERVICE_VERSION } from '../daemon/lock-daemon';
 import { daemonCommand, configCommand, migrateCommand } from './daemon-commands';
 import { withDaemonOptions } from './options';
+import { setLockCommand } from './set-lock';
+import { clearLockCommand } from './clear-lock';
+import { listLocksCommand } from './list-locks';
+import { resetLocksCommand } from './reset-locks';
+import { runCommand } from './run';
+import { pingCommand } from './ping';
 
 export function buildCli(args: string[]) {
   return yargs(args)
@@ -16,6 +22,12 @@ export function buildCli(args: string[]) {
     .command('daemon', 'Run the lock daemon', (y) => withDaemonOptions(y), daemonCommand)
     .command('config', 'Print the resolved configuration (secrets masked) and where each value came from', (y) => withDaemonOptions(y).option('json', { type: 'boolean', describe: 'JSON output' }), configCommand)
     .command('migrate', 'Apply pending schema migrations and exit', (y) => withDaemonOptions(y), migrateCommand)
+    .command(setLockCommand)
+    .command(clearLockCommand)
+    .command(listLocksCommand)
+    .command(resetLocksCommand)
+    .command(runCommand)
+    .command(pingCommand)
     .demandCommand(1, 'Name a command: lockmgr --help lists them.')
     .strict()
     .version(SERVICE_VERSION)
@@ -23,8 +35,9 @@ export function buildCli(args: string[]) {
     .alias('h', 'help')
     .wrap(Math.min(110, process.stdout.columns ?? 110))
     .fail((msg, err) => {
-      if (err && !(err instanceof ConfigError)) throw err;
-      process.stderr.write(`lockmgr: ${err ? err.message : msg}\nRun "lockmgr --help" (or "lockmgr <command> --help") for usage.\n`);
+      // Without a message, the error came from a command handler: the catch below reports it.
+      if (msg === null && err) throw err;
+      process.stderr.write(`lockmgr: ${msg ?? err?.message}\nRun "lockmgr --help" (or "lockmgr <command> --help") for usage.\n`);
       process.exit(64);
     });
 }
@@ -33,7 +46,9 @@ if (require.main === module) {
   buildCli(hideBin(process.argv))
     .parseAsync()
     .catch((err: Error) => {
-      process.stderr.write(`lockmgr: ${err instanceof ConfigError ? err.message : err.stack ?? err}\n`);
+      // One line, no stack, unless LOCKMGR_DEBUG is set.
+      const text = process.env.LOCKMGR_DEBUG ? err.stack ?? String(err) : err?.message ?? String(err);
+      process.stderr.write(`lockmgr: ${err instanceof ConfigError ? err.message : text}\n`);
       process.exit(err instanceof ConfigError ? 78 : 1);
     });
 }

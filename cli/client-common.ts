@@ -1,0 +1,203 @@
+/**
+ * What the lock-management commands (set-lock, clear-lock, list-locks, reset-locks, run, ping)
+ * share: connection flags, connecting to NATS, exit codes, and turning errors into one clear line
+ * (or a JSON object with --json).
+ */
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { connect, credsAuthenticator, type NatsConnection } from 'nats';
+import type { Argv } from 'yargs';
+import { LockClient } from '../client/lock-client';
+import { LockError, LockFail, Locked, NoDaemon, RequestTimeout } from '../client/errors';
+import { ConfigError, loadConfig } from '../daemon/config';
+import { maskNatsUrls, natsServerOptions } from '../shared/nats-url';
+
+/** Exit codes of the lockmgr commands (docs/cli.md lists them). */
+export const EXIT = {
+  OK: 0,
+  /** The daemon answered with an error, a request timed out, or something unexpected failed. */
+  ERROR: 1,
+  /** A lock is held by someone else: set-lock --fail met a held lock; run could not take its lock. */
+  LOCKED: 2,
+  /** run: the lock was lost while the command ran (released by someone else, or not renewed in time). */
+  LOCK_LOST: 3,
+  /** Bad command line: unknown option, missing argument, bad value. */
+  USAGE: 64,
+  /** NATS is unreachable, or no daemon answers on the prefix. */
+  UNAVAILABLE: 69,
+  /** Bad configuration (config file, LOCKMGR_* environment). */
+  CONFIG: 78,
+} as const;
+
+/** An error that already knows its exit code and its one-line message. */
+export class CliError extends Error {
+  constructor(
+    readonly exitCode: number,
+    message: string,
+    readonly code = 'ERROR',
+  ) {
+    super(message);
+    this.name = 'CliError';
+  }
+}
+
+export interface ClientArgs {
+  'nats-url'?: string;
+  'nats-creds'?: string;
+  prefix?: string;
+  config?: string;
+  'timeout-ms'?: number;
+  json?: boolean;
+}
+
+const CONNECTION_FLAGS = ['nats-url', 'nats-creds', 'prefix', 'config', 'timeout-ms'];
+
+/** The flags every lock-management command takes. */
+export function withClientOptions<T>(y: Argv<T>, opts: { json?: boolean } = {}): Argv<T & ClientArgs> {
+  const withJson = opts.json !== false;
+  let out = y
+    .option('nats-url', {
+      type: 'string',
+      describe: 'NATS server URL(s), comma-separated [env LOCKMGR_NATS_URL, default nats://127.0.0.1:4222]',
+    })
+    .option('nats-creds', { type: 'string', describe: 'NATS credentials file [env LOCKMGR_NATS_CREDS]' })
+    .option('prefix', { type: 'string', describe: 'Subject prefix the daemons serve [env LOCKMGR_PREFIX, default lock]' })
+    .option('config', { type: 'string', describe: 'JSON config file to take natsUrl, natsCreds and prefix from [env LOCKMGR_CONFIG]' })
+    .option('timeout-ms', {
+      type: 'number',
+      describe: 'Milliseconds to wait for each reply [env LOCKMGR_TIMEOUT_MS, default 10000]',
+    })
+    .check((argv) => {
+      const t = argv['timeout-ms'];
+      if (t !== undefined && !(typeof t === 'number' && Number.isFinite(t) && t > 0)) {
+        throw new Error(`--timeout-ms must be a positive number of milliseconds, got ${String(t)}`);
+      }
+      return true;
+    });
+  if (withJson) {
+    out = out.option('json', { type: 'boolean', default: false, describe: 'Machine-readable JSON on stdout (same exit codes)' });
+  }
+  return out.group(withJson ? [...CONNECTION_FLAGS, 'json'] : CONNECTION_FLAGS, 'Connection and output:') as unknown as Argv<T & ClientArgs>;
+}
+
+export interface Connection {
+  natsUrl: string;
+  natsCreds: string;
+  prefix: string;
+  timeoutMs: number;
+}
+
+/** Flags > environment > config file > defaults, as for the daemon. */
+export function resolveConnection(argv: ClientArgs, env: NodeJS.ProcessEnv = process.env): Connection {
+  const { config } = loadConfig({
+    env,
+    file: argv.config,
+    flags: { natsUrl: argv['nats-url'], natsCreds: argv['nats-creds'], prefix: argv.prefix },
+  });
+  let timeoutMs = argv['timeout-ms'];
+  if (timeoutMs === undefined && env.LOCKMGR_TIMEOUT_MS) {
+    timeoutMs = Number(env.LOCKMGR_TIMEOUT_MS);
+    if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
+      throw new ConfigError(`environment LOCKMGR_TIMEOUT_MS: must be a positive number, got ${JSON.stringify(env.LOCKMGR_TIMEOUT_MS)}`);
+    }
+  }
+  return { natsUrl: config.natsUrl, natsCreds: config.natsCreds, prefix: config.prefix, timeoutMs: timeoutMs ?? 10_000 };
+}
+
+/** Connect to NATS, or throw a CliError that says what to do. */
+export async function connectNats(conn: Connection, name: string): Promise<NatsConnection> {
+  const { servers, ...auth } = natsServerOptions(conn.natsUrl);
+  let creds = {};
+  if (conn.natsCreds) {
+    try {
+      creds = { authenticator: credsAuthenticator(readFileSync(conn.natsCreds)) };
+    } catch (err) {
+      throw new CliError(EXIT.CONFIG, `cannot read the NATS credentials file ${conn.natsCreds}: ${(err as Error).message}`, 'CONFIG');
+    }
+  }
+  try {
+    return await connect({
+      servers,
+      name: `lockmgr-${name} ${hostname()}:${process.pid}`,
+      timeout: Math.min(conn.timeoutMs, 10_000),
+      maxReconnectAttempts: 10,
+      ...auth,
+      ...creds,
+    });
+  } catch (err) {
+    throw new CliError(
+      EXIT.UNAVAILABLE,
+      `cannot reach NATS at ${maskNatsUrls(conn.natsUrl)} (${(err as Error).message}): start nats-server, or point --nats-url / LOCKMGR_NATS_URL at it`,
+      'NATS_UNREACHABLE',
+    );
+  }
+}
+
+export async function openClient(argv: ClientArgs, name: string): Promise<LockClient> {
+  const conn = resolveConnection(argv);
+  const nc = await connectNats(conn, name);
+  return new LockClient(nc, { prefix: conn.prefix, timeout: conn.timeoutMs }, true);
+}
+
+/** Exit code and message for any error a command may meet. */
+export function describeError(err: unknown): { exitCode: number; code: string; message: string; lock?: unknown } {
+  if (err instanceof CliError) return { exitCode: err.exitCode, code: err.code, message: err.message };
+  if (err instanceof ConfigError) return { exitCode: EXIT.CONFIG, code: 'CONFIG', message: err.message };
+  if (err instanceof NoDaemon) {
+    return {
+      exitCode: EXIT.UNAVAILABLE,
+      code: err.code,
+      message: `${err.message.replace(/: start one.*$/, '')}: start one with "lockmgr daemon", or check --prefix / LOCKMGR_PREFIX and --nats-url / LOCKMGR_NATS_URL`,
+    };
+  }
+  if (err instanceof RequestTimeout) {
+    return { exitCode: EXIT.ERROR, code: err.code, message: `${err.message}: the daemon is overloaded or its database is slow; retry, or raise --timeout-ms` };
+  }
+  if (err instanceof LockFail || err instanceof Locked) {
+    return { exitCode: EXIT.LOCKED, code: err.code, message: err.message, lock: err.lock ?? undefined };
+  }
+  if (err instanceof LockError) return { exitCode: EXIT.ERROR, code: err.code, message: err.message };
+  return { exitCode: EXIT.ERROR, code: 'ERROR', message: (err as Error)?.message ?? String(err) };
+}
+
+/** Print an error (one line on stderr, or a JSON object on stdout) and return its exit code. */
+export function reportError(err: unknown, json: boolean | undefined): number {
+  const d = describeError(err);
+  if (json) {
+    const error: Record<string, unknown> = { code: d.code, message: d.message };
+    if (d.lock) error.lock = d.lock;
+    process.stdout.write(`${JSON.stringify({ error })}\n`);
+  } else {
+    process.stderr.write(`lockmgr: ${d.message}\n`);
+  }
+  return d.exitCode;
+}
+
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** Python's print(): the text and a newline. */
+export function print(text = ''): void {
+  process.stdout.write(`${text}\n`);
+}
+
+/** django-lockmgr's rule between sections: a blank line, 57 '=', a blank line. */
+export const RULE = `\n${'='.repeat(57)}\n`;
+
+/**
+ * Run a command body with a connected client: closes the connection afterwards and sets the
+ * exit code from what the body returned or threw.
+ */
+export async function withClient(argv: ClientArgs, name: string, body: (client: LockClient) => Promise<number>): Promise<void> {
+  let client: LockClient | undefined;
+  let code: number;
+  try {
+    client = await openClient(argv, name);
+    code = await body(client);
+  } catch (err) {
+    code = reportError(err, argv.json);
+  }
+  await client?.close().catch(() => undefined);
+  process.exitCode = code;
+}

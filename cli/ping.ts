@@ -1,0 +1,81 @@
+/**
+ * `lockmgr ping`: is a daemon serving this prefix, and does it reach its database? Exit 0 if so.
+ * Asks `$SRV.PING.lockmgr` (every daemon answers, with its prefix and daemon id) and sends one
+ * `is_locked` request, which goes through a daemon's store. `--local` also requires a daemon on
+ * this host (the healthcheck of a container running one).
+ */
+import { hostname } from 'node:os';
+import { Empty, RequestStrategy } from 'nats';
+import type { Argv, CommandModule } from 'yargs';
+import { SERVICE_NAME } from '../daemon/lock-daemon';
+import { CliError, EXIT, print, printJson, withClient, withClientOptions, type ClientArgs } from './client-common';
+
+interface PingArgs extends ClientArgs {
+  local: boolean;
+}
+
+interface PingInfo {
+  type?: string;
+  id?: string;
+  version?: string;
+  metadata?: { prefix?: string; store?: string; daemon?: string };
+}
+
+const PROBE_NAME = 'lockmgr.ping';
+
+export const pingCommand: CommandModule<object, PingArgs> = {
+  command: 'ping',
+  describe: 'Check that a daemon answers on the prefix and reaches its database (exit 0 if so)',
+  builder: (y: Argv) =>
+    withClientOptions(y)
+      .option('local', { type: 'boolean', default: false, describe: 'Also require a daemon running on this host (for healthchecks)' })
+      .example('$0 ping', 'exit 0 if some daemon serves the prefix')
+      .example('$0 ping --local', 'docker healthcheck: the daemon in this container answers') as unknown as Argv<PingArgs>,
+  handler: (argv) =>
+    withClient(argv, 'ping', async (client) => {
+      const decoder = new TextDecoder();
+      const daemons: { service: string; daemon: string; version: string; store: string }[] = [];
+      try {
+        const replies = await client.nc.requestMany(`$SRV.PING.${SERVICE_NAME}`, Empty, {
+          maxWait: Math.min(client.timeout, 3000),
+          strategy: RequestStrategy.JitterTimer,
+          jitter: 300,
+        });
+        for await (const m of replies) {
+          let info: PingInfo;
+          try {
+            info = JSON.parse(decoder.decode(m.data));
+          } catch {
+            continue;
+          }
+          if (info.metadata?.prefix !== client.prefix) continue;
+          daemons.push({
+            service: info.id ?? '?',
+            daemon: info.metadata.daemon ?? '?',
+            version: info.version ?? '?',
+            store: info.metadata.store ?? '?',
+          });
+        }
+      } catch {
+        // no responders at all: the probe below reports it as NO_DAEMON
+      }
+      // One request through a daemon's database (any daemon of the queue group may take it).
+      await client.isLocked(PROBE_NAME);
+      const host = hostname();
+      const local = daemons.filter((d) => d.daemon.startsWith(`${host}:`));
+      if (argv.local && local.length === 0) {
+        throw new CliError(
+          EXIT.UNAVAILABLE,
+          `no daemon on this host (${host}) answers on prefix "${client.prefix}" (${daemons.length} elsewhere do)`,
+          'NO_LOCAL_DAEMON',
+        );
+      }
+      if (argv.json) {
+        printJson({ ok: true, prefix: client.prefix, daemons, local: local.length });
+      } else {
+        const list = daemons.map((d) => `${d.daemon} v${d.version} ${d.store}`).join(', ');
+        print(`ok: ${daemons.length} daemon(s) serve prefix "${client.prefix}"${list ? ` (${list})` : ''}; a lock request was answered`);
+      }
+      return EXIT.OK;
+    }),
+};
