@@ -12,7 +12,7 @@ export interface NatsServerOptions {
   token?: string;
 }
 
-const CREDENTIALS = /^([a-z][a-z0-9+.-]*:\/\/)([^@/]*)@/i;
+const CREDENTIALS = /^(\s*[a-z][a-z0-9+.-]*:\/\/)([^@/]*)@/i;
 
 function decode(s: string): string {
   try {
