@@ -125,6 +125,13 @@ export async function connectNats(conn: Connection, name: string): Promise<NatsC
       ...creds,
     });
   } catch (err) {
+    if ((err as { code?: string }).code === 'AUTHORIZATION_VIOLATION') {
+      throw new CliError(
+        EXIT.UNAVAILABLE,
+        `NATS at ${maskNatsUrls(conn.natsUrl)} refused the connection (${(err as Error).message}): give credentials as nats://user:pass@host in --nats-url / LOCKMGR_NATS_URL, or --nats-creds`,
+        'NATS_UNAUTHORIZED',
+      );
+    }
     throw new CliError(
       EXIT.UNAVAILABLE,
       `cannot reach NATS at ${maskNatsUrls(conn.natsUrl)} (${(err as Error).message}): start nats-server, or point --nats-url / LOCKMGR_NATS_URL at it`,
