@@ -1,0 +1,158 @@
+/**
+ * What CI can check of the deployment files without a Docker engine: docker-compose.yml parses
+ * and has the intended structure, its server flags match the ones the tests and .ci/run start
+ * nats-server with, the Dockerfile builds and runs the CLI, and the example configs load.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseDocument } from 'yaml';
+import { OPTIONS, envName, loadConfig } from '../../daemon/config';
+import { dialectOf } from '../../daemon/store/database';
+
+const ROOT = join(__dirname, '..', '..');
+const read = (p: string) => readFileSync(join(ROOT, p), 'utf8');
+
+interface Service {
+  image?: string;
+  build?: string | { context: string };
+  command?: string[];
+  environment?: Record<string, string>;
+  volumes?: string[];
+  ports?: string[];
+  healthcheck?: { test: string[]; interval?: string; retries?: number };
+  depends_on?: Record<string, { condition: string }>;
+  deploy?: { replicas?: number };
+  stop_signal?: string;
+  stop_grace_period?: string;
+}
+
+function loadCompose(): { services: Record<string, Service>; volumes: Record<string, unknown> } {
+  const doc = parseDocument(read('docker-compose.yml'), { prettyErrors: true });
+  expect(doc.errors.map((e) => e.message)).toEqual([]);
+  expect(doc.warnings.map((e) => e.message)).toEqual([]);
+  return doc.toJS();
+}
+
+/** `-sd <dir>` as nats-server reads it. */
+function storeDir(args: string[]): string | undefined {
+  const i = args.findIndex((a) => a === '-sd' || a === '--store_dir');
+  return i >= 0 ? args[i + 1] : undefined;
+}
+
+describe('docker-compose.yml', () => {
+  const compose = loadCompose();
+  const { nats, postgres, lockmgr } = compose.services;
+
+  it('has exactly the nats, postgres and lockmgr services and declares its named volumes', () => {
+    expect(Object.keys(compose.services).sort()).toEqual(['lockmgr', 'nats', 'postgres']);
+    expect(Object.keys(compose.volumes).sort()).toEqual(['nats-data', 'pg-data']);
+  });
+
+  it('runs nats-server with JetStream and a store directory on a named volume, like the tests and .ci/run', () => {
+    const args = nats!.command!;
+    expect(args).toContain('-js');
+    const dir = storeDir(args);
+    expect(dir).toBeDefined();
+    const mount = nats!.volumes!.map((v) => v.split(':')).find(([vol, target]) => vol === 'nats-data' && dir!.startsWith(target!));
+    expect(mount).toBeDefined();
+    // The flags the test harness and CI start their own servers with.
+    const helper = read('test/helpers/nats-server.ts');
+    expect(helper).toMatch(/args\.push\('-js', '-sd'/);
+    const ci = read('.ci/run');
+    expect(ci).toMatch(/nats-server.*\n?.*-js -sd \S+/);
+    expect(nats!.ports).toContain('127.0.0.1:4222:4222');
+    expect(nats!.healthcheck!.test.join(' ')).toContain('/healthz?js-enabled-only=true');
+    // The monitoring port the healthcheck reads is switched on.
+    expect(args.join(' ')).toMatch(/-m 8222/);
+  });
+
+  it('runs PostgreSQL with its data on a named volume and the pg_isready check CI uses', () => {
+    expect(postgres!.image).toMatch(/^postgres:\d+/);
+    expect(postgres!.volumes).toContain('pg-data:/var/lib/postgresql/data');
+    expect(postgres!.healthcheck!.test).toEqual(expect.arrayContaining(['pg_isready', '-p', '5432']));
+    expect(read('.ci/run')).toContain('pg_isready -h 127.0.0.1 -p 5432');
+    expect(postgres!.environment!.POSTGRES_DB).toBe('lockmgr');
+  });
+
+  it('runs two lockmgr daemon replicas from the Dockerfile, in PostgreSQL mode on the one database', () => {
+    expect(lockmgr!.build).toBe('.');
+    expect(lockmgr!.command).toEqual(['daemon']);
+    expect(lockmgr!.deploy!.replicas).toBe(2);
+    const env = lockmgr!.environment!;
+    const db = env.LOCKMGR_DB!;
+    expect(dialectOf(db)).toBe('postgres');
+    expect(new URL(db.replace(/\$\{[^}]+\}/g, 'x')).host).toBe('postgres:5432');
+    expect(new URL(db.replace(/\$\{[^}]+\}/g, 'x')).pathname).toBe(`/${postgres!.environment!.POSTGRES_DB}`);
+    expect(env.LOCKMGR_NATS_URL).toBe('nats://nats:4222');
+    // Replicas cannot share host ports, and need none: clients reach them through NATS.
+    expect(lockmgr!.ports).toBeUndefined();
+    // Every LOCKMGR_* variable set is a real option, with a value the daemon accepts.
+    const known = new Set(Object.keys(OPTIONS).map(envName));
+    for (const key of Object.keys(env)) expect([key, known.has(key)]).toEqual([key, true]);
+    const resolved = loadConfig({ env: { ...env, LOCKMGR_DB: db.replace(/\$\{[^}]+\}/g, 'x') } });
+    expect(resolved.config.prefix).toBe('lock');
+    expect(resolved.config.drainTimeout).toBe(20);
+  });
+
+  it('starts the daemons after healthy dependencies, checks them with lockmgr ping and drains on stop', () => {
+    expect(lockmgr!.depends_on).toEqual({ nats: { condition: 'service_healthy' }, postgres: { condition: 'service_healthy' } });
+    expect(lockmgr!.healthcheck!.test).toEqual(['CMD', 'lockmgr', 'ping', '--local']);
+    for (const s of [nats, postgres, lockmgr]) expect(s!.healthcheck!.retries).toBeGreaterThan(0);
+    expect(lockmgr!.stop_signal).toBe('SIGTERM');
+    // The grace period covers the drain timeout.
+    expect(parseInt(lockmgr!.stop_grace_period!, 10)).toBeGreaterThan(Number(lockmgr!.environment!.LOCKMGR_DRAIN_TIMEOUT));
+  });
+});
+
+describe('Dockerfile', () => {
+  const lines = read('Dockerfile')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'));
+
+  it('builds on node:20 with npm ci and runs `lockmgr daemon` with a ping healthcheck', () => {
+    const froms = lines.filter((l) => l.startsWith('FROM '));
+    expect(froms.length).toBeGreaterThanOrEqual(1);
+    for (const f of froms) expect(f).toMatch(/^FROM node:20[-\w]*( AS \w+)?$/);
+    expect(lines.some((l) => /^RUN npm ci\b/.test(l))).toBe(true);
+    expect(JSON.parse(read('package.json')).scripts.prepare).toBe('npm run build');
+    expect(lines).toContain('ENTRYPOINT ["lockmgr"]');
+    expect(lines).toContain('CMD ["daemon"]');
+    expect(lines.find((l) => l.startsWith('HEALTHCHECK'))).toContain('CMD ["lockmgr", "ping", "--local"]');
+    expect(lines.some((l) => l.includes('/usr/local/bin/lockmgr') && l.includes('dist/cli/main.js'))).toBe(true);
+  });
+
+  it('copies every source folder the build compiles', () => {
+    const copied = lines.filter((l) => l.startsWith('COPY ') && !l.includes('--from')).join(' ');
+    for (const dir of ['shared', 'client', 'daemon', 'cli']) expect(copied).toContain(`COPY ${dir} ${dir}`);
+    expect(copied).toContain('package-lock.json');
+  });
+});
+
+describe('example configuration files', () => {
+  it('config/lockmgr.example.json lists every option with its default and loads', () => {
+    const file = join(ROOT, 'config', 'lockmgr.example.json');
+    const example = JSON.parse(readFileSync(file, 'utf8'));
+    const keys = Object.keys(example).filter((k) => k !== '$comment');
+    expect(keys.sort()).toEqual(Object.keys(OPTIONS).sort());
+    for (const [k, spec] of Object.entries(OPTIONS)) expect([k, example[k]]).toEqual([k, spec.default]);
+    const { sources } = loadConfig({ env: {}, file });
+    expect(Object.values(sources).every((s) => s === 'file')).toBe(true);
+  });
+
+  it('config/lockmgr.postgres.json loads and selects PostgreSQL, with no password in it', () => {
+    const file = join(ROOT, 'config', 'lockmgr.postgres.json');
+    const { config } = loadConfig({ env: {}, file });
+    expect(dialectOf(config.db)).toBe('postgres');
+    expect(config.logFormat).toBe('json');
+    expect(config.db).not.toMatch(/:[^/@]+@/);
+  });
+
+  it('docs/configuration.md documents every option by flag and environment variable', () => {
+    const doc = read('docs/configuration.md');
+    for (const key of Object.keys(OPTIONS)) {
+      expect([key, doc.includes(envName(key))]).toEqual([key, true]);
+      expect([key, doc.includes(`--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`)]).toEqual([key, true]);
+    }
+  });
+});
