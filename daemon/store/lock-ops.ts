@@ -22,6 +22,14 @@ export class LockRuleError extends Error implements DomainError {
   }
 }
 
+/**
+ * Another daemon changed a row between two statements of this transaction. It carries
+ * PostgreSQL's serialization-failure code, so the batch is rolled back and run again.
+ */
+export class ConcurrentChange extends Error {
+  readonly code = '40001';
+}
+
 export interface LockRow {
   name: string;
   locked_by: string | null;
@@ -72,7 +80,10 @@ const SQL = {
   renewExtend: `UPDATE lockmgr_locks SET locked_until = CASE WHEN locked_until IS NULL OR locked_until >= ? THEN locked_until ELSE ? END, updated_at = ? WHERE name = ? AND ${LIVE} RETURNING ${COLUMNS}`,
   unlock: `DELETE FROM lockmgr_locks WHERE name = ? RETURNING ${COLUMNS}`,
   unlockToken: `DELETE FROM lockmgr_locks WHERE name = ? AND token = ? RETURNING ${COLUMNS}`,
-  deleteExpired: `DELETE FROM lockmgr_locks WHERE name IN (SELECT name FROM lockmgr_locks WHERE locked_until IS NOT NULL AND locked_until <= ? ORDER BY locked_until LIMIT ?) RETURNING ${COLUMNS}`,
+  // The expiry test is repeated outside the subquery: PostgreSQL re-checks only the outer
+  // condition on a row another transaction changed meanwhile, so without it a sweep would delete
+  // a lock renewed by another daemon while the sweep waited for that row.
+  deleteExpired: `DELETE FROM lockmgr_locks WHERE name IN (SELECT name FROM lockmgr_locks WHERE locked_until IS NOT NULL AND locked_until <= ? ORDER BY locked_until LIMIT ?) AND locked_until IS NOT NULL AND locked_until <= ? RETURNING ${COLUMNS}`,
   deleteAll: `DELETE FROM lockmgr_locks RETURNING ${COLUMNS}`,
   nextExpiry: `SELECT MIN(locked_until) AS next FROM lockmgr_locks WHERE locked_until IS NOT NULL`,
 };
@@ -190,7 +201,10 @@ export async function setLocks(tx: Tx, req: NormalizedSet, who: Requester): Prom
         status(name, { was_locked: true, status: 'skip', locked: true });
         continue;
       }
-      const renewed = (await renewRow(tx, name, req.expiresMs, false, null)) ?? held;
+      const renewed = await renewRow(tx, name, req.expiresMs, false, null);
+      // Released by another daemon between our read and our update: run the transaction again
+      // rather than report (and record) a renewal that did not happen.
+      if (!renewed) throw new ConcurrentChange(`lock '${name}' changed during set`);
       tx.emit('renewed', toLockRecord(renewed), causeOf(who, 'set'));
       result.locks.push(toLockRecord(renewed));
       result.counts.renewed += 1;
@@ -266,7 +280,7 @@ export async function listLocks(tx: Tx, req: NormalizedList): Promise<{ locks: L
 
 /** Delete up to `limit` expired locks, recording an `expired` event for each. */
 export async function deleteExpired(tx: Tx, limit: number, who: Requester, operation: string): Promise<LockRow[]> {
-  const rows = (await tx.query(SQL.deleteExpired, [tx.now, limit])).map(toLockRow);
+  const rows = (await tx.query(SQL.deleteExpired, [tx.now, limit, tx.now])).map(toLockRow);
   for (const row of rows) tx.emit('expired', toLockRecord(row), causeOf(who, operation));
   return rows;
 }
