@@ -1,13 +1,42 @@
 /**
- * Delivers events from the outbox table to NATS. With JetStream, each event is published with
- * its id as Nats-Msg-Id and removed from the outbox only after the stream acknowledged it; the
- * stream drops re-sends, so after an outage every event arrives once, in order. Without
- * JetStream, events go out on core NATS (at most once) and the daemon says so once.
+ * Delivers events from the outbox table to NATS.
+ *
+ * With JetStream (the normal case) events leave in outbox order, pipelined, each with its id as
+ * Nats-Msg-Id and, after the first of a batch, the id of the event before it as the expected last
+ * message id of the stream. The stream drops re-sends (de-duplication by id) and refuses an event
+ * whose predecessor is missing, so an event is stored only after every earlier one: a publish that
+ * failed or timed out can never be overtaken by a later one. A row leaves the outbox only after
+ * the stream acknowledged it. After a failure, the relay first reads the newest messages of the
+ * stream and drops from the outbox the events already stored (acknowledgements lost when the
+ * server died), so a re-send does not depend on the duplicate window alone. While NATS or
+ * JetStream is away the relay backs off (250 ms doubling to 10 s) and starts again at once on
+ * reconnect; requests are not affected, events wait in the outbox.
+ *
+ * Without JetStream on the server when the daemon starts (or with eventsJetstream=off), events go
+ * out on core NATS, at most once, and the daemon says so once. Once the daemon has delivered to
+ * JetStream it keeps to it: if JetStream goes away later, events wait in the outbox for it.
+ *
+ * On PostgreSQL several daemons share one outbox; one of them relays at a time: the one holding a
+ * session advisory lock on its own dedicated connection (not one of the request pool's). The
+ * others stand by, try to take over every 2 s, and nudge the relaying daemon on `P.relay` after
+ * committing events, which also looks at the outbox every second.
  */
-import { headers, type JetStreamClient, type NatsConnection, RetentionPolicy, StorageType, nanos } from 'nats';
+import { Client as PgClient } from 'pg';
+import {
+  headers,
+  nanos,
+  RetentionPolicy,
+  StorageType,
+  type JetStreamClient,
+  type JetStreamManager,
+  type NatsConnection,
+  type StreamConfig,
+  type StreamInfo,
+  type Subscription,
+} from 'nats';
 import { eventSubject, type EventType, type LockEvent } from '../shared/events';
-import type { Database, Row, SqlConnection } from './store/database';
-import type { Batcher } from './store/transaction';
+import { isUnavailableError, type Database, type Row } from './store/database';
+import type { Batcher, CommittedEvent } from './store/transaction';
 import type { Logger } from './logger';
 
 export interface EventRelayOptions {
@@ -18,13 +47,25 @@ export interface EventRelayOptions {
   replicas: number;
   maxAgeSeconds: number;
   duplicateWindowSeconds: number;
+  /** PostgreSQL: ms between looks at the outbox by the relaying daemon when nothing nudged it. */
+  pollIntervalMs?: number;
+  /** PostgreSQL: ms between attempts of a standing-by daemon to take over relaying. */
+  standbyRetryMs?: number;
+  /** First wait after a failed delivery; it doubles up to `retryMaxMs`. */
+  retryMinMs?: number;
+  retryMaxMs?: number;
+  /** ms to wait for each JetStream acknowledgement. */
+  publishTimeoutMs?: number;
 }
 
 const PAGE = 1000;
+/** How many of the newest stream messages are checked against the outbox after a failure. */
+const RECONCILE_TAIL = 2 * PAGE;
 /** Header naming the daemon that made a change, so it can skip its own events cheaply. */
 export const DAEMON_HEADER = 'Lockmgr-Daemon';
 /** Arbitrary constant naming the PostgreSQL advisory lock held by the one relaying daemon. */
 const RELAY_LOCK_KEY = 7735342102;
+const OUTBOX_COLUMNS = 'seq, event_id, type, name, lock, cause, daemon, at';
 
 export function outboxRowToEvent(row: Row): LockEvent {
   return {
@@ -38,16 +79,69 @@ export function outboxRowToEvent(row: Row): LockEvent {
   };
 }
 
+/** The subject relaying daemons listen on for "events are waiting in the outbox". */
+export function relayNudgeSubject(prefix: string): string {
+  return `${prefix}.relay`;
+}
+
+/** The stream refused an event because another publisher wrote between two of ours. */
+class ChainBroken extends Error {}
+
+function errorCode(err: unknown): string {
+  return String((err as { code?: unknown })?.code ?? '');
+}
+function apiErrorCode(err: unknown): number | undefined {
+  return (err as { api_error?: { err_code?: number } })?.api_error?.err_code;
+}
+/** nats.js: 503 = no responders, i.e. JetStream is not enabled on the server (or no stream listens). */
+function isJetStreamAbsent(err: unknown): boolean {
+  return errorCode(err) === '503' || /jetstream not enabled/i.test(String((err as Error)?.message));
+}
+function isStreamNotFound(err: unknown): boolean {
+  return apiErrorCode(err) === 10059 || /stream not found/i.test(String((err as Error)?.message));
+}
+function isWrongLastMsgId(err: unknown): boolean {
+  return apiErrorCode(err) === 10070 || /wrong last msg id/i.test(String((err as Error)?.message));
+}
+
 export class EventRelay {
-  private mode: 'jetstream' | 'core' = 'core';
+  private mode: 'jetstream' | 'core';
+  /** Delivered to JetStream at least once in this process: from then on, never fall back to core. */
+  private hadJetStream = false;
+  private warnedCore = false;
   private js?: JetStreamClient;
+  private jsm?: JetStreamManager;
+  private connected = true;
+  /** Resolved at the next disconnect: in-flight publishes on the lost connection are abandoned. */
+  private disconnectWaiters: (() => void)[] = [];
+  private statusIter?: AsyncIterable<unknown> & { stop?: () => void };
   private running?: Promise<void>;
   private again = false;
-  private retryTimer?: NodeJS.Timeout;
-  private failing = false;
+  private timer?: NodeJS.Timeout;
   private stopped = false;
-  private leaderConn?: SqlConnection;
+  /** Delivery is failing: retry with backoff, one event at a time until it works again. */
+  private failing = false;
+  private failures = 0;
+  private retryAt = 0;
+  /** Make sure JetStream answers and the stream exists before the next publish. */
+  private checkStream = true;
+  /** Drop from the outbox what the stream already holds before the next publish. */
+  private reconcileNeeded = true;
+  /** Highest outbox seq committed by this daemon (what a stop must see delivered). */
+  private maxCommittedSeq = 0;
+  private delivered = 0;
+  // PostgreSQL: relay leadership.
+  private pg?: PgClient;
+  private leading = false;
+  private lastLeadAttempt = 0;
+  private nudgeSub?: Subscription;
+  private nudgeQueued = false;
   private readonly encoder = new TextEncoder();
+  private readonly pollIntervalMs: number;
+  private readonly standbyRetryMs: number;
+  private readonly retryMinMs: number;
+  private readonly retryMaxMs: number;
+  private readonly publishTimeoutMs: number;
 
   constructor(
     private readonly db: Database,
@@ -55,52 +149,55 @@ export class EventRelay {
     private readonly nc: NatsConnection,
     private readonly options: EventRelayOptions,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.mode = options.jetstream === 'off' ? 'core' : 'jetstream';
+    this.pollIntervalMs = options.pollIntervalMs ?? 1000;
+    this.standbyRetryMs = options.standbyRetryMs ?? 2000;
+    this.retryMinMs = options.retryMinMs ?? 250;
+    this.retryMaxMs = options.retryMaxMs ?? 10_000;
+    this.publishTimeoutMs = options.publishTimeoutMs ?? 5000;
+  }
 
   get deliveryMode(): 'jetstream' | 'core' {
     return this.mode;
   }
 
-  /** Find JetStream and make sure the events stream exists. */
+  /** Events delivered by this daemon since it started. */
+  get deliveredCount(): number {
+    return this.delivered;
+  }
+
+  /** Find JetStream and make sure the events stream exists, then deliver what is waiting. */
   async start(): Promise<void> {
+    this.watchConnection();
+    if (this.db.dialect === 'postgres') {
+      this.nudgeSub = this.nc.subscribe(relayNudgeSubject(this.options.prefix), {
+        callback: () => {
+          if (this.leading) this.kick();
+        },
+      });
+    }
     if (this.options.jetstream === 'off') {
+      this.warnedCore = true;
       this.logger.warn('events go out on core NATS only (eventsJetstream=off): subscribers that are away miss them');
     } else {
       try {
-        const jsm = await this.nc.jetstreamManager({ timeout: 5000 });
-        await this.ensureStream(jsm);
-        this.js = this.nc.jetstream();
-        this.mode = 'jetstream';
-        this.logger.info('events delivered to JetStream', { stream: this.options.stream, subjects: `${this.options.prefix}.events.>` });
+        await this.ensureJetStream();
       } catch (err) {
-        this.logger.warn(
-          `JetStream is not available (${(err as Error).message}): events go out on core NATS only and are not kept; start nats-server with -js to keep an audit trail`,
-        );
+        this.logger.warn(`JetStream did not answer (${(err as Error).message}): events wait in the outbox until it does`);
       }
     }
     this.kick();
   }
 
-  private async ensureStream(jsm: Awaited<ReturnType<NatsConnection['jetstreamManager']>>): Promise<void> {
-    const o = this.options;
-    const config = {
-      name: o.stream,
-      subjects: [`${o.prefix}.events.>`],
-      retention: { limits: RetentionPolicy.Limits, interest: RetentionPolicy.Interest, workqueue: RetentionPolicy.Workqueue }[o.retention],
-      storage: StorageType.File,
-      num_replicas: o.replicas,
-      max_age: nanos(o.maxAgeSeconds * 1000),
-      duplicate_window: nanos(o.duplicateWindowSeconds * 1000),
-    };
-    try {
-      await jsm.streams.info(o.stream);
-    } catch {
-      await jsm.streams.add(config);
-      this.logger.info('created events stream', { stream: o.stream });
-    }
+  /** New events were committed by this daemon: deliver them soon. */
+  committed(events: readonly CommittedEvent[]): void {
+    for (const e of events) if (e.seq > this.maxCommittedSeq) this.maxCommittedSeq = e.seq;
+    if (this.db.dialect === 'postgres' && !this.leading) this.nudge();
+    this.kick();
   }
 
-  /** New events were committed: deliver them soon. */
+  /** Look at the outbox now (after a commit, a reconnect, or a timer). */
   kick(): void {
     if (this.stopped) return;
     if (this.running) {
@@ -116,128 +213,394 @@ export class EventRelay {
     });
   }
 
-  /** Deliver what is in the outbox; resolves when it is empty or `timeoutMs` has passed. */
+  /**
+   * Deliver the events this daemon committed (all of the outbox, if this daemon relays);
+   * resolves true once they are delivered, false if `timeoutMs` passed first.
+   */
   async flush(timeoutMs: number): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
-    while (Date.now() < deadline) {
+    for (;;) {
+      this.retryAt = 0; // try now, whatever the backoff says
       this.kick();
       await this.running;
-      if ((await this.countPending()) === 0) return true;
+      const upTo = this.db.dialect === 'sqlite' || this.leading ? Number.MAX_SAFE_INTEGER : this.maxCommittedSeq;
+      if (upTo === 0 || (await this.countPending(upTo)) === 0) return true;
+      if (Date.now() >= deadline) return false;
+      if (this.db.dialect === 'postgres' && !this.leading) this.nudge();
       await new Promise((r) => setTimeout(r, 100));
     }
-    return false;
   }
 
-  async countPending(): Promise<number> {
-    const [row] = await this.batcher.run((tx) => tx.query('SELECT COUNT(*) AS n FROM lockmgr_outbox'));
+  /** Events waiting in the outbox (with seq <= `upTo`). */
+  async countPending(upTo = Number.MAX_SAFE_INTEGER): Promise<number> {
+    const [row] = await this.batcher.run((tx) => tx.query('SELECT COUNT(*) AS n FROM lockmgr_outbox WHERE seq <= ?', [upTo]));
     return Number(row?.n ?? 0);
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
-    clearTimeout(this.retryTimer);
+    clearTimeout(this.timer);
     await this.running;
-    if (this.leaderConn) {
-      await this.leaderConn.query('SELECT pg_advisory_unlock(?)', [RELAY_LOCK_KEY]).catch(() => undefined);
-      this.leaderConn.release();
-      this.leaderConn = undefined;
+    this.statusIter?.stop?.();
+    this.nudgeSub?.unsubscribe();
+    const pg = this.pg;
+    this.pg = undefined;
+    this.leading = false;
+    if (pg) {
+      // Ending the session releases the advisory lock; a standing-by daemon takes over.
+      await pg.end().catch(() => undefined);
     }
+  }
+
+  private watchConnection(): void {
+    const iter = this.nc.status() as AsyncIterable<{ type: string }> & { stop?: () => void };
+    this.statusIter = iter;
+    void (async () => {
+      for await (const s of iter) {
+        if (this.stopped) break;
+        if (s.type === 'disconnect') {
+          this.connected = false;
+          for (const w of this.disconnectWaiters.splice(0)) w();
+        }
+        else if (s.type === 'reconnect') this.reconnected();
+      }
+    })().catch(() => undefined);
+  }
+
+  private reconnected(): void {
+    this.connected = true;
+    this.failures = 0;
+    this.retryAt = 0;
+    if (this.options.jetstream !== 'off') {
+      // The server may have come back without the stream (or, in core mode, now with JetStream).
+      this.mode = 'jetstream';
+      this.checkStream = true;
+      this.reconcileNeeded = true;
+    }
+    this.kick();
+  }
+
+  /** Ask the relaying daemon (another one, on PostgreSQL) to look at the outbox. */
+  private nudge(): void {
+    if (this.nudgeQueued || this.nc.isClosed()) return;
+    this.nudgeQueued = true;
+    setImmediate(() => {
+      this.nudgeQueued = false;
+      if (!this.nc.isClosed()) this.nc.publish(relayNudgeSubject(this.options.prefix));
+    });
+  }
+
+  /** Look at the outbox again in `ms` (replacing any earlier plan). */
+  private schedule(ms: number): void {
+    clearTimeout(this.timer);
+    if (this.stopped) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.kick();
+    }, ms);
+    this.timer.unref?.();
   }
 
   private async deliverAll(): Promise<void> {
+    if (this.stopped || this.nc.isClosed() || !this.connected) return; // a reconnect kicks us
+    if (this.failing && Date.now() < this.retryAt) return; // the retry timer is set
     try {
+      if (!(await this.lead())) {
+        this.schedule(this.standbyRetryMs);
+        return;
+      }
+      if (this.mode === 'jetstream') {
+        if (this.checkStream) await this.ensureJetStream();
+        if (this.mode === 'jetstream' && this.reconcileNeeded) {
+          // Best effort (a work-queue stream, for one, may refuse the reading consumer): the
+          // stream's duplicate window still drops re-sends.
+          await this.reconcile().catch((err) => this.logger.debug(`could not compare the outbox with the stream: ${(err as Error).message}`));
+          this.reconcileNeeded = false;
+        }
+      }
       for (;;) {
-        const rows = await this.fetch();
+        // While failing, probe with one event rather than queue a page of requests in the client.
+        const limit = this.failing ? 1 : PAGE;
+        const rows = await this.fetch(limit);
         if (rows.length === 0) break;
-        await this.publish(rows);
-        await this.remove(rows.map((r) => Number(r.seq)));
-        if (rows.length < PAGE) break;
+        const events = rows.map(outboxRowToEvent);
+        const { delivered, error } = this.mode === 'jetstream' ? await this.publishJetStream(events) : await this.publishCore(events);
+        if (delivered.length > 0) await this.remove(delivered.map((e) => e.seq));
+        this.delivered += delivered.length;
+        if (error) throw error;
+        if (this.failing) this.recovered();
+        if (rows.length < limit) break;
       }
-      if (this.failing) {
-        this.failing = false;
-        this.logger.info('event delivery resumed');
-      }
+      if (this.failing) this.recovered();
+      if (this.db.dialect === 'postgres') this.schedule(this.pollIntervalMs);
     } catch (err) {
-      if (!this.failing) {
-        this.failing = true;
-        this.logger.warn(`event delivery paused, events wait in the outbox: ${(err as Error).message}`);
-      }
-      if (!this.stopped) {
-        clearTimeout(this.retryTimer);
-        this.retryTimer = setTimeout(() => this.kick(), 1000);
-      }
+      this.failed(err);
     }
   }
 
-  /** On PostgreSQL only one daemon relays at a time, so the stream keeps the outbox's order. */
-  private async leader(): Promise<SqlConnection | null> {
-    if (this.leaderConn) return this.leaderConn;
-    const conn = await this.db.connect();
-    try {
-      const [row] = await conn.query('SELECT pg_try_advisory_lock(?) AS got', [RELAY_LOCK_KEY]);
-      if (row?.got === true) {
-        this.leaderConn = conn;
-        return conn;
-      }
-    } catch (err) {
-      conn.release();
-      throw err;
-    }
-    conn.release();
-    return null;
+  private recovered(): void {
+    this.failing = false;
+    this.failures = 0;
+    this.retryAt = 0;
+    this.logger.info('event delivery resumed');
   }
 
-  private async fetch(): Promise<Row[]> {
-    const sql = `SELECT seq, event_id, type, name, lock, cause, daemon, at FROM lockmgr_outbox ORDER BY seq LIMIT ${PAGE}`;
-    if (this.db.dialect === 'sqlite') return this.batcher.run((tx) => tx.query(sql));
-    const conn = await this.leader();
-    if (!conn) {
-      // Another daemon relays; look again later in case it goes away.
-      if (!this.stopped) this.retryTimer = setTimeout(() => this.kick(), 2000);
-      return [];
+  private failed(err: unknown): void {
+    if (err instanceof ChainBroken) {
+      // Not a failure: the next round starts with the refused event. Go again at once.
+      this.logger.debug(err.message);
+      this.schedule(0);
+      return;
     }
+    if (this.pg && isUnavailableError(err)) this.dropLeadership();
+    this.failures += 1;
+    if (!this.failing) {
+      this.failing = true;
+      this.logger.warn(`event delivery paused, events wait in the outbox: ${(err as Error).message}`);
+    } else {
+      this.logger.debug(`event delivery still failing: ${(err as Error).message}`);
+    }
+    if (this.mode === 'jetstream') {
+      this.checkStream = true;
+      this.reconcileNeeded = true;
+    }
+    const base = Math.min(this.retryMaxMs, this.retryMinMs * 2 ** Math.min(this.failures - 1, 20));
+    const delay = Math.round(base * (0.8 + Math.random() * 0.4));
+    this.retryAt = Date.now() + delay;
+    this.schedule(delay);
+  }
+
+  /** JetStream answers and the stream exists; or, the first time only, fall back to core NATS. */
+  private async ensureJetStream(): Promise<void> {
+    let jsm: JetStreamManager;
     try {
-      return await conn.query(sql);
+      jsm = await this.nc.jetstreamManager({ timeout: this.publishTimeoutMs });
+      await this.ensureStream(jsm);
     } catch (err) {
-      this.leaderConn = undefined;
-      conn.release();
+      if (isJetStreamAbsent(err) && !this.hadJetStream) {
+        this.mode = 'core';
+        this.checkStream = false;
+        if (!this.warnedCore) {
+          this.warnedCore = true;
+          this.logger.warn(
+            'JetStream is not enabled on the NATS server: events go out on core NATS only and are not kept; start nats-server with -js to keep an audit trail',
+          );
+        }
+        return;
+      }
       throw err;
     }
+    this.jsm = jsm;
+    this.js ??= this.nc.jetstream();
+    this.checkStream = false;
+    if (!this.hadJetStream) {
+      this.hadJetStream = true;
+      this.logger.info('events delivered to JetStream', { stream: this.options.stream, subjects: `${this.options.prefix}.events.>` });
+    }
+  }
+
+  private async ensureStream(jsm: JetStreamManager): Promise<void> {
+    const o = this.options;
+    const subject = `${o.prefix}.events.>`;
+    let info: StreamInfo | undefined;
+    try {
+      info = await jsm.streams.info(o.stream);
+    } catch (err) {
+      if (!isStreamNotFound(err)) throw err;
+    }
+    if (!info) {
+      let dupMs = o.duplicateWindowSeconds * 1000;
+      if (o.maxAgeSeconds > 0 && dupMs > o.maxAgeSeconds * 1000) {
+        // JetStream refuses a duplicate window longer than the stream keeps messages.
+        dupMs = o.maxAgeSeconds * 1000;
+        this.logger.warn(`eventsDuplicateWindow is longer than eventsMaxAge: using ${o.maxAgeSeconds}s`);
+      }
+      const config: Partial<StreamConfig> = {
+        name: o.stream,
+        subjects: [subject],
+        retention: { limits: RetentionPolicy.Limits, interest: RetentionPolicy.Interest, workqueue: RetentionPolicy.Workqueue }[o.retention],
+        storage: StorageType.File,
+        num_replicas: o.replicas,
+        max_age: nanos(o.maxAgeSeconds * 1000),
+        duplicate_window: nanos(dupMs),
+      };
+      await jsm.streams.add(config);
+      this.logger.info('created events stream', { stream: o.stream, subjects: subject });
+      return;
+    }
+    const covered = (info.config.subjects ?? []).some((s) => s === '>' || s === subject || (s.endsWith('.>') && subject.startsWith(s.slice(0, -1))));
+    if (!covered) {
+      // A stream of that name exists for other subjects (another prefix): add ours to it.
+      await jsm.streams.update(o.stream, { ...info.config, subjects: [...(info.config.subjects ?? []), subject] });
+      this.logger.warn(`events stream ${o.stream} did not take ${subject}: added it to the stream's subjects`);
+    }
+  }
+
+  /**
+   * Remove from the outbox the events the stream already holds: those whose acknowledgement was
+   * lost (server killed, connection cut, daemon stopped before removing them). They are among the
+   * newest messages of our subjects, since a relay has at most one page in flight.
+   */
+  private async reconcile(): Promise<void> {
+    const js = this.js!;
+    const info = await this.jsm!.streams.info(this.options.stream);
+    if (info.state.messages === 0) return;
+    const last = info.state.last_seq;
+    const start = Math.max(info.state.first_seq, last - RECONCILE_TAIL + 1);
+    const consumer = await js.consumers.get(this.options.stream, {
+      filterSubjects: `${this.options.prefix}.events.>`,
+      opt_start_seq: start,
+      headers_only: true,
+    });
+    const ids = new Set<string>();
+    if ((await consumer.info()).num_pending > 0) {
+      const messages = await consumer.consume({ max_messages: 500 });
+      const guard = setTimeout(() => messages.stop(), this.publishTimeoutMs);
+      try {
+        for await (const m of messages) {
+          const id = m.headers?.get('Nats-Msg-Id');
+          if (id) ids.add(id);
+          if (m.info.pending === 0 || m.seq >= last) break;
+        }
+      } finally {
+        clearTimeout(guard);
+        messages.stop();
+      }
+    }
+    await consumer.delete().catch(() => undefined);
+    if (ids.size === 0) return;
+    const rows = await this.fetch(RECONCILE_TAIL, 'seq, event_id');
+    const stored = rows.filter((r) => ids.has(String(r.event_id))).map((r) => Number(r.seq));
+    if (stored.length > 0) {
+      await this.remove(stored);
+      this.logger.info(`${stored.length} events were already in the stream: removed them from the outbox`);
+    }
+  }
+
+  /** On PostgreSQL, true if this daemon relays (holds the advisory lock), trying to take it when due. */
+  private async lead(): Promise<boolean> {
+    if (this.db.dialect !== 'postgres') return true;
+    if (this.leading && this.pg) return true;
+    if (Date.now() - this.lastLeadAttempt < this.standbyRetryMs) return false;
+    this.lastLeadAttempt = Date.now();
+    if (!this.pg) {
+      const client = new PgClient({ connectionString: this.db.options.url, connectionTimeoutMillis: 5000, keepAlive: true });
+      client.on('error', () => {
+        if (this.pg === client) this.dropLeadership();
+      });
+      client.on('end', () => {
+        if (this.pg === client) this.dropLeadership();
+      });
+      this.pg = client;
+      try {
+        await client.connect();
+      } catch (err) {
+        this.dropLeadership();
+        throw err;
+      }
+    }
+    const res = await this.pg.query<{ got: boolean }>('SELECT pg_try_advisory_lock($1) AS got', [RELAY_LOCK_KEY]);
+    if (res.rows[0]?.got !== true) return false;
+    this.leading = true;
+    this.reconcileNeeded = true;
+    this.logger.info('this daemon relays the events of the database');
+    return true;
+  }
+
+  private dropLeadership(): void {
+    const pg = this.pg;
+    this.pg = undefined;
+    if (this.leading) this.logger.warn('lost the relay connection to PostgreSQL: another daemon may relay now');
+    this.leading = false;
+    this.lastLeadAttempt = 0;
+    pg?.end().catch(() => undefined);
+  }
+
+  private leaderConnection(): PgClient {
+    if (!this.pg || !this.leading) throw new Error('lost the relay connection to PostgreSQL');
+    return this.pg;
+  }
+
+  private async fetch(limit: number, columns = OUTBOX_COLUMNS): Promise<Row[]> {
+    if (this.db.dialect === 'sqlite') {
+      return this.batcher.run((tx) => tx.query(`SELECT ${columns} FROM lockmgr_outbox ORDER BY seq LIMIT ?`, [limit]));
+    }
+    const res = await this.leaderConnection().query(`SELECT ${columns} FROM lockmgr_outbox ORDER BY seq LIMIT $1`, [limit]);
+    return res.rows as Row[];
   }
 
   private async remove(seqs: number[]): Promise<void> {
-    const sql = `DELETE FROM lockmgr_outbox WHERE seq IN (${seqs.map(() => '?').join(', ')})`;
     if (this.db.dialect === 'sqlite') {
+      const sql = `DELETE FROM lockmgr_outbox WHERE seq IN (${seqs.map(() => '?').join(', ')})`;
       await this.batcher.run((tx) => tx.query(sql, seqs));
     } else {
-      await this.leaderConn!.query(sql, seqs);
+      await this.leaderConnection().query('DELETE FROM lockmgr_outbox WHERE seq = ANY($1::bigint[])', [seqs]);
     }
   }
 
-  private async publish(rows: Row[]): Promise<void> {
-    const events = rows.map(outboxRowToEvent);
-    if (this.mode === 'jetstream' && this.js) {
-      const js = this.js;
-      // Published in order on one connection, so the stream stores them in order.
-      await Promise.all(
-        events.map((e) =>
-          js.publish(eventSubject(this.options.prefix, e.type, e.lock.name), this.encoder.encode(JSON.stringify(e)), {
-            msgID: e.id,
-            expect: { streamName: this.options.stream },
-            timeout: 5000,
-            headers: this.headersFor(e),
-          }),
+  /** Publish in order, pipelined; returns the events the stream acknowledged and the first error. */
+  private async publishJetStream(events: LockEvent[]): Promise<{ delivered: LockEvent[]; error?: unknown }> {
+    const js = this.js!;
+    const stream = this.options.stream;
+    const settled: (PromiseSettledResult<unknown> | undefined)[] = new Array(events.length);
+    let disconnected!: () => void;
+    const lost = new Promise<void>((resolve) => (disconnected = resolve));
+    this.disconnectWaiters.push(disconnected);
+    const all = Promise.allSettled(
+      events.map((e, i) =>
+        js.publish(eventSubject(this.options.prefix, e.type, e.lock.name), this.encoder.encode(JSON.stringify(e)), {
+          msgID: e.id,
+          // The first event of a round has every earlier one delivered; each later one is stored
+          // only right after its predecessor, so the stream keeps the outbox's order.
+          expect: i === 0 ? { streamName: stream } : { streamName: stream, lastMsgID: events[i - 1]!.id },
+          timeout: this.publishTimeoutMs,
+          headers: this.headersFor(e),
+        }).then(
+          (value) => void (settled[i] = { status: 'fulfilled', value }),
+          (reason) => void (settled[i] = { status: 'rejected', reason }),
         ),
-      );
-      return;
+      ),
+    );
+    // If the connection drops, stop waiting for acknowledgements that cannot come (the events
+    // without one are sent again after the reconnect; the stream drops those it already holds).
+    await Promise.race([all, lost]);
+    this.disconnectWaiters = this.disconnectWaiters.filter((w) => w !== disconnected);
+    const delivered: LockEvent[] = [];
+    let error: unknown;
+    let chainBreak: unknown;
+    settled.forEach((r, i) => {
+      if (r?.status === 'fulfilled') delivered.push(events[i]!);
+      else if (r && isWrongLastMsgId(r.reason)) chainBreak ??= r.reason;
+    });
+    for (let i = 0; i < events.length && !error; i++) {
+      const r = settled[i];
+      if (!r) error = new Error('the connection to NATS was lost before JetStream acknowledged every event');
+      else if (r.status === 'rejected' && !isWrongLastMsgId(r.reason)) error = r.reason;
     }
-    if (this.nc.isClosed()) throw new Error('NATS connection closed');
+    if (!error && chainBreak) {
+      error = new ChainBroken(`another publisher wrote to stream ${stream} between two events: ${(chainBreak as Error).message}`);
+    }
+    return { delivered, error };
+  }
+
+  private async publishCore(events: LockEvent[]): Promise<{ delivered: LockEvent[]; error?: unknown }> {
     for (const e of events) {
       const h = this.headersFor(e);
       h.set('Nats-Msg-Id', e.id);
       this.nc.publish(eventSubject(this.options.prefix, e.type, e.lock.name), this.encoder.encode(JSON.stringify(e)), { headers: h });
     }
-    await this.nc.flush();
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.nc.flush(),
+        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('NATS did not confirm the events in time')), this.publishTimeoutMs))),
+      ]);
+    } catch (error) {
+      return { delivered: [], error };
+    } finally {
+      clearTimeout(timer);
+    }
+    return { delivered: events };
   }
 
   private headersFor(e: LockEvent) {

@@ -216,7 +216,7 @@ export class LockDaemon {
   /** After each commit: wake local waiters for released names and hand the events to the relay. */
   private committed(events: CommittedEvent[]): void {
     for (const e of events) if (RELEASE_TYPES.has(e.type)) this.waiters.notify(e.lock.name);
-    this.relay?.kick();
+    this.relay?.committed(events);
   }
 
   private scheduleSweep(): void {
