@@ -11,7 +11,8 @@ export type ClientErrorCode =
   | WireError['code']
   | 'NO_DAEMON'
   | 'REQUEST_TIMEOUT'
-  | 'PROTOCOL_MISMATCH';
+  | 'PROTOCOL_MISMATCH'
+  | 'EVENTS_UNAVAILABLE';
 
 export class LockError extends Error {
   constructor(

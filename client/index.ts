@@ -31,4 +31,7 @@ export {
   getDefaultClient,
 } from './default-client';
 export type { LockRecord, LockSetStatus, LockSetCounts, LockSetResultRecord } from '../shared/protocol';
-export type { LockEvent, EventType } from '../shared/events';
+export type { LockEvent, EventType, EventCause } from '../shared/events';
+export { EVENT_TYPES } from '../shared/events';
+export { LockEventStream, EventsUnavailable, DEFAULT_EVENTS_STREAM, subjectMatches } from './events';
+export type { EventsOptions, ReceivedLockEvent } from './events';

@@ -18,6 +18,7 @@ import { lockNameProblem } from '../shared/validate';
 import { InvalidRequest, LockError, NoDaemon, RequestTimeout, errorFromWire } from './errors';
 import { Lock, LockSetResult } from './lock';
 import { LockManager, type WithLockOptions } from './lock-manager';
+import { LockEventStream, type EventsOptions } from './events';
 
 export interface LockClientOptions {
   /** Subject prefix the daemons serve (default `lock`). */
@@ -288,6 +289,16 @@ export class LockClient {
     } finally {
       await mgr.exit();
     }
+  }
+
+  /**
+   * Lock events as a typed async iterator: live ones (core NATS) by default, or replayed from the
+   * daemons' JetStream stream with `since: {seq}` / `since: {time}` (and then followed with
+   * `follow: true`). Filter with `types` and `names` (NATS wildcards: `orders.*`, `orders.>`).
+   * Leaving the `for await` loop, or `close()`, ends the subscription.
+   */
+  events(options: EventsOptions = {}): LockEventStream {
+    return new LockEventStream(this.nc, this.prefix, options);
   }
 
   /** Close the NATS connection if this client opened it. */

@@ -1,0 +1,282 @@
+/**
+ * Lock events as a typed async iterator: live from core NATS, or replayed (and then followed)
+ * from the daemons' JetStream stream with an ordered consumer.
+ *
+ *   for await (const e of client.events({ types: ['released', 'expired'], names: 'orders.>' })) ...
+ *   for await (const e of client.events({ since: { seq: 1 } })) ...   // the whole history, then ends
+ */
+import { DeliverPolicy, type ConsumerMessages, type NatsConnection, type Subscription } from 'nats';
+import { EVENT_TYPES, type EventType, type LockEvent } from '../shared/events';
+import { InvalidRequest, LockError } from './errors';
+
+export const DEFAULT_EVENTS_STREAM = 'LOCKMGR_EVENTS';
+
+export interface EventsOptions {
+  /** Only events of these types (default: all). */
+  types?: readonly EventType[];
+  /**
+   * Only locks whose name matches one of these patterns. Lock names are NATS subject tokens, so
+   * `orders.42` is one lock, `orders.*` every lock one level under `orders`, `orders.>` all below.
+   */
+  names?: string | readonly string[];
+  /**
+   * Replay from the stream, starting at stream sequence `seq` (inclusive; 1 is the beginning) or
+   * at the first event stored at or after `time`. Without it, only live events from now on.
+   */
+  since?: { seq: number } | { time: Date | string };
+  /**
+   * With `since`: once the replay has caught up, go on with new events (default false: the
+   * iteration ends with the last event stored when it started). Live events always follow.
+   */
+  follow?: boolean;
+  /** The JetStream stream the daemons deliver to (default LOCKMGR_EVENTS). */
+  stream?: string;
+}
+
+/** An event as received: the published payload, plus its place in the stream when replayed. */
+export interface ReceivedLockEvent extends LockEvent {
+  /**
+   * The stream sequence of the event, when it was read from JetStream (`since`). Pass
+   * `{seq: streamSeq + 1}` as `since` to resume after it. Absent for live core NATS events.
+   */
+  streamSeq?: number;
+}
+
+/** The events stream is missing or JetStream is not enabled (replay needs it; live events do not). */
+export class EventsUnavailable extends LockError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('EVENTS_UNAVAILABLE', message, options);
+  }
+}
+
+/** NATS subject matching: `*` is one token, `>` one or more trailing tokens. */
+export function subjectMatches(pattern: string, subject: string): boolean {
+  const p = pattern.split('.');
+  const s = subject.split('.');
+  for (let i = 0; i < p.length; i++) {
+    if (p[i] === '>') return s.length > i;
+    if (i >= s.length) return false;
+    if (p[i] !== '*' && p[i] !== s[i]) return false;
+  }
+  return p.length === s.length;
+}
+
+/** Why `pattern` is not a usable lock name pattern, or null. */
+export function namePatternProblem(pattern: unknown): string | null {
+  if (typeof pattern !== 'string' || pattern.length === 0 || pattern.length > 255) return 'must be a string of 1-255 characters';
+  const tokens = pattern.split('.');
+  for (let i = 0; i < tokens.length; i++) {
+    const t = tokens[i]!;
+    if (t.length === 0) return 'must not have an empty dot-separated token';
+    if (/\s/.test(t)) return 'must not contain whitespace';
+    if (t === '>' && i !== tokens.length - 1) return "'>' may only be the last token";
+    if (t !== '*' && t !== '>' && /[*>]/.test(t)) return "'*' and '>' must be whole tokens";
+  }
+  return null;
+}
+
+interface Plan {
+  /** The one subject to subscribe or filter on (servers before 2.10 take only one filter). */
+  subject: string;
+  /** When the subject is wider than asked: the exact patterns, matched here. */
+  patterns: string[] | null;
+}
+
+/** The subscription subject and, if it is wider than the filters, the patterns to match. */
+export function eventsPlan(prefix: string, types?: readonly EventType[], names?: string | readonly string[]): Plan {
+  const typeList = types && types.length > 0 ? [...new Set(types)] : null;
+  const nameList = names === undefined ? null : [...new Set(typeof names === 'string' ? [names] : names)];
+  if (nameList && nameList.length === 0) throw new InvalidRequest('names must not be empty', [{ field: 'names', problem: 'must not be empty' }]);
+  for (const t of typeList ?? []) {
+    if (!EVENT_TYPES.includes(t)) {
+      throw new InvalidRequest(`unknown event type ${JSON.stringify(t)} (known: ${EVENT_TYPES.join(', ')})`, [
+        { field: 'types', problem: `must be among ${EVENT_TYPES.join(', ')}` },
+      ]);
+    }
+  }
+  for (const n of nameList ?? []) {
+    const problem = namePatternProblem(n);
+    if (problem) throw new InvalidRequest(`invalid name pattern ${JSON.stringify(n)}: ${problem}`, [{ field: 'names', problem }]);
+  }
+  const t = typeList?.length === 1 ? typeList[0]! : '*';
+  const n = nameList?.length === 1 ? nameList[0]! : '>';
+  const subject = `${prefix}.events.${t}.${n}`;
+  const exact = (typeList === null || typeList.length === 1) && (nameList === null || nameList.length === 1);
+  if (exact) return { subject, patterns: null };
+  const patterns: string[] = [];
+  for (const ty of typeList ?? ['*']) for (const na of nameList ?? ['>']) patterns.push(`${prefix}.events.${ty}.${na}`);
+  return { subject, patterns };
+}
+
+const decoder = new TextDecoder();
+
+function decode(data: Uint8Array): LockEvent | null {
+  try {
+    const e = JSON.parse(decoder.decode(data)) as LockEvent;
+    return e && typeof e === 'object' && typeof e.id === 'string' && typeof e.type === 'string' && e.lock ? e : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * A running subscription to lock events. Iterate it once with `for await`; leaving the loop (or
+ * `close()`) ends the subscription. Events that arrive faster than the loop takes them queue up.
+ */
+export class LockEventStream implements AsyncIterable<ReceivedLockEvent> {
+  /** Resolves once the subscription (or the replay consumer) is in place on the server. */
+  readonly ready: Promise<void>;
+  private readonly queue: ReceivedLockEvent[] = [];
+  private waiter?: (r: IteratorResult<ReceivedLockEvent>) => void;
+  private failWaiter?: (err: unknown) => void;
+  private ended = false;
+  private error?: unknown;
+  private sub?: Subscription;
+  private messages?: ConsumerMessages;
+  private stopConsumer?: () => Promise<void>;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly prefix: string,
+    options: EventsOptions = {},
+  ) {
+    const plan = eventsPlan(prefix, options.types, options.names);
+    // A closed connection ends the iteration (with its error, if it closed on one).
+    void nc.closed().then((err) => this.finish(err ?? undefined));
+    if (options.since === undefined) {
+      if (options.follow === false) {
+        throw new InvalidRequest('follow: false needs since: live events always follow', [{ field: 'follow', problem: 'false needs since' }]);
+      }
+      this.sub = nc.subscribe(plan.subject, {
+        callback: (err, msg) => {
+          if (err) return this.finish(err);
+          if (plan.patterns && !plan.patterns.some((p) => subjectMatches(p, msg.subject))) return;
+          const e = decode(msg.data);
+          if (e) this.push(e);
+        },
+      });
+      // The subscription is in place once the server has answered a ping sent after it.
+      this.ready = nc.flush();
+      this.ready.catch(() => undefined);
+    } else {
+      this.ready = this.replay(plan, options);
+      this.ready.catch((err) => this.finish(err));
+    }
+  }
+
+  private async replay(plan: Plan, options: EventsOptions): Promise<void> {
+    const streamName = options.stream ?? DEFAULT_EVENTS_STREAM;
+    const since = options.since!;
+    let start: { opt_start_seq: number } | { deliver_policy: DeliverPolicy; opt_start_time: string };
+    if ('seq' in since) {
+      if (!Number.isInteger(since.seq) || since.seq < 1) {
+        throw new InvalidRequest(`since.seq must be a whole number >= 1, got ${since.seq}`, [{ field: 'since', problem: 'seq must be >= 1' }]);
+      }
+      start = { opt_start_seq: since.seq };
+    } else {
+      const time = since.time instanceof Date ? since.time : new Date(since.time);
+      if (Number.isNaN(time.getTime())) {
+        throw new InvalidRequest(`since.time is not a date: ${String(since.time)}`, [{ field: 'since', problem: 'time must be a date' }]);
+      }
+      start = { deliver_policy: DeliverPolicy.StartTime, opt_start_time: time.toISOString() };
+    }
+    let lastSeq: number;
+    const js = this.nc.jetstream();
+    try {
+      const jsm = await this.nc.jetstreamManager();
+      lastSeq = (await jsm.streams.info(streamName)).state.last_seq;
+    } catch (err) {
+      const code = String((err as { code?: unknown }).code ?? '');
+      if (code === '503') throw new EventsUnavailable('JetStream is not enabled on the NATS server: there is no stored history to replay', { cause: err });
+      if (/stream not found/i.test((err as Error).message)) {
+        throw new EventsUnavailable(`no events stream ${streamName} on this NATS server: is a daemon running with JetStream, and is the stream name right?`, { cause: err });
+      }
+      throw err;
+    }
+    if (this.ended) return;
+    const consumer = await js.consumers.get(streamName, { filterSubjects: plan.subject, ...start });
+    this.stopConsumer = async () => {
+      this.messages?.stop();
+      await consumer.delete().catch(() => undefined);
+    };
+    if (this.ended) return void (await this.stopConsumer());
+    if (!options.follow && (await consumer.info()).num_pending === 0) return this.finish();
+    const messages = await consumer.consume({ max_messages: 512 });
+    this.messages = messages;
+    if (this.ended) return void (await this.stopConsumer());
+    void (async () => {
+      try {
+        for await (const m of messages) {
+          const inRange = plan.patterns === null || plan.patterns.some((p) => subjectMatches(p, m.subject));
+          const e = inRange ? decode(m.data) : null;
+          if (e) this.push({ ...e, streamSeq: m.seq });
+          if (!options.follow && (m.info.pending === 0 || m.seq >= lastSeq)) break;
+        }
+        this.finish();
+      } catch (err) {
+        this.finish(err);
+      }
+    })();
+  }
+
+  private push(e: ReceivedLockEvent): void {
+    if (this.ended) return;
+    const w = this.waiter;
+    if (w) {
+      this.waiter = this.failWaiter = undefined;
+      w({ value: e, done: false });
+    } else {
+      this.queue.push(e);
+    }
+  }
+
+  /** End the iteration (after the queued events), with an error if one stopped it. */
+  private finish(err?: unknown): void {
+    if (this.ended) return;
+    this.ended = true;
+    if (err !== undefined) this.error = err;
+    this.sub?.unsubscribe();
+    void this.stopConsumer?.();
+    if (this.waiter && this.queue.length === 0) {
+      const w = this.waiter;
+      const f = this.failWaiter;
+      this.waiter = this.failWaiter = undefined;
+      if (this.error !== undefined) f!(this.error);
+      else w({ value: undefined, done: true });
+    }
+  }
+
+  /** Stop receiving; a pending or later `next()` ends the iteration. Queued events are dropped. */
+  async close(): Promise<void> {
+    this.queue.length = 0;
+    this.finish();
+    await this.ready.catch(() => undefined);
+    await this.stopConsumer?.();
+  }
+
+  private next(): Promise<IteratorResult<ReceivedLockEvent>> {
+    if (this.queue.length > 0) return Promise.resolve({ value: this.queue.shift()!, done: false });
+    if (this.ended) {
+      if (this.error !== undefined) {
+        const err = this.error;
+        this.error = undefined;
+        return Promise.reject(err);
+      }
+      return Promise.resolve({ value: undefined, done: true });
+    }
+    return new Promise((resolve, reject) => {
+      this.waiter = resolve;
+      this.failWaiter = reject;
+    });
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<ReceivedLockEvent> {
+    return {
+      next: () => this.next(),
+      return: async () => {
+        await this.close();
+        return { value: undefined, done: true };
+      },
+    };
+  }
+}
