@@ -14,6 +14,7 @@ import { listLocksCommand } from './list-locks';
 import { resetLocksCommand } from './reset-locks';
 import { runCommand } from './run';
 import { pingCommand } from './ping';
+import { eventsCommand } from './events-command';
 
 export function buildCli(args: string[]) {
   return yargs(args)
@@ -28,6 +29,7 @@ export function buildCli(args: string[]) {
     .command(resetLocksCommand)
     .command(runCommand)
     .command(pingCommand)
+    .command(eventsCommand)
     .demandCommand(1, 'Name a command: lockmgr --help lists them.')
     .strict()
     .version(SERVICE_VERSION)
