@@ -20,6 +20,7 @@ const COMMANDS: [string, string][] = [
   ['reset-locks', '--force'],
   ['run', '--conflict-exit-code'],
   ['ping', '--local'],
+  ['events', '--follow'],
 ];
 
 function tmpFile(name: string, content: string): string {
