@@ -6,4 +6,5 @@ module.exports = {
   transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.json', diagnostics: { warnOnly: false } }] },
   testTimeout: 30000,
   globalSetup: '<rootDir>/test/helpers/preflight.ts',
+  reporters: ['default', '<rootDir>/test/helpers/summary-reporter.js'],
 };
