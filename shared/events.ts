@@ -9,9 +9,13 @@ export const EVENT_TYPES = ['created', 'renewed', 'released', 'expired', 'reset'
 export type EventType = (typeof EVENT_TYPES)[number];
 
 export interface EventCause {
-  /** The requester's `locked_by`, where the request named one. */
+  /**
+   * The requester's `locked_by`. Requests that name none (`unlock`, `clean`, `reset`, or a `get`
+   * without it) carry the daemon host's name, the seed's default owner; the sweeper's is its
+   * daemon's host.
+   */
   locked_by: string | null;
-  /** The requester's process id (`process_id` / `lock_process`), where given. */
+  /** The requester's process id (`process_id` / `lock_process`), where given; the sweeper's daemon pid. */
   process_id: number | null;
   /** The NATS client that sent the request (`<server client id>@<host>`), where known. */
   client: string | null;
@@ -23,14 +27,21 @@ export interface LockEvent {
   /** Unique event id; also the JetStream de-duplication id (Nats-Msg-Id). */
   id: string;
   type: EventType;
-  /** Orders all events of one database: grows with every event, never repeats. */
+  /**
+   * Orders all events of one database: grows with every event, never repeats. The events of one
+   * lock always reach the stream in `seq` order; on PostgreSQL, events of different locks
+   * committed concurrently may reach it out of `seq` order (and `seq` may skip values).
+   */
   seq: number;
   /** The lock after the change; for released, expired and reset, the lock as it was. */
   lock: LockRecord;
   cause: EventCause;
   /** The daemon instance that made the change. */
   daemon: string;
-  /** When the change was committed (ISO 8601 UTC). */
+  /**
+   * When the change was made (ISO 8601 UTC): its transaction's clock, the database's on
+   * PostgreSQL; the same instant a created or renewed lock carries in `created_at`/`updated_at`.
+   */
   at: string;
 }
 
