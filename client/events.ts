@@ -108,6 +108,24 @@ export function eventsPlan(prefix: string, types?: readonly EventType[], names?:
   return { subject, patterns };
 }
 
+type ReplayStart = { opt_start_seq: number } | { deliver_policy: DeliverPolicy; opt_start_time: string };
+
+/** Where an ordered consumer starts for `since`; throws InvalidRequest for a bad one. */
+function replayStart(since: NonNullable<EventsOptions['since']>): ReplayStart {
+  if (typeof since === 'object' && since !== null && 'seq' in since) {
+    if (!Number.isInteger(since.seq) || since.seq < 1) {
+      throw new InvalidRequest(`since.seq must be a whole number >= 1, got ${since.seq}`, [{ field: 'since', problem: 'seq must be >= 1' }]);
+    }
+    return { opt_start_seq: since.seq };
+  }
+  const raw = (since as { time?: unknown })?.time;
+  const time = raw instanceof Date ? raw : new Date(String(raw));
+  if (raw === undefined || Number.isNaN(time.getTime())) {
+    throw new InvalidRequest(`since must be {seq} or {time}; ${JSON.stringify(since)} is neither`, [{ field: 'since', problem: 'must be {seq: n >= 1} or {time: a date}' }]);
+  }
+  return { deliver_policy: DeliverPolicy.StartTime, opt_start_time: time.toISOString() };
+}
+
 const decoder = new TextDecoder();
 
 function decode(data: Uint8Array): LockEvent | null {
@@ -159,27 +177,14 @@ export class LockEventStream implements AsyncIterable<ReceivedLockEvent> {
       this.ready = nc.flush();
       this.ready.catch(() => undefined);
     } else {
-      this.ready = this.replay(plan, options);
+      const start = replayStart(options.since);
+      this.ready = this.replay(plan, options, start);
       this.ready.catch((err) => this.finish(err));
     }
   }
 
-  private async replay(plan: Plan, options: EventsOptions): Promise<void> {
+  private async replay(plan: Plan, options: EventsOptions, start: ReplayStart): Promise<void> {
     const streamName = options.stream ?? DEFAULT_EVENTS_STREAM;
-    const since = options.since!;
-    let start: { opt_start_seq: number } | { deliver_policy: DeliverPolicy; opt_start_time: string };
-    if ('seq' in since) {
-      if (!Number.isInteger(since.seq) || since.seq < 1) {
-        throw new InvalidRequest(`since.seq must be a whole number >= 1, got ${since.seq}`, [{ field: 'since', problem: 'seq must be >= 1' }]);
-      }
-      start = { opt_start_seq: since.seq };
-    } else {
-      const time = since.time instanceof Date ? since.time : new Date(since.time);
-      if (Number.isNaN(time.getTime())) {
-        throw new InvalidRequest(`since.time is not a date: ${String(since.time)}`, [{ field: 'since', problem: 'time must be a date' }]);
-      }
-      start = { deliver_policy: DeliverPolicy.StartTime, opt_start_time: time.toISOString() };
-    }
     let lastSeq: number;
     const js = this.nc.jetstream();
     try {

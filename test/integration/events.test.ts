@@ -317,6 +317,9 @@ describe.each(STORES)('lock events on %s', (store) => {
       expect(got.every((e) => e.streamSeq === undefined)).toBe(true);
       expect(() => c.events({ types: ['nope' as EventType] })).toThrow(/unknown event type/);
       expect(() => c.events({ names: 'a.>.b' })).toThrow(/last token/);
+      expect(() => c.events({ since: { seq: 0 } })).toThrow(/since.seq must be a whole number >= 1/);
+      expect(() => c.events({ since: { time: 'yesterday-ish' } })).toThrow(/since must be/);
+      expect(() => c.events({ follow: false })).toThrow(/follow: false needs since/);
     });
   });
 });
