@@ -185,11 +185,21 @@ export class LockEventStream implements AsyncIterable<ReceivedLockEvent> {
 
   private async replay(plan: Plan, options: EventsOptions, start: ReplayStart): Promise<void> {
     const streamName = options.stream ?? DEFAULT_EVENTS_STREAM;
-    let lastSeq: number;
+    // The last stored event the filter matches: a replay that does not follow ends with it. (The
+    // `pending` count JetStream sends with each message is not reliable with wildcard filters on
+    // servers before 2.10, so it is not used.)
+    let last: { seq: number; time: Date } | null;
     const js = this.nc.jetstream();
     try {
       const jsm = await this.nc.jetstreamManager();
-      lastSeq = (await jsm.streams.info(streamName)).state.last_seq;
+      await jsm.streams.info(streamName);
+      last = await jsm.streams.getMessage(streamName, { last_by_subj: plan.subject }).then(
+        (m) => ({ seq: m.seq, time: m.time }),
+        (err) => {
+          if (/no message found/i.test((err as Error).message)) return null;
+          throw err;
+        },
+      );
     } catch (err) {
       const code = String((err as { code?: unknown }).code ?? '');
       if (code === '503') throw new EventsUnavailable('JetStream is not enabled on the NATS server: there is no stored history to replay', { cause: err });
@@ -199,13 +209,17 @@ export class LockEventStream implements AsyncIterable<ReceivedLockEvent> {
       throw err;
     }
     if (this.ended) return;
+    if (!options.follow) {
+      const nothing =
+        last === null || ('opt_start_seq' in start ? last.seq < start.opt_start_seq : last.time.getTime() < Date.parse(start.opt_start_time));
+      if (nothing) return this.finish();
+    }
     const consumer = await js.consumers.get(streamName, { filterSubjects: plan.subject, ...start });
     this.stopConsumer = async () => {
       this.messages?.stop();
       await consumer.delete().catch(() => undefined);
     };
     if (this.ended) return void (await this.stopConsumer());
-    if (!options.follow && (await consumer.info()).num_pending === 0) return this.finish();
     const messages = await consumer.consume({ max_messages: 512 });
     this.messages = messages;
     if (this.ended) return void (await this.stopConsumer());
@@ -215,7 +229,7 @@ export class LockEventStream implements AsyncIterable<ReceivedLockEvent> {
           const inRange = plan.patterns === null || plan.patterns.some((p) => subjectMatches(p, m.subject));
           const e = inRange ? decode(m.data) : null;
           if (e) this.push({ ...e, streamSeq: m.seq });
-          if (!options.follow && (m.info.pending === 0 || m.seq >= lastSeq)) break;
+          if (!options.follow && m.seq >= last!.seq) break;
         }
         this.finish();
       } catch (err) {

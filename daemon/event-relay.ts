@@ -443,29 +443,33 @@ export class EventRelay {
    */
   private async reconcile(): Promise<void> {
     const js = this.js!;
+    const subject = `${this.options.prefix}.events.>`;
     const info = await this.jsm!.streams.info(this.options.stream);
     if (info.state.messages === 0) return;
-    const last = info.state.last_seq;
-    const start = Math.max(info.state.first_seq, last - RECONCILE_TAIL + 1);
-    const consumer = await js.consumers.get(this.options.stream, {
-      filterSubjects: `${this.options.prefix}.events.>`,
-      opt_start_seq: start,
-      headers_only: true,
-    });
+    const start = Math.max(info.state.first_seq, info.state.last_seq - RECONCILE_TAIL + 1);
+    // The newest message of ours ends the read (the per-message `pending` count is not reliable
+    // with wildcard filters on servers before 2.10).
+    let last: number;
+    try {
+      last = (await this.jsm!.streams.getMessage(this.options.stream, { last_by_subj: subject })).seq;
+    } catch (err) {
+      if (/no message found/i.test((err as Error).message)) return;
+      throw err;
+    }
+    if (last < start) return;
+    const consumer = await js.consumers.get(this.options.stream, { filterSubjects: subject, opt_start_seq: start, headers_only: true });
     const ids = new Set<string>();
-    if ((await consumer.info()).num_pending > 0) {
-      const messages = await consumer.consume({ max_messages: 500 });
-      const guard = setTimeout(() => messages.stop(), this.publishTimeoutMs);
-      try {
-        for await (const m of messages) {
-          const id = m.headers?.get('Nats-Msg-Id');
-          if (id) ids.add(id);
-          if (m.info.pending === 0 || m.seq >= last) break;
-        }
-      } finally {
-        clearTimeout(guard);
-        messages.stop();
+    const messages = await consumer.consume({ max_messages: 500 });
+    const guard = setTimeout(() => messages.stop(), this.publishTimeoutMs);
+    try {
+      for await (const m of messages) {
+        const id = m.headers?.get('Nats-Msg-Id');
+        if (id) ids.add(id);
+        if (m.seq >= last) break;
       }
+    } finally {
+      clearTimeout(guard);
+      messages.stop();
     }
     await consumer.delete().catch(() => undefined);
     if (ids.size === 0) return;

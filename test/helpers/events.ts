@@ -50,7 +50,8 @@ export async function readStreamWith(nc: NatsConnection, stream: string, startSe
   const messages = await consumer.consume();
   for await (const m of messages) {
     out.push({ streamSeq: m.seq, subject: m.subject, msgId: m.headers?.get('Nats-Msg-Id'), event: JSON.parse(new TextDecoder().decode(m.data)) });
-    if (m.info.pending === 0 || m.seq >= info.state.last_seq) break;
+    // (Not m.info.pending: servers before 2.10 may report 0 too early.)
+    if (m.seq >= info.state.last_seq) break;
   }
   messages.stop();
   await consumer.delete().catch(() => undefined);
