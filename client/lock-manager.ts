@@ -4,7 +4,7 @@
  * lock someone else has taken since.
  */
 import { DEFAULT_EXPIRES, DEFAULT_RENEW_SECONDS } from '../shared/protocol';
-import { LockError, Locked, LockNotFound, NotOwner } from './errors';
+import { InvalidRequest, Locked, LockNotFound, NotOwner } from './errors';
 import type { Lock } from './lock';
 import type { LockClient } from './lock-client';
 
@@ -51,7 +51,10 @@ export class LockManager {
     options: WithLockOptions = {},
   ) {
     if (options.wait !== undefined && (typeof options.wait !== 'number' || !(options.wait >= 0))) {
-      throw new LockError('INVALID_REQUEST', `wait must be a non-negative number of seconds, got ${options.wait}`);
+      // The same class the daemon's INVALID_REQUEST maps to, so callers catch one error type.
+      throw new InvalidRequest(`wait must be a non-negative number of seconds, got ${options.wait}`, [
+        { field: 'wait', problem: 'must be a non-negative number of seconds' },
+      ]);
     }
     this.expires = options.expires === undefined ? DEFAULT_EXPIRES : options.expires;
     this.wait = options.wait ?? 0;
@@ -95,20 +98,32 @@ export class LockManager {
    * manager's owner fields.
    */
   async renew(lock?: string | Lock, options: ManagerRenewOptions = {}): Promise<Lock> {
+    const expires = options.expires === undefined ? DEFAULT_RENEW_SECONDS : options.expires;
+    const create = options.create ?? true;
+    const renewOptions = { expires, add_time: options.add_time ?? true, locked_by: this.locked_by, lock_process: this.lock_process };
     const grant = this.grantFor(lock);
-    const target = grant ?? (typeof lock === 'string' ? lock : lock?.name ?? this.name);
-    const renewed = await this.client.renewLock(target, {
-      expires: options.expires === undefined ? DEFAULT_RENEW_SECONDS : options.expires,
-      add_time: options.add_time ?? true,
-      create: options.create ?? true,
-      locked_by: this.locked_by,
-      lock_process: this.lock_process,
-    });
-    if (!grant) {
-      this.locks.push(renewed);
-      if (this.main_lock === null && renewed.name === this.name) this.main_lock = renewed;
+    if (grant) return this.client.renewLock(grant, { ...renewOptions, create });
+    // Not a grant we hold. A lock this call creates becomes ours (released on exit); one that
+    // someone else holds is only extended, never adopted, or leaving would release their lock.
+    const name = typeof lock === 'string' ? lock : (lock?.name ?? this.name);
+    for (let attempt = 1; ; attempt++) {
+      if (create) {
+        try {
+          const created = await this.client.getLock(name, { expires, locked_by: this.locked_by, lock_process: this.lock_process });
+          this.locks.push(created);
+          if (name === this.name) this.main_lock = created;
+          return created;
+        } catch (err) {
+          if (!(err instanceof Locked)) throw err;
+        }
+      }
+      try {
+        return await this.client.renewLock(name, { ...renewOptions, create: false });
+      } catch (err) {
+        // Released between our two requests: take it after all.
+        if (!(create && err instanceof LockNotFound && attempt < 3)) throw err;
+      }
     }
-    return renewed;
   }
 
   /** @internal Release every grant still held. */

@@ -200,7 +200,7 @@ export class LockDaemon {
   }
 
   /** Releases of `name` made by other daemons sharing the database wake our waiters too. */
-  private watchReleases(name: string): void {
+  private async watchReleases(name: string): Promise<void> {
     if (!this.nc || this.nc.isClosed()) return;
     const prefix = this.config.prefix;
     const sub = this.nc.subscribe(`${prefix}.events.*.${name}`, {
@@ -211,6 +211,9 @@ export class LockDaemon {
       },
     });
     this.wakeSubs.set(name, sub);
+    // The waiter looks at the lock only once the server has the subscription: a release made
+    // elsewhere after that look is then sure to reach us.
+    await this.nc.flush();
   }
 
   /** After each commit: wake local waiters for released names and hand the events to the relay. */

@@ -132,14 +132,18 @@ export class LockService {
   async execute(endpoint: Endpoint, req: NormalizedRequests[Endpoint], who: Requester): Promise<unknown> {
     const b = this.batcher;
     switch (endpoint) {
-      case 'set':
-        return b.run((tx) => setLocks(tx, req as NormalizedRequests['set'], who));
+      case 'set': {
+        // Its rows are taken in name order, so it queues in the batch by its first name in that order.
+        const names = (req as NormalizedRequests['set']).names;
+        const first = names.length ? names.reduce((m, n) => (n < m ? n : m)) : undefined;
+        return b.run((tx) => setLocks(tx, req as NormalizedRequests['set'], who), first);
+      }
       case 'get':
         return this.getWithWait(req as NormalizedRequests['get'], who);
       case 'unlock':
-        return { unlocked: await b.run((tx) => unlock(tx, req as NormalizedRequests['unlock'], who)) };
+        return { unlocked: await b.run((tx) => unlock(tx, req as NormalizedRequests['unlock'], who), (req as NormalizedRequests['unlock']).name) };
       case 'renew':
-        return toLockRecord(await b.run((tx) => renewLock(tx, req as NormalizedRequests['renew'], who)));
+        return toLockRecord(await b.run((tx) => renewLock(tx, req as NormalizedRequests['renew'], who), (req as NormalizedRequests['renew']).name));
       case 'is_locked': {
         const row = await b.run((tx) => isLocked(tx, (req as NormalizedRequests['is_locked']).name));
         return { locked: row !== null, lock: row ? toLockRecord(row) : null };
@@ -163,15 +167,27 @@ export class LockService {
 
   /** get: try now; if held and the request may wait, sleep until a release or expiry, then retry. */
   private async getWithWait(req: NormalizedRequests['get'], who: Requester): Promise<LockRecord> {
-    const deadline = Date.now() + req.waitMs;
-    let front = false;
-    for (;;) {
-      const r = await this.batcher.run((tx) => getLock(tx, req, who));
+    const attempt = () => this.batcher.run((tx) => getLock(tx, req, who), req.name);
+    if (req.waitMs === 0) {
+      const r = await attempt();
       if ('granted' in r) return toLockRecord(r.granted);
-      if (Date.now() >= deadline || this.waiters.closed) throw lockedError(r.held);
-      const heldUntil = r.held.locked_until ?? Infinity;
-      await this.waiters.wait(req.name, Math.min(deadline, heldUntil + 1), front);
-      front = true;
+      throw lockedError(r.held);
+    }
+    const deadline = Date.now() + req.waitMs;
+    // Follow releases of the name from before the first look, so none is missed in between.
+    const ticket = await this.waiters.follow(req.name);
+    try {
+      let front = false;
+      for (;;) {
+        const r = await attempt();
+        if ('granted' in r) return toLockRecord(r.granted);
+        if (Date.now() >= deadline || this.waiters.closed) throw lockedError(r.held);
+        const heldUntil = r.held.locked_until ?? Infinity;
+        await this.waiters.wait(ticket, Math.min(deadline, heldUntil + 1), front);
+        front = true;
+      }
+    } finally {
+      this.waiters.unfollow(ticket);
     }
   }
 }

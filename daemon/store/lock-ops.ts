@@ -71,7 +71,9 @@ const LIVE = '(locked_until IS NULL OR locked_until > ?)';
 
 const SQL = {
   insertSqlite: `INSERT INTO lockmgr_locks (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING RETURNING ${COLUMNS}`,
-  insertPostgres: `INSERT INTO lockmgr_locks (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, nextval('lockmgr_token_seq')) ON CONFLICT (name) DO NOTHING RETURNING ${COLUMNS}`,
+  // PostgreSQL: the row goes in with token 0 and takes its token once it is ours (see insertLock).
+  insertPostgres: `INSERT INTO lockmgr_locks (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0) ON CONFLICT (name) DO NOTHING RETURNING name`,
+  takeToken: `UPDATE lockmgr_locks SET token = nextval('lockmgr_token_seq') WHERE name = ? RETURNING ${COLUMNS}`,
   deleteExpiredOne: `DELETE FROM lockmgr_locks WHERE name = ? AND locked_until IS NOT NULL AND locked_until <= ? RETURNING ${COLUMNS}`,
   selectLive: `SELECT ${COLUMNS} FROM lockmgr_locks WHERE name = ? AND ${LIVE}`,
   // Renewal never shortens a lock; a lock that never expires stays that way unless made so.
@@ -104,11 +106,18 @@ function causeOf(who: Requester, operation: string): EventCause {
 
 async function insertLock(tx: Tx, name: string, expiresMs: number | null, who: Requester): Promise<LockRow | null> {
   const until = expiresMs === null ? null : tx.now + expiresMs;
-  const rows =
-    tx.dialect === 'sqlite'
-      ? await tx.query(SQL.insertSqlite, [name, who.lockedBy, who.process, until, tx.now, tx.now, tx.nextToken()])
-      : await tx.query(SQL.insertPostgres, [name, who.lockedBy, who.process, until, tx.now, tx.now]);
-  return rows[0] ? toLockRow(rows[0]) : null;
+  if (tx.dialect === 'sqlite') {
+    const rows = await tx.query(SQL.insertSqlite, [name, who.lockedBy, who.process, until, tx.now, tx.now, tx.nextToken()]);
+    return rows[0] ? toLockRow(rows[0]) : null;
+  }
+  // The fencing token is drawn only after the insert succeeded. nextval() in the INSERT itself is
+  // evaluated before the insert waits on a conflicting row of another transaction, and that wait
+  // can outlast a whole later grant and release of the name: the late grant would then carry a
+  // smaller token than the one before it.
+  const inserted = await tx.query(SQL.insertPostgres, [name, who.lockedBy, who.process, until, tx.now, tx.now]);
+  if (!inserted[0]) return null;
+  const rows = await tx.query(SQL.takeToken, [name]);
+  return toLockRow(rows[0]!);
 }
 
 async function selectLive(tx: Tx, name: string): Promise<LockRow | null> {
@@ -167,38 +176,45 @@ async function renewRow(tx: Tx, name: string, expiresMs: number | null, addTime:
 
 export async function setLocks(tx: Tx, req: NormalizedSet, who: Requester): Promise<LockSetResultRecord> {
   const body = async (): Promise<LockSetResultRecord> => {
-    const result: LockSetResultRecord = {
-      locks: [],
-      counts: { created: 0, renewed: 0, skip_create: 0, skip_renew: 0 },
-      statuses: [],
-    };
-    const status = (name: string, s: LockSetStatus) => result.statuses.push([name, s]);
-    for (const name of req.names) {
+    const counts = { created: 0, renewed: 0, skip_create: 0, skip_renew: 0 };
+    const slots: { lock?: LockRecord; status: LockSetStatus }[] = [];
+    // The rows are taken in name order, whatever the request's order: two requests naming the
+    // same locks in different orders would otherwise each hold a row the other waits for (a
+    // deadlock on PostgreSQL). The result still lists the names in the request's order, and
+    // LockFail names the first held lock in that order.
+    const order = req.names.map((name, i) => ({ name, i })).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.i - b.i));
+    let failed: { i: number; held: LockRow } | null = null;
+    for (const { name, i } of order) {
+      if (failed) {
+        // The request fails anyway: only look for a held lock named earlier in it.
+        const held: LockRow | null = i < failed.i ? await selectLive(tx, name) : null;
+        if (held) failed = { i, held };
+        continue;
+      }
       let held: LockRow | null;
       if (req.create) {
         const r = await acquire(tx, name, req.expiresMs, who, 'set');
         if ('granted' in r) {
-          result.locks.push(toLockRecord(r.granted));
-          result.counts.created += 1;
-          status(name, { was_locked: false, status: 'create', locked: true });
+          counts.created += 1;
+          slots[i] = { lock: toLockRecord(r.granted), status: { was_locked: false, status: 'create', locked: true } };
           continue;
         }
         held = r.held;
       } else {
         held = await selectLive(tx, name);
         if (!held) {
-          result.counts.skip_create += 1;
-          status(name, { was_locked: false, status: 'skip', locked: false });
+          counts.skip_create += 1;
+          slots[i] = { status: { was_locked: false, status: 'skip', locked: false } };
           continue;
         }
       }
       if (req.fail) {
-        throw new LockRuleError(ErrorCode.LOCK_FAIL, `Lock '${name}' already existed. Aborting!`, toLockRecord(held));
+        failed = { i, held };
+        continue;
       }
       if (!req.renew) {
-        result.locks.push(toLockRecord(held));
-        result.counts.skip_renew += 1;
-        status(name, { was_locked: true, status: 'skip', locked: true });
+        counts.skip_renew += 1;
+        slots[i] = { lock: toLockRecord(held), status: { was_locked: true, status: 'skip', locked: true } };
         continue;
       }
       const renewed = await renewRow(tx, name, req.expiresMs, false, null);
@@ -206,10 +222,19 @@ export async function setLocks(tx: Tx, req: NormalizedSet, who: Requester): Prom
       // rather than report (and record) a renewal that did not happen.
       if (!renewed) throw new ConcurrentChange(`lock '${name}' changed during set`);
       tx.emit('renewed', toLockRecord(renewed), causeOf(who, 'set'));
-      result.locks.push(toLockRecord(renewed));
-      result.counts.renewed += 1;
-      status(name, { was_locked: true, status: 'extend', locked: true });
+      counts.renewed += 1;
+      slots[i] = { lock: toLockRecord(renewed), status: { was_locked: true, status: 'extend', locked: true } };
     }
+    if (failed) {
+      const name = req.names[failed.i]!;
+      throw new LockRuleError(ErrorCode.LOCK_FAIL, `Lock '${name}' already existed. Aborting!`, toLockRecord(failed.held));
+    }
+    const result: LockSetResultRecord = { locks: [], counts, statuses: [] };
+    req.names.forEach((name, i) => {
+      const slot = slots[i]!;
+      if (slot.lock) result.locks.push(slot.lock);
+      result.statuses.push([name, slot.status]);
+    });
     return result;
   };
   // fail=true is all or nothing: a LockFail undoes every lock this request created or renewed.

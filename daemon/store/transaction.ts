@@ -33,6 +33,8 @@ export type Operation<T> = (tx: Tx) => Promise<T>;
 
 interface Queued {
   op: Operation<unknown>;
+  /** The lock name the operation works on, if one: a batch runs its operations in name order. */
+  key?: string;
   resolve(value: unknown): void;
   reject(err: unknown): void;
 }
@@ -115,6 +117,11 @@ export function isDomainError(err: unknown): err is DomainError {
   return typeof err === 'object' && err !== null && (err as { domain?: unknown }).domain === true;
 }
 
+function byKey(a: Queued, b: Queued): number {
+  if (a.key === undefined || b.key === undefined) return a.key === b.key ? 0 : a.key === undefined ? 1 : -1;
+  return a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
+}
+
 export class Batcher {
   private queue: Queued[] = [];
   /** Workers draining the queue, each running one transaction at a time. */
@@ -131,9 +138,9 @@ export class Batcher {
   }
 
   /** Run `op` in the next transaction; resolves after that transaction commits. */
-  run<T>(op: Operation<T>): Promise<T> {
+  run<T>(op: Operation<T>, key?: string): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ op: op as Operation<unknown>, resolve: resolve as (v: unknown) => void, reject });
+      this.queue.push({ op: op as Operation<unknown>, key, resolve: resolve as (v: unknown) => void, reject });
       if (this.workers < this.concurrency) {
         this.workers += 1;
         // Let requests already decoded in this turn of the event loop join the same batch.
@@ -149,7 +156,11 @@ export class Batcher {
 
   private async drain(): Promise<void> {
     while (this.queue.length > 0) {
-      const batch = this.queue.splice(0, this.maxBatch);
+      // Batches overlap on PostgreSQL: if each took its rows in arrival order, two batches could
+      // each hold a row the other needs (a deadlock, broken only after deadlock_timeout). In name
+      // order they queue behind each other instead. The sort is stable, so the operations on one
+      // name keep their arrival order; operations without a name go last.
+      const batch = this.queue.splice(0, this.maxBatch).sort(byKey);
       await this.runBatch(batch);
     }
     this.workers -= 1;
