@@ -21,6 +21,7 @@ import {
   sleep,
   waitFor,
 } from '../helpers/events';
+import { startNatsServer } from '../helpers/nats-server';
 import { startStack, type Stack } from '../helpers/stack';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -321,5 +322,48 @@ describe.each(STORES)('lock events on %s', (store) => {
       expect(() => c.events({ since: { time: 'yesterday-ish' } })).toThrow(/since must be/);
       expect(() => c.events({ follow: false })).toThrow(/follow: false needs since/);
     });
+  });
+});
+
+describe('a stream shared with another publisher', () => {
+  it('adds the daemon subjects to an existing stream and keeps every event once, in order, while others publish into it', async () => {
+    const nats = await startNatsServer();
+    const nc = await connect({ servers: nats.url });
+    let stack: Stack | undefined;
+    try {
+      const jsm = await nc.jetstreamManager();
+      await jsm.streams.add({ name: 'SHARED', subjects: ['other.events.>'] });
+      stack = await startStack({ store: 'sqlite', nats, config: { eventsStream: 'SHARED' } });
+      await recordOutbox(stack.db);
+      expect((await jsm.streams.info('SHARED')).config.subjects).toEqual(['other.events.>', `${stack.prefix}.events.>`]);
+      // Another publisher writes into the stream all the while: the relay's chain of expected
+      // predecessors breaks and must resume without losing, doubling or reordering events.
+      const js = nc.jetstream();
+      let foreign = 0;
+      let stop = false;
+      const other = (async () => {
+        while (!stop) {
+          await Promise.all(Array.from({ length: 20 }, () => js.publish(`other.events.x.${foreign++}`, new TextEncoder().encode('{}'))));
+        }
+      })();
+      const c = stack.client;
+      for (let i = 0; i < 10; i++) {
+        await c.setLock(...Array.from({ length: 100 }, (_, j) => `sh.${j}`), { timeout: 60 });
+      }
+      await c.resetLocks();
+      await waitFor(async () => (await outboxCount(stack!.db)) === 0, 10_000, 'the outbox to drain');
+      stop = true;
+      await other;
+      const all = await readStream(nats.url, 'SHARED');
+      const ours = all.filter((s) => s.subject.startsWith(`${stack!.prefix}.`));
+      expect(all.length - ours.length).toBe(foreign);
+      expect(ours).toHaveLength(100 + 900 + 100);
+      expect(compareWithOutbox(ours, await recordedOutbox(stack.db))).toEqual([]);
+      expect(ours.map((s) => s.event.seq)).toEqual([...ours.map((s) => s.event.seq)].sort((a, b) => a - b));
+    } finally {
+      await stack?.stop();
+      await nc.close();
+      await nats.stop();
+    }
   });
 });
