@@ -154,6 +154,9 @@ export class LockDaemon {
         },
       });
     }
+    // The endpoint subscriptions reach the server asynchronously: "ready" (and start() resolving)
+    // must mean a request sent now finds a responder, not "no responders".
+    await this.nc.flush();
     this.logger.info('serving', { subjects: ENDPOINTS.map((e) => requestSubject(c.prefix, e)), queue: SERVICE_NAME });
 
     this.scheduleSweep();

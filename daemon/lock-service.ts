@@ -92,12 +92,14 @@ export class LockService {
   private async process(endpoint: Endpoint, msg: Responder): Promise<void> {
     let body: unknown;
     if (msg.data.length > MAX_PAYLOAD_BYTES) {
-      return this.fail(msg, { code: ErrorCode.INVALID_REQUEST, message: `request body is ${msg.data.length} bytes; the limit is ${MAX_PAYLOAD_BYTES}` });
+      const problem = `is ${msg.data.length} bytes; the limit is ${MAX_PAYLOAD_BYTES}`;
+      return this.fail(msg, { code: ErrorCode.INVALID_REQUEST, message: `request body ${problem}`, details: [{ field: '(body)', problem }] });
     }
     try {
       body = msg.data.length === 0 ? {} : JSON.parse(decoder.decode(msg.data));
     } catch (err) {
-      return this.fail(msg, { code: ErrorCode.INVALID_REQUEST, message: `request body is not JSON: ${(err as Error).message}` });
+      const problem = `is not JSON: ${(err as Error).message}`;
+      return this.fail(msg, { code: ErrorCode.INVALID_REQUEST, message: `request body ${problem}`, details: [{ field: '(body)', problem }] });
     }
     let req: NormalizedRequests[Endpoint];
     try {
@@ -125,7 +127,10 @@ export class LockService {
   }
 
   private fail(msg: Responder, error: WireError): void {
-    msg.respondError(ERROR_STATUS[error.code], error.message, encodeReply({ ok: false, error }));
+    // A NATS header value cannot hold CR or LF (nats.js throws), and messages may quote the
+    // request (JSON.parse errors do): flatten them for the header; the body keeps the original.
+    const description = error.message.replace(/[\r\n]+/g, ' ');
+    msg.respondError(ERROR_STATUS[error.code], description, encodeReply({ ok: false, error }));
   }
 
   /** Run one validated request. Exported shape: what goes into `result`. */

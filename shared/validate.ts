@@ -26,6 +26,8 @@ export class RequestInvalid extends Error {
 }
 
 const NAME_TOKEN = /^[^\s*>.]+$/;
+// Control characters: PostgreSQL refuses NUL in text, and a name is also a NATS subject token.
+const CONTROL = /[\u0000-\u001f\u007f]/;
 
 /** Why `name` is not a valid lock name, or null when it is. */
 export function lockNameProblem(name: unknown): string | null {
@@ -34,6 +36,7 @@ export function lockNameProblem(name: unknown): string | null {
   for (const token of name.split('.')) {
     if (token.length === 0) return 'must not have an empty dot-separated token';
     if (!NAME_TOKEN.test(token)) return "must not contain whitespace, '*' or '>'";
+    if (CONTROL.test(token)) return 'must not contain control characters';
   }
   return null;
 }
@@ -135,6 +138,8 @@ class Reader {
     if (value === undefined || value === null || value === '') return null;
     if (typeof value !== 'string') return this.bad(field, 'must be a string');
     if (value.length > max) return this.bad(field, `must be at most ${max} characters`);
+    // PostgreSQL cannot store NUL in text: refuse it here rather than fail in the database.
+    if (value.includes('\u0000')) return this.bad(field, 'must not contain NUL characters');
     return value;
   }
 

@@ -66,7 +66,9 @@ export function isUnavailableError(err: unknown): boolean {
   if (!e || typeof e !== 'object') return false;
   if (e.parent && e.parent !== err && isUnavailableError(e.parent)) return true;
   const code = String(e.code ?? '');
-  if (SQLITE_UNAVAILABLE.has(code) || NET_ERRORS.has(code)) return true;
+  // better-sqlite3 reports extended result codes (SQLITE_IOERR_WRITE, SQLITE_BUSY_SNAPSHOT...):
+  // the primary code is the part before the second underscore.
+  if (SQLITE_UNAVAILABLE.has(code.replace(/^(SQLITE_[A-Z]+)_.*$/, '$1')) || NET_ERRORS.has(code)) return true;
   // PostgreSQL classes 08 (connection), 53 (resources), 57 (operator intervention: shutdown).
   if (/^(08|53|57)/.test(code)) return true;
   const name = String(e.name ?? '');

@@ -1,0 +1,225 @@
+/**
+ * Faults, caused for real: no daemon on the prefix, a daemon that never answers, a daemon that
+ * stops, and a lock database that goes away (PostgreSQL refusing connections; a SQLite file the
+ * daemon can no longer write, or that another writer holds). Requests then fail at once with a
+ * coded error (NoDaemon, StoreUnavailable), never by running into the request timeout, and the
+ * same daemon serves again once the database is back, with every lock it acknowledged before.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import BetterSqlite3 from 'better-sqlite3';
+import { Client } from 'pg';
+import { LockClient, NoDaemon, RequestTimeout, StoreUnavailable, type Lock } from '../../client';
+import { PG_ADMIN_URL, STORES } from '../helpers/databases';
+import { startStack, type Stack } from '../helpers/stack';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Run `fn`; resolve with what it threw and how long it took. */
+async function failure(fn: () => Promise<unknown>): Promise<{ err: unknown; ms: number }> {
+  const start = Date.now();
+  try {
+    await fn();
+  } catch (err) {
+    return { err, ms: Date.now() - start };
+  }
+  throw new Error('expected the call to fail, but it succeeded');
+}
+
+/** Retry `fn` until it succeeds or `ms` pass (the database coming back). */
+async function eventually<T>(fn: () => Promise<T>, ms: number): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await sleep(100);
+    }
+  }
+}
+
+/** Every kind of request once; each must fail with StoreUnavailable, promptly. */
+async function expectStoreUnavailable(client: LockClient, name: string, held: Lock): Promise<void> {
+  const calls: [string, () => Promise<unknown>][] = [
+    ['getLock', () => client.getLock(`${name}.new`)],
+    ['getLock with wait', () => client.getLock(`${name}.waited`, { wait: 5 })],
+    ['setLock', () => client.setLock(`${name}.a`, `${name}.b`)],
+    ['isLocked', () => client.isLocked(held.name)],
+    ['renewLock', () => client.renewLock(held)],
+    ['unlock', () => client.unlock(`${name}.other`)],
+    ['listLocks', () => client.listLocks()],
+  ];
+  for (const [call, fn] of calls) {
+    const { err, ms } = await failure(fn);
+    expect({ call, err }).toEqual({ call, err: expect.any(StoreUnavailable) });
+    expect((err as StoreUnavailable).code).toBe('STORE_UNAVAILABLE');
+    // An answer, not the client's 10 s request timeout running out.
+    expect({ call, fast: ms < 4000 }).toEqual({ call, fast: true });
+  }
+}
+
+describe.each(STORES)('faults on %s', (store) => {
+  let stack: Stack;
+  let seq = 0;
+  const uniq = (base: string) => `${base}_${store}_${++seq}`;
+
+  beforeAll(async () => {
+    stack = await startStack({ store });
+  });
+  afterAll(async () => {
+    await stack?.stop();
+  });
+
+  it('no daemon on the prefix: NoDaemon at once, well under the request timeout', async () => {
+    const lonely = await stack.newClient({ timeout: 10_000 });
+    const nobody = new LockClient(lonely.nc, { prefix: `${stack.prefix}_nobody`, timeout: 10_000 });
+    for (const fn of [() => nobody.getLock('x'), () => nobody.setLock('x'), () => nobody.isLocked('x'), () => nobody.unlock('x'), () => nobody.cleanLocks()]) {
+      const { err, ms } = await failure(fn);
+      expect(err).toBeInstanceOf(NoDaemon);
+      expect((err as NoDaemon).code).toBe('NO_DAEMON');
+      expect((err as Error).message).toContain(`${stack.prefix}_nobody`);
+      expect(ms).toBeLessThan(1000);
+    }
+  });
+
+  it('a responder that never answers: RequestTimeout after the client timeout', async () => {
+    const prefix = `${stack.prefix}_mute`;
+    const sub = stack.client.nc.subscribe(`${prefix}.get`, { callback: () => undefined });
+    try {
+      const mute = new LockClient(stack.client.nc, { prefix, timeout: 300 });
+      const { err, ms } = await failure(() => mute.getLock('x'));
+      expect(err).toBeInstanceOf(RequestTimeout);
+      expect((err as RequestTimeout).code).toBe('REQUEST_TIMEOUT');
+      expect(ms).toBeGreaterThanOrEqual(290);
+      expect(ms).toBeLessThan(3000);
+    } finally {
+      sub.unsubscribe();
+    }
+  });
+
+  it('the daemon stops: NoDaemon at once; a new daemon on the same database has every acknowledged lock', async () => {
+    const client = stack.client;
+    const kept = await client.getLock(uniq('kept'), { expires: 600 });
+    const forever = await client.getLock(uniq('forever'), { expires: null });
+    const set = await client.setLock(uniq('set_a'), uniq('set_b'));
+    await stack.daemons[0]!.stop();
+    const { err, ms } = await failure(() => client.isLocked(kept.name));
+    expect(err).toBeInstanceOf(NoDaemon);
+    expect(ms).toBeLessThan(1000);
+
+    await stack.startDaemon();
+    for (const lock of [kept, forever, ...set.locks]) {
+      const row = await client.lockInfo(lock.name);
+      expect(row?.token).toBe(lock.token);
+      expect(row?.locked_until?.getTime() ?? null).toBe(lock.locked_until?.getTime() ?? null);
+    }
+    // Tokens keep growing across the restart.
+    const next = await client.getLock(uniq('after_restart'));
+    expect(next.token).toBeGreaterThan(Math.max(kept.token, forever.token, ...set.locks.map((l) => l.token)));
+  });
+});
+
+describe('PostgreSQL going away under a running daemon', () => {
+  let stack: Stack;
+  let admin: Client;
+  let dbName: string;
+
+  beforeAll(async () => {
+    stack = await startStack({ store: 'postgres' });
+    dbName = new URL(stack.db.url).pathname.slice(1);
+    admin = new Client({ connectionString: PG_ADMIN_URL });
+    await admin.connect();
+  });
+  afterAll(async () => {
+    await admin?.query(`ALTER DATABASE ${dbName} ALLOW_CONNECTIONS true`).catch(() => undefined);
+    await admin?.end();
+    await stack?.stop();
+  });
+
+  it('requests get StoreUnavailable (not a timeout); once it is back the same daemon serves again, acknowledged locks intact', async () => {
+    const client = stack.client;
+    const daemon = stack.daemons[0]!;
+    const held = await client.getLock('pg_fault.held', { expires: 600 });
+    const forever = await client.setLock('pg_fault.forever', { timeout: null });
+
+    await admin.query(`ALTER DATABASE ${dbName} ALLOW_CONNECTIONS false`);
+    try {
+      await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, [dbName]);
+      await expectStoreUnavailable(client, 'pg_fault', held);
+      // Still down a little later (the pool does not paper over it), still a prompt answer.
+      await sleep(500);
+      await expectStoreUnavailable(client, 'pg_fault2', held);
+    } finally {
+      await admin.query(`ALTER DATABASE ${dbName} ALLOW_CONNECTIONS true`);
+    }
+
+    // The same daemon, not restarted.
+    expect(stack.daemons).toHaveLength(1);
+    expect(stack.daemons[0]).toBe(daemon);
+    const row = await eventually(() => client.lockInfo(held.name), 10_000);
+    expect(row?.token).toBe(held.token);
+    expect(row?.locked_until?.getTime()).toBe(held.locked_until?.getTime());
+    expect((await client.lockInfo('pg_fault.forever'))?.token).toBe(forever.locks[0]!.token);
+    // Nothing asked for during the outage was done.
+    expect(await client.isLocked('pg_fault.new')).toBe(false);
+    expect(await client.isLocked('pg_fault.a')).toBe(false);
+    // And it takes new work.
+    const fresh = await client.getLock('pg_fault.new');
+    expect(fresh.token).toBeGreaterThan(held.token);
+    expect(await client.unlock(held)).toBe(true);
+  });
+});
+
+describe('SQLite faults under a running daemon', () => {
+  let stack: Stack;
+  const files = () => [stack.db.url, `${stack.db.url}-wal`].filter((f) => existsSync(f));
+
+  beforeAll(async () => {
+    stack = await startStack({ store: 'sqlite' });
+  });
+  afterAll(async () => {
+    if (stack) execFileSync('chattr', ['-i', ...files()]);
+    await stack?.stop();
+  });
+
+  it('the database file cannot be written (immutable): StoreUnavailable; writable again: the same daemon serves', async () => {
+    const client = stack.client;
+    const daemon = stack.daemons[0]!;
+    const held = await client.getLock('sqlite_fault.held', { expires: 600 });
+    // chattr +i makes even writes through open descriptors fail (EPERM), for root too.
+    execFileSync('chattr', ['+i', ...files()]);
+    try {
+      const { err, ms } = await failure(() => client.setLock('sqlite_fault.a', 'sqlite_fault.b'));
+      expect(err).toBeInstanceOf(StoreUnavailable);
+      expect(ms).toBeLessThan(4000);
+      const again = await failure(() => client.getLock('sqlite_fault.c'));
+      expect(again.err).toBeInstanceOf(StoreUnavailable);
+    } finally {
+      execFileSync('chattr', ['-i', ...files()]);
+    }
+    expect(stack.daemons[0]).toBe(daemon);
+    const row = await eventually(() => client.lockInfo(held.name), 10_000);
+    expect(row?.token).toBe(held.token);
+    expect(await client.isLocked('sqlite_fault.a')).toBe(false);
+    const fresh = await client.getLock('sqlite_fault.c');
+    expect(fresh.token).toBeGreaterThan(held.token);
+  });
+
+  it('another process holds the write lock: StoreUnavailable after the busy timeout; released: served again', async () => {
+    const client = stack.client;
+    const held = await client.getLock('sqlite_busy.held', { expires: 600 });
+    const other = new BetterSqlite3(stack.db.url);
+    try {
+      other.exec('BEGIN IMMEDIATE');
+      const { err, ms } = await failure(() => client.getLock('sqlite_busy.new'));
+      expect(err).toBeInstanceOf(StoreUnavailable);
+      expect(ms).toBeLessThan(8000);
+      other.exec('ROLLBACK');
+    } finally {
+      other.close();
+    }
+    expect((await eventually(() => client.lockInfo(held.name), 10_000))?.token).toBe(held.token);
+    await expect(client.getLock('sqlite_busy.new')).resolves.toMatchObject({ name: 'sqlite_busy.new' });
+  });
+});
