@@ -112,8 +112,9 @@ class Reader {
     if (typeof seconds !== 'number' || !Number.isFinite(seconds)) return this.bad(field, 'must be a number of seconds or null');
     if (seconds < 0) return this.bad(field, 'must not be negative (use 0 or null for a lock that never expires)');
     if (seconds > MAX_SECONDS) return this.bad(field, `must be at most ${MAX_SECONDS} seconds`);
-    const ms = Math.round(seconds * 1000);
-    return ms === 0 ? null : ms;
+    if (seconds === 0) return null;
+    // A positive duration under half a millisecond must not round to 0, which means "never".
+    return Math.max(1, Math.round(seconds * 1000));
   }
 
   /** Non-negative seconds -> ms, 0 when absent. */
