@@ -770,6 +770,18 @@ describe.each(STORES)('django-lockmgr conformance on %s', (store) => {
       });
     });
 
+    it('mgr.renew() of a never-expiring main lock works and keeps it never-expiring (fixed)', async () => {
+      const name = uniq('mgr_forever');
+      await client.withLock(name, { expires: null }, async (m) => {
+        const renewed = await m.renew();
+        expect(renewed.locked_until).toBeNull();
+        expect(renewed.token).toBe(m.main_lock!.token);
+        await m.renew(undefined, { expires: 30, add_time: false });
+        expect(await remaining(name)).toBeNull();
+      });
+      expect(await client.isLocked(name)).toBe(false);
+    });
+
     it("mgr.renew(name) of a lock another party holds extends it but leaving does not release it", async () => {
       const theirs = uniq('theirs');
       const lock = await other.getLock(theirs, { expires: 30 });
