@@ -14,7 +14,7 @@ import { DAEMON_HEADER, EventRelay } from './event-relay';
 import { LockService } from './lock-service';
 import { createLogger, type Logger, type LogLevel } from './logger';
 import { Database } from './store/database';
-import { deleteExpired, type Requester } from './store/lock-ops';
+import { EXPIRED_PAGE, deleteExpired, type Requester } from './store/lock-ops';
 import { migrate } from './store/migrations';
 import { Batcher, type CommittedEvent } from './store/transaction';
 import { WaitQueue } from './waiters';
@@ -36,7 +36,6 @@ export interface LockDaemonOptions {
 }
 
 const RELEASE_TYPES = new Set(['released', 'expired', 'reset']);
-const SWEEP_PAGE = 5000;
 
 export class LockDaemon {
   readonly config: DaemonConfig;
@@ -241,9 +240,9 @@ export class LockDaemon {
     const who: Requester = { lockedBy: hostname(), process: process.pid, client: null };
     try {
       for (;;) {
-        const rows = await this.batcher!.run((tx) => deleteExpired(tx, SWEEP_PAGE, who, 'sweeper'));
+        const rows = await this.batcher!.run((tx) => deleteExpired(tx, EXPIRED_PAGE, who, 'sweeper'));
         if (rows.length > 0) this.logger.debug('swept expired locks', { count: rows.length });
-        if (rows.length < SWEEP_PAGE || this.stopping) return;
+        if (rows.length < EXPIRED_PAGE || this.stopping) return;
       }
     } catch (err) {
       this.logger.warn(`expiry sweep failed, will retry: ${(err as Error).message}`);

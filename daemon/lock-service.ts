@@ -17,6 +17,7 @@ import {
 import { RequestInvalid, validateRequest, type NormalizedRequests } from '../shared/validate';
 import { isUnavailableError } from './store/database';
 import {
+  EXPIRED_PAGE,
   LockRuleError,
   deleteExpired,
   getLock,
@@ -158,9 +159,9 @@ export class LockService {
       case 'clean': {
         let removed = 0;
         for (;;) {
-          const rows = await b.run((tx) => deleteExpired(tx, 5000, who, 'clean'));
+          const rows = await b.run((tx) => deleteExpired(tx, EXPIRED_PAGE, who, 'clean'));
           removed += rows.length;
-          if (rows.length < 5000) return { removed };
+          if (rows.length < EXPIRED_PAGE) return { removed };
         }
       }
       case 'reset': {

@@ -303,6 +303,12 @@ export async function listLocks(tx: Tx, req: NormalizedList): Promise<{ locks: L
   return rows.length > req.limit ? { locks, next: locks[locks.length - 1]!.name } : { locks };
 }
 
+/**
+ * Expired locks removed per transaction by the sweeper and `clean`: small enough that requests
+ * queued behind one page wait milliseconds, not the whole sweep.
+ */
+export const EXPIRED_PAGE = 500;
+
 /** Delete up to `limit` expired locks, recording an `expired` event for each. */
 export async function deleteExpired(tx: Tx, limit: number, who: Requester, operation: string): Promise<LockRow[]> {
   const rows = (await tx.query(SQL.deleteExpired, [tx.now, limit, tx.now])).map(toLockRow);

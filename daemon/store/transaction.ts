@@ -143,8 +143,10 @@ export class Batcher {
       this.queue.push({ op: op as Operation<unknown>, key, resolve: resolve as (v: unknown) => void, reject });
       if (this.workers < this.concurrency) {
         this.workers += 1;
-        // Let requests already decoded in this turn of the event loop join the same batch.
-        setImmediate(() => void this.drain());
+        // Requests decoded from the same socket read are handed over synchronously, one after
+        // another: a microtask starts the batch after the last of them, without waiting a turn
+        // of the event loop.
+        queueMicrotask(() => void this.drain());
       }
     });
   }
@@ -162,6 +164,9 @@ export class Batcher {
       // name keep their arrival order; operations without a name go last.
       const batch = this.queue.splice(0, this.maxBatch).sort(byKey);
       await this.runBatch(batch);
+      // SQLite statements run synchronously: yield between transactions so that NATS traffic is
+      // read (and the next batch gathers) even while a long run of batches is queued.
+      if (this.queue.length > 0) await new Promise<void>((resolve) => setImmediate(resolve));
     }
     this.workers -= 1;
   }

@@ -7,7 +7,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
-import { LockClient, NoDaemon } from '../../client';
+import { LockClient, Locked, NoDaemon } from '../../client';
 import { runCli, until } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/databases';
 import { freePort, startNatsServer, type NatsServer } from '../helpers/nats-server';
@@ -57,6 +57,12 @@ describe('lockmgr daemon lifecycle (built binary)', () => {
       };
       const workers = Array.from({ length: 64 }, (_, w) => worker(w));
       await until(() => acknowledged.length >= 2000, 15_000, 'load to build up');
+      // Requests certain to be in flight at the signal: gets waiting for a held lock. SQLite
+      // batches finish within one turn of the event loop, so the signal never falls inside one.
+      await client.getLock('drain.held', { expires: 3600 });
+      acknowledged.push('drain.held');
+      const waiting = Array.from({ length: 5 }, () => client.getLock('drain.held', { wait: 60 }).then(() => 'granted', (err: unknown) => err));
+      await new Promise((r) => setTimeout(r, 300));
       daemon.child.kill('SIGTERM');
       const code = await daemon.exited;
       stop = true;
@@ -69,8 +75,10 @@ describe('lockmgr daemon lifecycle (built binary)', () => {
       const lines = logLines(daemon.output());
       const stopping = lines.find((l) => String(l.message).startsWith('stopping: no new requests'));
       expect(stopping).toBeDefined();
-      expect(Number(stopping!.inFlight)).toBeGreaterThan(0);
+      expect(Number(stopping!.inFlight)).toBeGreaterThanOrEqual(5);
       expect(lines.some((l) => l.message === 'stopped')).toBe(true);
+      // The waiting gets were answered (LOCKED: the lock is still held), not left to time out.
+      for (const outcome of await Promise.all(waiting)) expect(outcome).toBeInstanceOf(Locked);
 
       const sqlite = new BetterSqlite3(db.url, { readonly: true });
       const stored = new Set((sqlite.prepare('SELECT name FROM lockmgr_locks').all() as { name: string }[]).map((r) => r.name));

@@ -80,9 +80,10 @@ describe.each(STORES)('event delivery across NATS outages on %s', (store) => {
     await recordOutbox(stack.db);
     const clients = [stack.client, await stack.newClient(), await stack.newClient()];
     const names = Array.from({ length: 300 }, (_, i) => `kill.${i}`);
-    // Many small requests, and two that record 750 events each in one transaction: the relay is
-    // still publishing those when the replies are in and the server dies.
-    const bulk = Array.from({ length: 1500 }, (_, i) => `kill.bulk.${i}`);
+    // Many small requests, then four of 1000 names each that commit together: the relay takes
+    // the outbox a page of 1000 events at a time, so it is still publishing those when the
+    // replies are in and the server dies.
+    const bulk = Array.from({ length: 4000 }, (_, i) => `kill.bulk.${i}`);
     await Promise.all(
       names.map(async (n, i) => {
         const c = clients[i % clients.length]!;
@@ -91,14 +92,14 @@ describe.each(STORES)('event delivery across NATS outages on %s', (store) => {
         else if (i % 3 === 1) await c.renewLock(lock, { expires: 2.2 });
       }),
     );
-    await Promise.all([clients[0]!.setLock(...bulk.slice(0, 750), { timeout: 1 }), clients[1]!.setLock(...bulk.slice(750), { timeout: 1 })]);
+    await Promise.all([0, 1, 2, 3].map((k) => clients[k % clients.length]!.setLock(...bulk.slice(k * 1000, (k + 1) * 1000), { timeout: 1 })));
     await nats.stop('SIGKILL');
     const leftAtKill = await outboxCount(stack.db);
     if (process.env.LOCKMGR_TEST_REPORT) process.stdout.write(`${store}: ${leftAtKill} events in the outbox when nats-server was killed\n`);
     await waitFor(async () => (await liveLocks(stack!)) === 0, 10_000, 'the sweeper to expire every lock');
     await nats.restart();
     const n = await expectStreamMatchesOutbox(stack, store);
-    expect(n).toBe(300 + 100 + 100 + 200 + 1500 + 1500);
+    expect(n).toBe(300 + 100 + 100 + 200 + 4000 + 4000);
     // The burst's last events had not left the outbox when the server died.
     expect(leftAtKill).toBeGreaterThan(0);
   });
