@@ -59,7 +59,7 @@ export interface EventRelayOptions {
   publishTimeoutMs?: number;
 }
 
-const PAGE = 1000;
+const PAGE = 250;
 /** How many of the newest stream messages are checked against the outbox after a failure. */
 const RECONCILE_TAIL = 2 * PAGE;
 /** Header naming the daemon that made a change, so it can skip its own events cheaply. */

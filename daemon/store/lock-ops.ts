@@ -307,7 +307,7 @@ export async function listLocks(tx: Tx, req: NormalizedList): Promise<{ locks: L
  * Expired locks removed per transaction by the sweeper and `clean`: small enough that requests
  * queued behind one page wait milliseconds, not the whole sweep.
  */
-export const EXPIRED_PAGE = 500;
+export const EXPIRED_PAGE = 250;
 
 /** Delete up to `limit` expired locks, recording an `expired` event for each. */
 export async function deleteExpired(tx: Tx, limit: number, who: Requester, operation: string): Promise<LockRow[]> {

@@ -81,7 +81,7 @@ describe.each(STORES)('event delivery across NATS outages on %s', (store) => {
     const clients = [stack.client, await stack.newClient(), await stack.newClient()];
     const names = Array.from({ length: 300 }, (_, i) => `kill.${i}`);
     // Many small requests, then four of 1000 names each that commit together: the relay takes
-    // the outbox a page of 1000 events at a time, so it is still publishing those when the
+    // the outbox a page at a time (a few hundred events), so it is still publishing those when the
     // replies are in and the server dies.
     const bulk = Array.from({ length: 4000 }, (_, i) => `kill.bulk.${i}`);
     await Promise.all(
