@@ -18,7 +18,7 @@ import sqlite3 from 'sqlite3';
 import { OPTIONS } from '../daemon/config';
 import { Bench, type Args, type Store } from './lib/context';
 import { dropStaleBenchDatabases, pgSetting } from './lib/pg';
-import { DIST, killAll, loadAverage, natsConnect, ROOT, startNatsServer, type NatsServerProc } from './lib/procs';
+import { DIST, isAlive, killAll, loadAverage, natsConnect, ROOT, startNatsServer, type NatsServerProc } from './lib/procs';
 import { settling } from './lib/load';
 import { round } from './lib/stats';
 import { aggregate, formatCpu, formatFigures, formatTargets, targets } from './report';
@@ -180,14 +180,6 @@ function runFromSnapshot(): void {
   });
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2));

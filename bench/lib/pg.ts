@@ -3,6 +3,7 @@
  * given by --pg-url (an admin URL; default postgres://postgres@127.0.0.1:5432/postgres).
  */
 import { Client } from 'pg';
+import { isAlive } from './procs';
 
 let counter = 0;
 
@@ -63,14 +64,6 @@ export async function dropStaleBenchDatabases(adminUrl: string): Promise<string[
   });
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 export async function pgSetting(adminUrl: string, names: string[]): Promise<Record<string, string>> {
   return admin(adminUrl, async (c) => {

@@ -78,3 +78,16 @@ export async function until(fn: () => boolean | Promise<boolean>, timeoutMs = 10
     await new Promise((r) => setTimeout(r, 25));
   }
 }
+
+/** Retry `fn` until it succeeds or `timeoutMs` pass (a server or database coming back). */
+export async function eventually<T>(fn: () => Promise<T>, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}

@@ -4,6 +4,7 @@
  * NATS is back, the stream must hold every recorded event exactly once, under its id, with each
  * lock's events in order (and, on SQLite, all events in outbox order).
  */
+import { eventually } from '../helpers/cli';
 import { connect } from 'nats';
 import { Locked } from '../../client';
 import { outboxRowToEvent } from '../../daemon/event-relay';
@@ -19,18 +20,6 @@ async function liveLocks(stack: Stack): Promise<number> {
   return Number(row?.n ?? 0);
 }
 
-/** Retry a request until the client has reconnected. */
-async function eventually<T>(fn: () => Promise<T>): Promise<T> {
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await sleep(100);
-    }
-  }
-}
 
 async function expectStreamMatchesOutbox(stack: Stack, store: string): Promise<number> {
   await waitFor(async () => (await outboxCount(stack.db)) === 0, 20_000, 'the outbox to drain');

@@ -5,6 +5,7 @@
  * coded error (NoDaemon, StoreUnavailable), never by running into the request timeout, and the
  * same daemon serves again once the database is back, with every lock it acknowledged before.
  */
+import { eventually } from '../helpers/cli';
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import BetterSqlite3 from 'better-sqlite3';
@@ -26,18 +27,6 @@ async function failure(fn: () => Promise<unknown>): Promise<{ err: unknown; ms: 
   throw new Error('expected the call to fail, but it succeeded');
 }
 
-/** Retry `fn` until it succeeds or `ms` pass (the database coming back). */
-async function eventually<T>(fn: () => Promise<T>, ms: number): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await sleep(100);
-    }
-  }
-}
 
 /** Every kind of request once; each must fail with StoreUnavailable, promptly. */
 async function expectStoreUnavailable(client: LockClient, name: string, held: Lock): Promise<void> {
