@@ -35,8 +35,10 @@ export interface Stack {
 
 let prefixes = 0;
 
+/** In-process daemons log nothing unless LOCKMGR_TEST_LOG names a level (tests provoke errors on purpose). */
 export function quietLogger() {
-  return createLogger({ level: (process.env.LOCKMGR_TEST_LOG as 'debug') ?? 'error', format: 'pretty' });
+  const level = process.env.LOCKMGR_TEST_LOG as 'debug' | undefined;
+  return createLogger({ level: level ?? 'error', format: 'pretty', silent: level === undefined });
 }
 
 export async function startStack(opts: StackOptions): Promise<Stack> {
