@@ -200,9 +200,8 @@ export class Batcher {
 
   private async transactOnce(ops: Operation<unknown>[]): Promise<Outcome[]> {
     const conn = await this.db.connect();
-    let open = false;
+    let open = true; // roll back on failure even if only part of begin() went through
     try {
-      open = true; // roll back even if only part of begin() went through
       const now = await conn.begin();
       let tokenBase = 0;
       if (conn.dialect === 'sqlite') {
