@@ -23,7 +23,6 @@
  */
 import { Client as PgClient } from 'pg';
 import {
-  createInbox,
   headers,
   nanos,
   RetentionPolicy,
@@ -105,73 +104,6 @@ function isWrongLastMsgId(err: unknown): boolean {
   return apiErrorCode(err) === 10070 || /wrong last msg id/i.test(String((err as Error)?.message));
 }
 
-/** A JetStream refusal, shaped like nats.js's errors so the checks above read both. */
-class StreamRefusal extends Error {
-  constructor(
-    message: string,
-    readonly code: string,
-    readonly api_error?: { code?: number; err_code?: number; description?: string },
-  ) {
-    super(message);
-  }
-}
-
-/**
- * Publishes to JetStream as plain messages with a reply subject under one inbox subscription,
- * and matches the stream's acknowledgements to them. nats.js's `js.publish` makes a request
- * object, a timer and (in 2.29) an error object per message; at one event per lock change that
- * was a tenth of the daemon's CPU.
- */
-class AckCollector {
-  private inbox = '';
-  private sub?: Subscription;
-  private next = 0;
-  private readonly waiting = new Map<string, (err: Error | null) => void>();
-
-  constructor(private readonly nc: NatsConnection) {}
-
-  /** Publish one message; resolves when the stream stored it, rejects with its refusal. */
-  publish(subject: string, data: Uint8Array, hdrs: ReturnType<typeof headers>): Promise<void> {
-    if (!this.sub || this.sub.isClosed()) {
-      this.inbox = createInbox();
-      this.sub = this.nc.subscribe(`${this.inbox}.*`, { callback: (_err, msg) => this.acknowledged(msg.subject, msg.data, msg.headers) });
-    }
-    const reply = `${this.inbox}.${++this.next}`;
-    return new Promise<void>((resolve, reject) => {
-      this.waiting.set(reply, (err) => (err ? reject(err) : resolve()));
-      this.nc.publish(subject, data, { reply, headers: hdrs });
-    });
-  }
-
-  /** Give up on every acknowledgement still outstanding (a timeout, or the connection closed). */
-  abandon(err: Error): void {
-    for (const settle of this.waiting.values()) settle(err);
-    this.waiting.clear();
-  }
-
-  close(): void {
-    this.abandon(new Error('event relay stopped'));
-    this.sub?.unsubscribe();
-    this.sub = undefined;
-  }
-
-  private acknowledged(subject: string, data: Uint8Array, hdrs?: { code?: number; description?: string }): void {
-    const settle = this.waiting.get(subject);
-    if (!settle) return;
-    this.waiting.delete(subject);
-    if (data.length === 0 && hdrs?.code === 503) {
-      settle(new StreamRefusal('no responders: JetStream is not enabled or no stream takes the subject', '503'));
-      return;
-    }
-    try {
-      const ack = JSON.parse(new TextDecoder().decode(data)) as { error?: { code?: number; err_code?: number; description?: string } };
-      settle(ack.error ? new StreamRefusal(ack.error.description ?? 'refused by JetStream', String(ack.error.code ?? ''), ack.error) : null);
-    } catch (err) {
-      settle(new StreamRefusal(`unreadable JetStream acknowledgement: ${(err as Error).message}`, 'BAD_ACK'));
-    }
-  }
-}
-
 export class EventRelay {
   private mode: 'jetstream' | 'core';
   /** Delivered to JetStream at least once in this process: from then on, never fall back to core. */
@@ -205,7 +137,6 @@ export class EventRelay {
   private nudgeSub?: Subscription;
   private nudgeQueued = false;
   private readonly encoder = new TextEncoder();
-  private readonly acks: AckCollector;
   private readonly pollIntervalMs: number;
   private readonly standbyRetryMs: number;
   private readonly retryMinMs: number;
@@ -225,7 +156,6 @@ export class EventRelay {
     this.retryMinMs = options.retryMinMs ?? 250;
     this.retryMaxMs = options.retryMaxMs ?? 10_000;
     this.publishTimeoutMs = options.publishTimeoutMs ?? 5000;
-    this.acks = new AckCollector(nc);
   }
 
   get deliveryMode(): 'jetstream' | 'core' {
@@ -313,7 +243,6 @@ export class EventRelay {
     await this.running;
     this.statusIter?.stop?.();
     this.nudgeSub?.unsubscribe();
-    this.acks.close();
     const pg = this.pg;
     this.pg = undefined;
     this.leading = false;
@@ -615,35 +544,30 @@ export class EventRelay {
 
   /** Publish in order, pipelined; returns the events the stream acknowledged and the first error. */
   private async publishJetStream(events: LockEvent[]): Promise<{ delivered: LockEvent[]; error?: unknown }> {
+    const js = this.js!;
     const stream = this.options.stream;
     const settled: (PromiseSettledResult<unknown> | undefined)[] = new Array(events.length);
     let disconnected!: () => void;
     const lost = new Promise<void>((resolve) => (disconnected = resolve));
     this.disconnectWaiters.push(disconnected);
     const all = Promise.allSettled(
-      events.map((e, i) => {
-        const h = this.headersFor(e);
-        h.set('Nats-Msg-Id', e.id);
-        h.set('Nats-Expected-Stream', stream);
-        // The first event of a round has every earlier one delivered; each later one is stored
-        // only right after its predecessor, so the stream keeps the outbox's order.
-        if (i > 0) h.set('Nats-Expected-Last-Msg-Id', events[i - 1]!.id);
-        return this.acks.publish(eventSubject(this.options.prefix, e.type, e.lock.name), this.encoder.encode(JSON.stringify(e)), h).then(
+      events.map((e, i) =>
+        js.publish(eventSubject(this.options.prefix, e.type, e.lock.name), this.encoder.encode(JSON.stringify(e)), {
+          msgID: e.id,
+          // The first event of a round has every earlier one delivered; each later one is stored
+          // only right after its predecessor, so the stream keeps the outbox's order.
+          expect: i === 0 ? { streamName: stream } : { streamName: stream, lastMsgID: events[i - 1]!.id },
+          timeout: this.publishTimeoutMs,
+          headers: this.headersFor(e),
+        }).then(
           (value) => void (settled[i] = { status: 'fulfilled', value }),
           (reason) => void (settled[i] = { status: 'rejected', reason }),
-        );
-      }),
+        ),
+      ),
     );
-    const timer = setTimeout(() => {
-      const err = new StreamRefusal(`JetStream did not acknowledge the events within ${this.publishTimeoutMs} ms`, 'TIMEOUT');
-      this.acks.abandon(err);
-    }, this.publishTimeoutMs);
     // If the connection drops, stop waiting for acknowledgements that cannot come (the events
     // without one are sent again after the reconnect; the stream drops those it already holds).
     await Promise.race([all, lost]);
-    clearTimeout(timer);
-    // Acknowledgements that did not come by now never will for this round.
-    this.acks.abandon(new Error('the connection to NATS was lost before JetStream acknowledged every event'));
     this.disconnectWaiters = this.disconnectWaiters.filter((w) => w !== disconnected);
     const delivered: LockEvent[] = [];
     let error: unknown;
