@@ -22,7 +22,9 @@ async function liveLocks(stack: Stack): Promise<number> {
 
 
 async function expectStreamMatchesOutbox(stack: Stack, store: string): Promise<number> {
-  await waitFor(async () => (await outboxCount(stack.db)) === 0, 20_000, 'the outbox to drain');
+  // Generous: after a kill, JetStream may take several seconds to recover its store, and each
+  // unanswered probe waits out the publish timeout before the relay retries.
+  await waitFor(async () => (await outboxCount(stack.db)) === 0, 60_000, 'the outbox to drain');
   const stored = await readStream(stack.nats.url, `EV_${stack.prefix}`);
   const recorded = await recordedOutbox(stack.db);
   expect(compareWithOutbox(stored, recorded)).toEqual([]);
@@ -69,10 +71,10 @@ describe.each(STORES)('event delivery across NATS outages on %s', (store) => {
     await recordOutbox(stack.db);
     const clients = [stack.client, await stack.newClient(), await stack.newClient()];
     const names = Array.from({ length: 300 }, (_, i) => `kill.${i}`);
-    // Many small requests, then four of 1000 names each that commit together: the relay takes
-    // the outbox a page at a time (a few hundred events), so it is still publishing those when the
+    // Many small requests, then two of 750 names each that commit together: the relay takes the
+    // outbox a page at a time (a few hundred events), so it is still publishing those when the
     // replies are in and the server dies.
-    const bulk = Array.from({ length: 4000 }, (_, i) => `kill.bulk.${i}`);
+    const bulk = Array.from({ length: 1500 }, (_, i) => `kill.bulk.${i}`);
     await Promise.all(
       names.map(async (n, i) => {
         const c = clients[i % clients.length]!;
@@ -81,14 +83,14 @@ describe.each(STORES)('event delivery across NATS outages on %s', (store) => {
         else if (i % 3 === 1) await c.renewLock(lock, { expires: 2.2 });
       }),
     );
-    await Promise.all([0, 1, 2, 3].map((k) => clients[k % clients.length]!.setLock(...bulk.slice(k * 1000, (k + 1) * 1000), { timeout: 1 })));
+    await Promise.all([0, 1].map((k) => clients[k]!.setLock(...bulk.slice(k * 750, (k + 1) * 750), { timeout: 1 })));
     await nats.stop('SIGKILL');
     const leftAtKill = await outboxCount(stack.db);
     if (process.env.LOCKMGR_TEST_REPORT) process.stdout.write(`${store}: ${leftAtKill} events in the outbox when nats-server was killed\n`);
     await waitFor(async () => (await liveLocks(stack!)) === 0, 10_000, 'the sweeper to expire every lock');
     await nats.restart();
     const n = await expectStreamMatchesOutbox(stack, store);
-    expect(n).toBe(300 + 100 + 100 + 200 + 4000 + 4000);
+    expect(n).toBe(300 + 100 + 100 + 200 + 1500 + 1500);
     // The burst's last events had not left the outbox when the server died.
     expect(leftAtKill).toBeGreaterThan(0);
   });
