@@ -15,8 +15,9 @@ export interface PgDatabase {
   drop(): Promise<void>;
 }
 
-async function admin<T>(adminUrl: string, fn: (c: Client) => Promise<T>): Promise<T> {
-  const c = new Client({ connectionString: adminUrl });
+/** Run `fn` on a fresh PostgreSQL connection to `url`, closed afterwards. */
+export async function withPg<T>(url: string, fn: (c: Client) => Promise<T>): Promise<T> {
+  const c = new Client({ connectionString: url });
   await c.connect();
   try {
     return await fn(c);
@@ -31,17 +32,17 @@ export function databaseUrl(adminUrl: string, name: string): string {
 
 export async function createPgDatabase(adminUrl: string): Promise<PgDatabase> {
   const name = `lockmgr_bench_${process.pid}_${Date.now().toString(36)}_${++counter}`;
-  await admin(adminUrl, (c) => c.query(`CREATE DATABASE ${name}`));
+  await withPg(adminUrl, (c) => c.query(`CREATE DATABASE ${name}`));
   return {
     name,
     url: databaseUrl(adminUrl, name),
     backendPids: () =>
-      admin(adminUrl, async (c) => {
+      withPg(adminUrl, async (c) => {
         const r = await c.query(`SELECT pid FROM pg_stat_activity WHERE datname = $1`, [name]);
         return r.rows.map((row: { pid: number }) => Number(row.pid));
       }),
     drop: () =>
-      admin(adminUrl, async (c) => {
+      withPg(adminUrl, async (c) => {
         await c.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, [name]);
         await c.query(`DROP DATABASE IF EXISTS ${name}`);
       }),
@@ -50,7 +51,7 @@ export async function createPgDatabase(adminUrl: string): Promise<PgDatabase> {
 
 /** Drop databases left by an interrupted run of this bench (names carry a dead pid). */
 export async function dropStaleBenchDatabases(adminUrl: string): Promise<string[]> {
-  return admin(adminUrl, async (c) => {
+  return withPg(adminUrl, async (c) => {
     const r = await c.query(`SELECT datname FROM pg_database WHERE datname LIKE 'lockmgr_bench_%'`);
     const dropped: string[] = [];
     for (const { datname } of r.rows as { datname: string }[]) {
@@ -66,7 +67,7 @@ export async function dropStaleBenchDatabases(adminUrl: string): Promise<string[
 
 
 export async function pgSetting(adminUrl: string, names: string[]): Promise<Record<string, string>> {
-  return admin(adminUrl, async (c) => {
+  return withPg(adminUrl, async (c) => {
     const out: Record<string, string> = {};
     for (const n of names) out[n] = String((await c.query(`SHOW ${n}`)).rows[0]?.[n] ?? '');
     out.version = String((await c.query('SHOW server_version')).rows[0]?.server_version ?? '');

@@ -5,7 +5,8 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Client } from 'pg';
+import type { Client } from 'pg';
+import { withPg } from '../../bench/lib/pg';
 
 export type StoreKind = 'sqlite' | 'postgres';
 export const STORES: StoreKind[] = ['sqlite', 'postgres'];
@@ -20,14 +21,8 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
-async function admin<T>(fn: (c: Client) => Promise<T>): Promise<T> {
-  const c = new Client({ connectionString: PG_ADMIN_URL });
-  await c.connect();
-  try {
-    return await fn(c);
-  } finally {
-    await c.end();
-  }
+function admin<T>(fn: (c: Client) => Promise<T>): Promise<T> {
+  return withPg(PG_ADMIN_URL, fn);
 }
 
 export async function createTestDatabase(kind: StoreKind): Promise<TestDatabase> {

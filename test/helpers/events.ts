@@ -3,6 +3,7 @@
  * client under test), record what the daemons write to the outbox with a database trigger (the
  * ground truth a stream is compared with), and check per-lock order.
  */
+import { withPg } from '../../bench/lib/pg';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { connect as tcp } from 'node:net';
@@ -10,7 +11,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { connect, type NatsConnection } from 'nats';
-import { Client } from 'pg';
 import type { LockEvent } from '../../shared/events';
 import type { TestDatabase } from './databases';
 
@@ -115,15 +115,6 @@ export async function outboxCount(db: TestDatabase): Promise<number> {
   return Number(row?.n ?? 0);
 }
 
-async function withPg<T>(url: string, fn: (c: Client) => Promise<T>): Promise<T> {
-  const c = new Client({ connectionString: url });
-  await c.connect();
-  try {
-    return await fn(c);
-  } finally {
-    await c.end();
-  }
-}
 
 /**
  * Problems with a stream compared with the outbox records: events missing, events twice, events
