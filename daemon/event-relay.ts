@@ -2,7 +2,7 @@
  * Delivers events from the outbox table to NATS.
  *
  * With JetStream (the normal case) events leave in outbox order, pipelined, each with its id as
- * Nats-Msg-Id and, after the first of a batch, the id of the event before it as the expected last
+ * Nats-Msg-Id and, after the first of a round, the id of the event before it as the expected last
  * message id of the stream. The stream drops re-sends (de-duplication by id) and refuses an event
  * whose predecessor is missing, so an event is stored only after every earlier one: a publish that
  * failed or timed out can never be overtaken by a later one. A row leaves the outbox only after
@@ -11,6 +11,11 @@
  * server died), so a re-send does not depend on the duplicate window alone. While NATS or
  * JetStream is away the relay backs off (250 ms doubling to 10 s) and starts again at once on
  * reconnect; requests are not affected, events wait in the outbox.
+ *
+ * On SQLite (one daemon, one writer) the relay keeps the events it saw committed in memory and
+ * publishes them from there, reading the outbox only for what memory does not hold (events from
+ * before the start, or from while delivery was failing). Delivered rows are removed in the next
+ * transaction that runs anyway, by sequence: everything up to the last delivered one.
  *
  * Without JetStream on the server when the daemon starts (or with eventsJetstream=off), events go
  * out on core NATS, at most once, and the daemon says so once. Once the daemon has delivered to
@@ -23,12 +28,13 @@
  */
 import { Client as PgClient } from 'pg';
 import {
+  createInbox,
   headers,
   nanos,
   RetentionPolicy,
   StorageType,
-  type JetStreamClient,
   type JetStreamManager,
+  type Msg,
   type NatsConnection,
   type StreamConfig,
   type StreamInfo,
@@ -36,7 +42,7 @@ import {
 } from 'nats';
 import { eventSubject, type EventType, type LockEvent } from '../shared/events';
 import { isUnavailableError, type Database, type Row } from './store/database';
-import type { Batcher, CommittedEvent } from './store/transaction';
+import type { Batcher, CommittedEvent, Tx } from './store/transaction';
 import type { Logger } from './logger';
 
 export interface EventRelayOptions {
@@ -54,13 +60,18 @@ export interface EventRelayOptions {
   /** First wait after a failed delivery; it doubles up to `retryMaxMs`. */
   retryMinMs?: number;
   retryMaxMs?: number;
-  /** ms to wait for each JetStream acknowledgement. */
+  /** ms to wait for the JetStream acknowledgements of a round of events. */
   publishTimeoutMs?: number;
 }
 
+/** Most events published in one round (one outbox read, one wait for acknowledgements). */
 const PAGE = 250;
 /** How many of the newest stream messages are checked against the outbox after a failure. */
 const RECONCILE_TAIL = 2 * PAGE;
+/** SQLite: most undelivered events kept in memory; beyond that they are read from the outbox. */
+const MEMORY_LIMIT = 20_000;
+/** SQLite: delivered rows are removed by the next transaction, or by one of their own after this many ms. */
+const CLEANUP_DELAY_MS = 20;
 /** Header naming the daemon that made a change, so it can skip its own events cheaply. */
 export const DAEMON_HEADER = 'Lockmgr-Daemon';
 /** Arbitrary constant naming the PostgreSQL advisory lock held by the one relaying daemon. */
@@ -79,6 +90,23 @@ export function outboxRowToEvent(row: Row): LockEvent {
   };
 }
 
+/** An event ready to publish: its payload is the LockEvent's JSON, built once. */
+interface Outgoing {
+  seq: number;
+  id: string;
+  subject: string;
+  daemon: string;
+  payload: string;
+}
+
+/** The LockEvent JSON from parts already serialised (the outbox keeps lock and cause as JSON). */
+function eventPayload(e: { id: string; type: string; seq: number; lockJson: string; causeJson: string; daemon: string; at: number }): string {
+  return (
+    `{"id":${JSON.stringify(e.id)},"type":${JSON.stringify(e.type)},"seq":${e.seq},"lock":${e.lockJson},` +
+    `"cause":${e.causeJson},"daemon":${JSON.stringify(e.daemon)},"at":"${new Date(e.at).toISOString()}"}`
+  );
+}
+
 /** The subject relaying daemons listen on for "events are waiting in the outbox". */
 export function relayNudgeSubject(prefix: string): string {
   return `${prefix}.relay`;
@@ -86,6 +114,17 @@ export function relayNudgeSubject(prefix: string): string {
 
 /** The stream refused an event because another publisher wrote between two of ours. */
 class ChainBroken extends Error {}
+
+/** A JetStream refusal, shaped like nats.js's errors so that the checks below read both. */
+class StreamRefusal extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly api_error?: { code?: number; err_code?: number; description?: string },
+  ) {
+    super(message);
+  }
+}
 
 function errorCode(err: unknown): string {
   return String((err as { code?: unknown })?.code ?? '');
@@ -104,16 +143,90 @@ function isWrongLastMsgId(err: unknown): boolean {
   return apiErrorCode(err) === 10070 || /wrong last msg id/i.test(String((err as Error)?.message));
 }
 
+/** Per event of a round: undefined while unacknowledged, null once stored, or the refusal. */
+type AckResult = Error | null | undefined;
+
+/**
+ * Publishes a round of events as plain messages whose reply subjects lie under one inbox
+ * subscription, and matches the stream's acknowledgements to them by number. (nats.js's
+ * `js.publish` makes a request, a timer and, in 2.29, an error object per message: at one event
+ * per lock change that was a tenth of the daemon's CPU.) One round is in flight at a time.
+ */
+class AckCollector {
+  private inbox = '';
+  private sub?: Subscription;
+  /** Number of the first message of the current round; replies are `<inbox>.<number>`. */
+  private base = 0;
+  private next = 0;
+  private results: AckResult[] = [];
+  private missing = 0;
+  private finish?: () => void;
+  private readonly decoder = new TextDecoder();
+
+  constructor(private readonly nc: NatsConnection) {}
+
+  /** Publish `count` messages (by `send`) and wait for their acknowledgements, at most `timeoutMs`. */
+  async round(count: number, timeoutMs: number, send: (i: number, reply: string) => void): Promise<AckResult[]> {
+    if (!this.sub || this.sub.isClosed()) {
+      this.inbox = createInbox();
+      this.sub = this.nc.subscribe(`${this.inbox}.*`, { callback: (_err, msg) => this.acknowledged(msg) });
+    }
+    this.base = this.next;
+    this.next += count;
+    this.results = new Array<AckResult>(count);
+    this.missing = count;
+    const done = new Promise<void>((resolve) => (this.finish = resolve));
+    for (let i = 0; i < count; i++) send(i, `${this.inbox}.${this.base + i}`);
+    const timer = setTimeout(() => this.abandon(), timeoutMs);
+    await done;
+    clearTimeout(timer);
+    return this.results;
+  }
+
+  /** Stop waiting: the acknowledgements still missing will not be waited for (timeout, disconnect). */
+  abandon(): void {
+    const finish = this.finish;
+    this.finish = undefined;
+    // Late acknowledgements of an abandoned round are ignored: their numbers are below the next base.
+    this.base = this.next;
+    finish?.();
+  }
+
+  close(): void {
+    this.abandon();
+    this.sub?.unsubscribe();
+    this.sub = undefined;
+  }
+
+  private acknowledged(msg: Msg): void {
+    const i = Number(msg.subject.slice(this.inbox.length + 1)) - this.base;
+    if (!(i >= 0 && i < this.results.length) || this.results[i] !== undefined || !this.finish) return;
+    this.results[i] = this.refusal(msg);
+    if (--this.missing === 0) this.abandon();
+  }
+
+  private refusal(msg: Msg): Error | null {
+    if (msg.data.length === 0 && msg.headers?.code === 503) {
+      return new StreamRefusal('no responders: JetStream is not enabled or no stream takes the subject', '503');
+    }
+    const text = this.decoder.decode(msg.data);
+    if (!text.includes('"error"')) return null; // {"stream":..,"seq":..}: stored
+    try {
+      const { error } = JSON.parse(text) as { error?: { code?: number; err_code?: number; description?: string } };
+      return error ? new StreamRefusal(error.description ?? 'refused by JetStream', String(error.code ?? ''), error) : null;
+    } catch (err) {
+      return new StreamRefusal(`unreadable JetStream acknowledgement: ${(err as Error).message}`, 'BAD_ACK');
+    }
+  }
+}
+
 export class EventRelay {
   private mode: 'jetstream' | 'core';
   /** Delivered to JetStream at least once in this process: from then on, never fall back to core. */
   private hadJetStream = false;
   private warnedCore = false;
-  private js?: JetStreamClient;
   private jsm?: JetStreamManager;
   private connected = true;
-  /** Resolved at the next disconnect: in-flight publishes on the lost connection are abandoned. */
-  private disconnectWaiters: (() => void)[] = [];
   private statusIter?: AsyncIterable<unknown> & { stop?: () => void };
   private running?: Promise<void>;
   private again = false;
@@ -130,6 +243,16 @@ export class EventRelay {
   /** Highest outbox seq committed by this daemon (what a stop must see delivered). */
   private maxCommittedSeq = 0;
   private delivered = 0;
+  private readonly acks: AckCollector;
+  // SQLite: events kept in memory, and how far delivery and removal from the outbox have got.
+  /** Every event committed with seq >= memoryFrom, in seq order (undefined: none kept). */
+  private memory: Outgoing[] = [];
+  private memoryHead = 0;
+  private memoryFrom?: number;
+  /** Every event with seq <= deliveredUpTo is in the stream (or gone from the outbox). */
+  private deliveredUpTo = 0;
+  private removedUpTo = 0;
+  private cleanupTimer?: NodeJS.Timeout;
   // PostgreSQL: relay leadership.
   private pg?: PgClient;
   private leading = false;
@@ -156,6 +279,7 @@ export class EventRelay {
     this.retryMinMs = options.retryMinMs ?? 250;
     this.retryMaxMs = options.retryMaxMs ?? 10_000;
     this.publishTimeoutMs = options.publishTimeoutMs ?? 5000;
+    this.acks = new AckCollector(nc);
   }
 
   get deliveryMode(): 'jetstream' | 'core' {
@@ -193,8 +317,22 @@ export class EventRelay {
   /** New events were committed by this daemon: deliver them soon. */
   committed(events: readonly CommittedEvent[]): void {
     for (const e of events) if (e.seq > this.maxCommittedSeq) this.maxCommittedSeq = e.seq;
-    if (this.db.dialect === 'postgres' && !this.leading) this.nudge();
+    if (this.db.dialect === 'sqlite') this.remember(events);
+    else if (!this.leading) this.nudge();
     this.kick();
+  }
+
+  /**
+   * SQLite: removes delivered events from the outbox inside a transaction that runs anyway (the
+   * Batcher calls this first in each one); the returned function records it once committed.
+   */
+  async housekeeping(tx: Tx): Promise<(() => void) | undefined> {
+    const upTo = this.deliveredUpTo;
+    if (this.db.dialect !== 'sqlite' || upTo <= this.removedUpTo) return undefined;
+    await tx.query('DELETE FROM lockmgr_outbox WHERE seq <= ?', [upTo]);
+    return () => {
+      if (upTo > this.removedUpTo) this.removedUpTo = upTo;
+    };
   }
 
   /** Look at the outbox now (after a commit, a reconnect, or a timer). */
@@ -224,6 +362,7 @@ export class EventRelay {
       this.kick();
       await this.running;
       const upTo = this.db.dialect === 'sqlite' || this.leading ? Number.MAX_SAFE_INTEGER : this.maxCommittedSeq;
+      // On SQLite the count's transaction also removes what was delivered.
       if (upTo === 0 || (await this.countPending(upTo)) === 0) return true;
       if (Date.now() >= deadline) return false;
       if (this.db.dialect === 'postgres' && !this.leading) this.nudge();
@@ -240,9 +379,11 @@ export class EventRelay {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearTimeout(this.cleanupTimer);
     await this.running;
     this.statusIter?.stop?.();
     this.nudgeSub?.unsubscribe();
+    this.acks.close();
     const pg = this.pg;
     this.pg = undefined;
     this.leading = false;
@@ -260,9 +401,11 @@ export class EventRelay {
         if (this.stopped) break;
         if (s.type === 'disconnect') {
           this.connected = false;
-          for (const w of this.disconnectWaiters.splice(0)) w();
-        }
-        else if (s.type === 'reconnect') this.reconnected();
+          // Acknowledgements of what was sent on the lost connection cannot come: end the round
+          // (its unacknowledged events are sent again after the reconnect; the stream drops those
+          // it already holds).
+          this.acks.abandon();
+        } else if (s.type === 'reconnect') this.reconnected();
       }
     })().catch(() => undefined);
   }
@@ -278,6 +421,36 @@ export class EventRelay {
       this.reconcileNeeded = true;
     }
     this.kick();
+  }
+
+  /** SQLite: keep committed events in memory while delivery works, so they need not be read back. */
+  private remember(events: readonly CommittedEvent[]): void {
+    if (events.length === 0) return;
+    if (this.failing || !this.connected) {
+      // Memory must hold every event from memoryFrom on: once one is left out, keep none.
+      this.forget();
+      return;
+    }
+    if (this.memoryFrom === undefined) this.memoryFrom = events[0]!.seq;
+    const sorted = events.every((e, i) => i === 0 || e.seq > events[i - 1]!.seq) ? events : [...events].sort((a, b) => a.seq - b.seq);
+    const daemon = this.batcher.daemonId;
+    for (const e of sorted) {
+      this.memory.push({
+        seq: e.seq,
+        id: e.id,
+        subject: eventSubject(this.options.prefix, e.type, e.lock.name),
+        daemon,
+        payload: eventPayload({ id: e.id, type: e.type, seq: e.seq, lockJson: e.lockJson, causeJson: e.causeJson, daemon, at: e.at }),
+      });
+    }
+    if (this.memory.length - this.memoryHead > MEMORY_LIMIT) this.forget();
+  }
+
+  /** Drop the events kept in memory: from now on they are read from the outbox. */
+  private forget(): void {
+    this.memory = [];
+    this.memoryHead = 0;
+    this.memoryFrom = undefined;
   }
 
   /** Ask the relaying daemon (another one, on PostgreSQL) to look at the outbox. */
@@ -319,23 +492,76 @@ export class EventRelay {
         }
       }
       for (;;) {
-        // While failing, probe with one event rather than queue a page of requests in the client.
+        // While failing, probe with one event rather than send a page into the void.
         const limit = this.failing ? 1 : PAGE;
-        const rows = await this.fetch(limit);
-        if (rows.length === 0) break;
-        const events = rows.map(outboxRowToEvent);
+        const events = await this.nextEvents(limit);
+        if (events.length === 0) break;
         const { delivered, error } = this.mode === 'jetstream' ? await this.publishJetStream(events) : await this.publishCore(events);
-        if (delivered.length > 0) await this.remove(delivered.map((e) => e.seq));
-        this.delivered += delivered.length;
+        if (delivered.length > 0) await this.markDelivered(events, delivered);
         if (error) throw error;
         if (this.failing) this.recovered();
-        if (rows.length < limit) break;
+        if (events.length < limit) break;
       }
       if (this.failing) this.recovered();
       if (this.db.dialect === 'postgres') this.schedule(this.pollIntervalMs);
     } catch (err) {
       this.failed(err);
     }
+  }
+
+  /** The next events to publish, in seq order: from memory where it holds them, else the outbox. */
+  private async nextEvents(limit: number): Promise<Outgoing[]> {
+    if (this.db.dialect === 'postgres') {
+      const res = await this.leaderConnection().query(`SELECT ${OUTBOX_COLUMNS} FROM lockmgr_outbox ORDER BY seq LIMIT $1`, [limit]);
+      return (res.rows as Row[]).map(rowToOutgoing(this.options.prefix));
+    }
+    for (;;) {
+      if (this.memoryFrom !== undefined && this.deliveredUpTo >= this.memoryFrom - 1) return this.fromMemory(limit);
+      // The bound is read inside the transaction: memory then holds every event the read misses.
+      const { rows, below } = await this.batcher.run(async (tx) => {
+        const below = this.memoryFrom;
+        const rows = await tx.query(
+          `SELECT ${OUTBOX_COLUMNS} FROM lockmgr_outbox WHERE seq > ?${below === undefined ? '' : ' AND seq < ?'} ORDER BY seq LIMIT ?`,
+          below === undefined ? [this.deliveredUpTo, limit] : [this.deliveredUpTo, below, limit],
+        );
+        return { rows, below };
+      });
+      if (rows.length > 0) return rows.map(rowToOutgoing(this.options.prefix));
+      if (below === undefined) return [];
+      // Nothing older than memory is left in the outbox: go on from memory.
+      this.deliveredUpTo = Math.max(this.deliveredUpTo, below - 1);
+    }
+  }
+
+  private fromMemory(limit: number): Outgoing[] {
+    while (this.memoryHead < this.memory.length && this.memory[this.memoryHead]!.seq <= this.deliveredUpTo) this.memoryHead++;
+    if (this.memoryHead > 4096 && this.memoryHead * 2 > this.memory.length) {
+      this.memory = this.memory.slice(this.memoryHead);
+      this.memoryHead = 0;
+    }
+    return this.memory.slice(this.memoryHead, this.memoryHead + limit);
+  }
+
+  /**
+   * Record what the stream acknowledged. On SQLite, delivery is in seq order: everything up to
+   * the end of the acknowledged prefix is delivered, and rows go from the outbox with the next
+   * transaction. On PostgreSQL the leader removes the acknowledged rows at once.
+   */
+  private async markDelivered(round: Outgoing[], delivered: Outgoing[]): Promise<void> {
+    this.delivered += delivered.length;
+    if (this.db.dialect === 'postgres') {
+      await this.leaderConnection().query('DELETE FROM lockmgr_outbox WHERE seq = ANY($1::bigint[])', [delivered.map((e) => e.seq)]);
+      return;
+    }
+    let prefix = 0;
+    while (prefix < round.length && round[prefix] === delivered[prefix]) prefix++;
+    if (prefix === 0) return;
+    this.deliveredUpTo = Math.max(this.deliveredUpTo, round[prefix - 1]!.seq);
+    this.cleanupTimer ??= setTimeout(() => {
+      this.cleanupTimer = undefined;
+      // Nothing else ran a transaction meanwhile: run one for the removal alone.
+      if (this.deliveredUpTo > this.removedUpTo && !this.stopped) void this.batcher.run(async () => undefined).catch(() => undefined);
+    }, CLEANUP_DELAY_MS);
   }
 
   private recovered(): void {
@@ -353,6 +579,8 @@ export class EventRelay {
       return;
     }
     if (this.pg && isUnavailableError(err)) this.dropLeadership();
+    // Events committed from now on are read from the outbox, after what the stream may already hold.
+    this.forget();
     this.failures += 1;
     if (!this.failing) {
       this.failing = true;
@@ -391,7 +619,6 @@ export class EventRelay {
       throw err;
     }
     this.jsm = jsm;
-    this.js ??= this.nc.jetstream();
     this.checkStream = false;
     if (!this.hadJetStream) {
       this.hadJetStream = true;
@@ -442,10 +669,28 @@ export class EventRelay {
    * newest messages of our subjects, since a relay has at most one page in flight.
    */
   private async reconcile(): Promise<void> {
-    const js = this.js!;
+    // Bounded: a stream that does not answer must not hold up delivery (re-sends are still
+    // dropped by the duplicate window).
+    let timer: NodeJS.Timeout | undefined;
+    const ids = await Promise.race([
+      this.storedIds(),
+      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('the stream did not answer in time')), 2 * this.publishTimeoutMs))),
+    ]).finally(() => clearTimeout(timer));
+    if (ids.size === 0) return;
+    const rows = await this.readOutbox('seq, event_id', RECONCILE_TAIL);
+    const stored = rows.filter((r) => ids.has(String(r.event_id))).map((r) => Number(r.seq));
+    if (stored.length > 0) {
+      await this.remove(stored);
+      this.logger.info(`${stored.length} events were already in the stream: removed them from the outbox`);
+    }
+  }
+
+  /** The event ids among the newest messages of our subjects in the stream. */
+  private async storedIds(): Promise<Set<string>> {
+    const ids = new Set<string>();
     const subject = `${this.options.prefix}.events.>`;
     const info = await this.jsm!.streams.info(this.options.stream);
-    if (info.state.messages === 0) return;
+    if (info.state.messages === 0) return ids;
     const start = Math.max(info.state.first_seq, info.state.last_seq - RECONCILE_TAIL + 1);
     // The newest message of ours ends the read (the per-message `pending` count is not reliable
     // with wildcard filters on servers before 2.10).
@@ -453,12 +698,11 @@ export class EventRelay {
     try {
       last = (await this.jsm!.streams.getMessage(this.options.stream, { last_by_subj: subject })).seq;
     } catch (err) {
-      if (/no message found/i.test((err as Error).message)) return;
+      if (/no message found/i.test((err as Error).message)) return ids;
       throw err;
     }
-    if (last < start) return;
-    const consumer = await js.consumers.get(this.options.stream, { filterSubjects: subject, opt_start_seq: start, headers_only: true });
-    const ids = new Set<string>();
+    if (last < start) return ids;
+    const consumer = await this.nc.jetstream().consumers.get(this.options.stream, { filterSubjects: subject, opt_start_seq: start, headers_only: true });
     const messages = await consumer.consume({ max_messages: 500 });
     const guard = setTimeout(() => messages.stop(), this.publishTimeoutMs);
     try {
@@ -471,14 +715,8 @@ export class EventRelay {
       clearTimeout(guard);
       messages.stop();
     }
-    await consumer.delete().catch(() => undefined);
-    if (ids.size === 0) return;
-    const rows = await this.fetch(RECONCILE_TAIL, 'seq, event_id');
-    const stored = rows.filter((r) => ids.has(String(r.event_id))).map((r) => Number(r.seq));
-    if (stored.length > 0) {
-      await this.remove(stored);
-      this.logger.info(`${stored.length} events were already in the stream: removed them from the outbox`);
-    }
+    void consumer.delete().catch(() => undefined);
+    return ids;
   }
 
   /** On PostgreSQL, true if this daemon relays (holds the advisory lock), trying to take it when due. */
@@ -525,9 +763,10 @@ export class EventRelay {
     return this.pg;
   }
 
-  private async fetch(limit: number, columns = OUTBOX_COLUMNS): Promise<Row[]> {
+  /** The oldest undelivered rows of the outbox. */
+  private async readOutbox(columns: string, limit: number): Promise<Row[]> {
     if (this.db.dialect === 'sqlite') {
-      return this.batcher.run((tx) => tx.query(`SELECT ${columns} FROM lockmgr_outbox ORDER BY seq LIMIT ?`, [limit]));
+      return this.batcher.run((tx) => tx.query(`SELECT ${columns} FROM lockmgr_outbox WHERE seq > ? ORDER BY seq LIMIT ?`, [this.deliveredUpTo, limit]));
     }
     const res = await this.leaderConnection().query(`SELECT ${columns} FROM lockmgr_outbox ORDER BY seq LIMIT $1`, [limit]);
     return res.rows as Row[];
@@ -543,43 +782,30 @@ export class EventRelay {
   }
 
   /** Publish in order, pipelined; returns the events the stream acknowledged and the first error. */
-  private async publishJetStream(events: LockEvent[]): Promise<{ delivered: LockEvent[]; error?: unknown }> {
-    const js = this.js!;
+  private async publishJetStream(events: Outgoing[]): Promise<{ delivered: Outgoing[]; error?: unknown }> {
+    if (!this.connected) return { delivered: [], error: new Error('not connected to NATS') };
     const stream = this.options.stream;
-    const settled: (PromiseSettledResult<unknown> | undefined)[] = new Array(events.length);
-    let disconnected!: () => void;
-    const lost = new Promise<void>((resolve) => (disconnected = resolve));
-    this.disconnectWaiters.push(disconnected);
-    const all = Promise.allSettled(
-      events.map((e, i) =>
-        js.publish(eventSubject(this.options.prefix, e.type, e.lock.name), this.encoder.encode(JSON.stringify(e)), {
-          msgID: e.id,
-          // The first event of a round has every earlier one delivered; each later one is stored
-          // only right after its predecessor, so the stream keeps the outbox's order.
-          expect: i === 0 ? { streamName: stream } : { streamName: stream, lastMsgID: events[i - 1]!.id },
-          timeout: this.publishTimeoutMs,
-          headers: this.headersFor(e),
-        }).then(
-          (value) => void (settled[i] = { status: 'fulfilled', value }),
-          (reason) => void (settled[i] = { status: 'rejected', reason }),
-        ),
-      ),
-    );
-    // If the connection drops, stop waiting for acknowledgements that cannot come (the events
-    // without one are sent again after the reconnect; the stream drops those it already holds).
-    await Promise.race([all, lost]);
-    this.disconnectWaiters = this.disconnectWaiters.filter((w) => w !== disconnected);
-    const delivered: LockEvent[] = [];
+    const results = await this.acks.round(events.length, this.publishTimeoutMs, (i, reply) => {
+      const e = events[i]!;
+      const h = this.headersFor(e);
+      h.set('Nats-Msg-Id', e.id);
+      h.set('Nats-Expected-Stream', stream);
+      // The first event of a round has every earlier one delivered; each later one is stored
+      // only right after its predecessor, so the stream keeps the outbox's order.
+      if (i > 0) h.set('Nats-Expected-Last-Msg-Id', events[i - 1]!.id);
+      this.nc.publish(e.subject, this.encoder.encode(e.payload), { reply, headers: h });
+    });
+    const delivered: Outgoing[] = [];
     let error: unknown;
     let chainBreak: unknown;
-    settled.forEach((r, i) => {
-      if (r?.status === 'fulfilled') delivered.push(events[i]!);
-      else if (r && isWrongLastMsgId(r.reason)) chainBreak ??= r.reason;
+    results.forEach((r, i) => {
+      if (r === null) delivered.push(events[i]!);
+      else if (r && isWrongLastMsgId(r)) chainBreak ??= r;
     });
     for (let i = 0; i < events.length && !error; i++) {
-      const r = settled[i];
-      if (!r) error = new Error('the connection to NATS was lost before JetStream acknowledged every event');
-      else if (r.status === 'rejected' && !isWrongLastMsgId(r.reason)) error = r.reason;
+      const r = results[i];
+      if (r === undefined) error = new Error(`JetStream did not acknowledge every event within ${this.publishTimeoutMs} ms, or the connection was lost`);
+      else if (r && !isWrongLastMsgId(r)) error = r;
     }
     if (!error && chainBreak) {
       error = new ChainBroken(`another publisher wrote to stream ${stream} between two events: ${(chainBreak as Error).message}`);
@@ -587,11 +813,11 @@ export class EventRelay {
     return { delivered, error };
   }
 
-  private async publishCore(events: LockEvent[]): Promise<{ delivered: LockEvent[]; error?: unknown }> {
+  private async publishCore(events: Outgoing[]): Promise<{ delivered: Outgoing[]; error?: unknown }> {
     for (const e of events) {
       const h = this.headersFor(e);
       h.set('Nats-Msg-Id', e.id);
-      this.nc.publish(eventSubject(this.options.prefix, e.type, e.lock.name), this.encoder.encode(JSON.stringify(e)), { headers: h });
+      this.nc.publish(e.subject, this.encoder.encode(e.payload), { headers: h });
     }
     let timer: NodeJS.Timeout | undefined;
     try {
@@ -607,9 +833,26 @@ export class EventRelay {
     return { delivered: events };
   }
 
-  private headersFor(e: LockEvent) {
+  private headersFor(e: Outgoing) {
     const h = headers();
     h.set(DAEMON_HEADER, e.daemon);
     return h;
   }
+}
+
+/** An outbox row as an event ready to publish. */
+function rowToOutgoing(prefix: string): (row: Row) => Outgoing {
+  return (row) => {
+    const id = String(row.event_id);
+    const type = String(row.type) as EventType;
+    const seq = Number(row.seq);
+    const daemon = String(row.daemon);
+    return {
+      seq,
+      id,
+      subject: eventSubject(prefix, type, String(row.name)),
+      daemon,
+      payload: eventPayload({ id, type, seq, lockJson: String(row.lock), causeJson: String(row.cause), daemon, at: Number(row.at) }),
+    };
+  };
 }

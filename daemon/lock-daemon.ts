@@ -105,6 +105,7 @@ export class LockDaemon {
       concurrency: Math.max(1, c.dbPoolSize - 1),
       daemonId: this.id,
       onCommit: (events) => this.committed(events),
+      housekeeping: async (tx) => this.relay?.housekeeping(tx),
     });
 
     if (this.options.nc) {

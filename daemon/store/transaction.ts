@@ -101,12 +101,20 @@ export interface BatcherOptions {
   daemonId: string;
   /** Called after each commit with the events it recorded (to wake waiters and the relay). */
   onCommit?: (events: CommittedEvent[]) => void;
+  /**
+   * Runs first in every transaction (bookkeeping that may ride along with requests, such as
+   * removing delivered events from the outbox); what it returns is called once that commits.
+   */
+  housekeeping?: (tx: Tx) => Promise<(() => void) | undefined>;
 }
 
 export interface CommittedEvent extends PendingEvent {
   seq: number;
   id: string;
   at: number;
+  /** `lock` and `cause` as written to the outbox, so that the relay need not serialise them again. */
+  lockJson: string;
+  causeJson: string;
 }
 
 /** Errors that an operation throws on purpose (Locked, NotFound...) carry this marker. */
@@ -149,6 +157,11 @@ export class Batcher {
         queueMicrotask(() => void this.drain());
       }
     });
+  }
+
+  /** The daemon instance id written into each event. */
+  get daemonId(): string {
+    return this.options.daemonId;
   }
 
   /** Requests waiting or running. */
@@ -209,6 +222,7 @@ export class Batcher {
         tokenBase = Number(counter?.value ?? 0);
       }
       const tx = new BatchTx(conn, now, tokenBase);
+      const afterHousekeeping = await this.options.housekeeping?.(tx);
       const outcomes: Outcome[] = [];
       for (const op of ops) {
         try {
@@ -224,6 +238,7 @@ export class Batcher {
       const committed = await this.writeOutbox(tx);
       await conn.exec('COMMIT');
       open = false;
+      afterHousekeeping?.();
       if (committed.length > 0) this.options.onCommit?.(committed);
       return outcomes;
     } catch (err) {
@@ -242,11 +257,13 @@ export class Batcher {
     for (let i = 0; i < tx.events.length; i += CHUNK) {
       const chunk = tx.events.slice(i, i + CHUNK);
       const params: unknown[] = [];
-      const ids: string[] = [];
+      const encoded: { id: string; lockJson: string; causeJson: string }[] = [];
       for (const e of chunk) {
         const id = randomUUID();
-        ids.push(id);
-        params.push(id, e.type, e.lock.name, JSON.stringify(e.lock), JSON.stringify(e.cause), this.options.daemonId, tx.now);
+        const lockJson = JSON.stringify(e.lock);
+        const causeJson = JSON.stringify(e.cause);
+        encoded.push({ id, lockJson, causeJson });
+        params.push(id, e.type, e.lock.name, lockJson, causeJson, this.options.daemonId, tx.now);
       }
       const values = chunk.map(() => '(?, ?, ?, ?, ?, ?, ?)').join(', ');
       const rows = await tx.query(
@@ -254,7 +271,10 @@ export class Batcher {
         params,
       );
       const seqById = new Map(rows.map((r) => [String(r.event_id), Number(r.seq)]));
-      chunk.forEach((e, j) => out.push({ ...e, id: ids[j]!, seq: seqById.get(ids[j]!) ?? 0, at: tx.now }));
+      chunk.forEach((e, j) => {
+        const { id, lockJson, causeJson } = encoded[j]!;
+        out.push({ ...e, id, seq: seqById.get(id) ?? 0, at: tx.now, lockJson, causeJson });
+      });
     }
     return out;
   }
