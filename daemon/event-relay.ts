@@ -230,6 +230,7 @@ export class EventRelay {
   private statusIter?: AsyncIterable<unknown> & { stop?: () => void };
   private running?: Promise<void>;
   private again = false;
+  private kickQueued = false;
   private timer?: NodeJS.Timeout;
   private stopped = false;
   /** Delivery is failing: retry with backoff, one event at a time until it works again. */
@@ -246,7 +247,7 @@ export class EventRelay {
   private readonly acks: AckCollector;
   // SQLite: events kept in memory, and how far delivery and removal from the outbox have got.
   /** Every event committed with seq >= memoryFrom, in seq order (undefined: none kept). */
-  private memory: Outgoing[] = [];
+  private memory: CommittedEvent[] = [];
   private memoryHead = 0;
   private memoryFrom?: number;
   /** Every event with seq <= deliveredUpTo is in the stream (or gone from the outbox). */
@@ -319,7 +320,14 @@ export class EventRelay {
     for (const e of events) if (e.seq > this.maxCommittedSeq) this.maxCommittedSeq = e.seq;
     if (this.db.dialect === 'sqlite') this.remember(events);
     else if (!this.leading) this.nudge();
-    this.kick();
+    // After the replies: they wait on the same commit, and the relay's round can wait for them.
+    if (!this.kickQueued) {
+      this.kickQueued = true;
+      setImmediate(() => {
+        this.kickQueued = false;
+        this.kick();
+      });
+    }
   }
 
   /**
@@ -431,18 +439,9 @@ export class EventRelay {
       this.forget();
       return;
     }
-    if (this.memoryFrom === undefined) this.memoryFrom = events[0]!.seq;
     const sorted = events.every((e, i) => i === 0 || e.seq > events[i - 1]!.seq) ? events : [...events].sort((a, b) => a.seq - b.seq);
-    const daemon = this.batcher.daemonId;
-    for (const e of sorted) {
-      this.memory.push({
-        seq: e.seq,
-        id: e.id,
-        subject: eventSubject(this.options.prefix, e.type, e.lock.name),
-        daemon,
-        payload: eventPayload({ id: e.id, type: e.type, seq: e.seq, lockJson: e.lockJson, causeJson: e.causeJson, daemon, at: e.at }),
-      });
-    }
+    if (this.memoryFrom === undefined) this.memoryFrom = sorted[0]!.seq;
+    for (const e of sorted) this.memory.push(e);
     if (this.memory.length - this.memoryHead > MEMORY_LIMIT) this.forget();
   }
 
@@ -539,7 +538,14 @@ export class EventRelay {
       this.memory = this.memory.slice(this.memoryHead);
       this.memoryHead = 0;
     }
-    return this.memory.slice(this.memoryHead, this.memoryHead + limit);
+    const daemon = this.batcher.daemonId;
+    return this.memory.slice(this.memoryHead, this.memoryHead + limit).map((e) => ({
+      seq: e.seq,
+      id: e.id,
+      subject: eventSubject(this.options.prefix, e.type, e.lock.name),
+      daemon,
+      payload: eventPayload({ id: e.id, type: e.type, seq: e.seq, lockJson: e.lockJson, causeJson: e.causeJson, daemon, at: e.at }),
+    }));
   }
 
   /**
