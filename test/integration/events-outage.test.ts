@@ -36,12 +36,6 @@ async function expectStreamMatchesOutbox(stack: Stack, store: string): Promise<n
   return stored.length;
 }
 
-// Known open issue: on PostgreSQL, after a nats-server SIGKILL the relay sometimes stalls for
-// over a minute before delivering (seen in about 1 of 3 full-suite runs; every event still
-// arrives once, in order). Until it is fixed, a failed test here is run once more, with the
-// first failure logged.
-jest.retryTimes(1, { logErrorsBeforeRetry: true });
-
 describe.each(STORES)('event delivery across NATS outages on %s', (store) => {
   let nats: NatsServer | undefined;
   let stack: Stack | undefined;
