@@ -55,7 +55,19 @@ export function toLockRow(r: Row): LockRow {
   };
 }
 
+/** Records already built, by row: a granted lock is both replied and recorded in an event. */
+const records = new WeakMap<LockRow, LockRecord>();
+
 export function toLockRecord(row: LockRow): LockRecord {
+  let record = records.get(row);
+  if (!record) {
+    record = buildLockRecord(row);
+    records.set(row, record);
+  }
+  return record;
+}
+
+function buildLockRecord(row: LockRow): LockRecord {
   return {
     name: row.name,
     locked_by: row.locked_by,
