@@ -24,6 +24,7 @@ export const OPTIONS = {
   db: { kind: 'string', default: './data/lockmgr.sqlite', describe: 'SQLite file path, or a postgres:// URL', secret: true },
   dbPoolSize: { kind: 'number', default: 4, min: 1, describe: 'PostgreSQL connections per daemon' },
   sqliteSynchronous: { kind: 'enum', default: 'NORMAL', choices: ['NORMAL', 'FULL'], describe: 'SQLite synchronous pragma: NORMAL survives a killed daemon, FULL also power loss (one fsync per commit)' },
+  sqliteCheckpointInterval: { kind: 'number', default: 100, min: 0, describe: 'SQLite: ms between WAL checkpoints run by a worker thread (0: SQLite checkpoints inside commits)' },
   migrate: { kind: 'boolean', default: true, describe: 'Apply pending schema migrations at start' },
   logLevel: { kind: 'enum', default: 'info', choices: LOG_LEVELS, describe: 'Log level' },
   logFormat: { kind: 'enum', default: 'auto', choices: ['auto', 'json', 'pretty'], describe: 'Log format (auto: pretty on a terminal, JSON otherwise)' },

@@ -92,7 +92,7 @@ export class LockDaemon {
     const c = this.config;
     this.logger.info('starting lockmgr daemon', { version: SERVICE_VERSION, id: this.id, config: maskedConfig(c) });
 
-    this.db = new Database({ url: c.db, poolSize: c.dbPoolSize, sqliteSynchronous: c.sqliteSynchronous as 'FULL' | 'NORMAL' });
+    this.db = new Database({ url: c.db, poolSize: c.dbPoolSize, sqliteSynchronous: c.sqliteSynchronous as 'FULL' | 'NORMAL', checkpointIntervalMs: c.sqliteCheckpointInterval });
     if (c.migrate) {
       const applied = await migrate({ sequelize: this.db.sequelize, dialect: this.db.dialect });
       this.logger.info(applied.length ? `applied migrations: ${applied.join(', ')}` : 'schema is up to date', { store: this.db.describe() });

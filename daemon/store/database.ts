@@ -9,6 +9,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { Sequelize } from 'sequelize';
+import { Checkpointer } from './checkpointer';
 
 export type Dialect = 'sqlite' | 'postgres';
 export type Row = Record<string, unknown>;
@@ -37,6 +38,8 @@ export interface DatabaseOptions {
    * being killed; FULL: it also survives power loss, at one fsync per commit.
    */
   sqliteSynchronous?: 'FULL' | 'NORMAL';
+  /** SQLite: ms between WAL checkpoints by a worker thread; 0 leaves them to SQLite, inside commits. */
+  checkpointIntervalMs?: number;
 }
 
 export function dialectOf(url: string): Dialect {
@@ -180,6 +183,7 @@ export class Database {
   readonly dialect: Dialect;
   readonly sequelize: Sequelize;
   private sqlite?: SqliteConnection;
+  private checkpointer?: Checkpointer;
   private closed = false;
   /** SQLite: the database file (or :memory:). */
   readonly storage: string = '';
@@ -224,6 +228,7 @@ export class Database {
           raw.pragma('journal_mode = WAL');
           raw.pragma(`synchronous = ${this.options.sqliteSynchronous ?? 'NORMAL'}`);
           this.sqlite = new SqliteConnection(raw);
+          this.startCheckpointer(raw);
         } catch (err) {
           throw new StoreUnavailable(`cannot open SQLite database ${this.storage}: ${(err as Error).message}`, err);
         }
@@ -239,9 +244,27 @@ export class Database {
     return new PostgresConnection(raw, (client) => void Promise.resolve(manager.releaseConnection(client)).catch(() => undefined));
   }
 
+  /** SQLite: WAL checkpoints in a worker thread rather than inside the daemon's commits. */
+  private startCheckpointer(raw: BetterSqlite3.Database): void {
+    const interval = this.options.checkpointIntervalMs ?? 100;
+    if (interval <= 0) return;
+    this.checkpointer = new Checkpointer(
+      this.storage,
+      interval,
+      () => undefined, // busy or locked: the next tick tries again
+      () => {
+        // The worker is gone: the writer checkpoints for itself again, as SQLite does by default.
+        if (!this.closed) raw.pragma('wal_autocheckpoint = 1000');
+      },
+    );
+    raw.pragma('wal_autocheckpoint = 0');
+    this.checkpointer.start();
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.checkpointer?.stop();
     this.sqlite?.close();
     await this.sequelize.close();
   }
