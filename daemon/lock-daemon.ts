@@ -36,6 +36,8 @@ export interface LockDaemonOptions {
 }
 
 const RELEASE_TYPES = new Set(['released', 'expired', 'reset']);
+/** After each full page of expired locks, the sweeper pauses this fraction of the page's time. */
+const SWEEP_PAUSE = 1;
 
 export class LockDaemon {
   readonly config: DaemonConfig;
@@ -241,9 +243,13 @@ export class LockDaemon {
     const who: Requester = { lockedBy: hostname(), process: process.pid, client: null };
     try {
       for (;;) {
+        const started = performance.now();
         const rows = await this.batcher!.run((tx) => deleteExpired(tx, EXPIRED_PAGE, who, 'sweeper'));
         if (rows.length > 0) this.logger.debug('swept expired locks', { count: rows.length });
         if (rows.length < EXPIRED_PAGE || this.stopping) return;
+        // A long run of expiries (thousands at once): leave requests, and the relay publishing
+        // the expiries, a share of the thread between pages.
+        await new Promise((r) => setTimeout(r, (performance.now() - started) * SWEEP_PAUSE));
       }
     } catch (err) {
       this.logger.warn(`expiry sweep failed, will retry: ${(err as Error).message}`);
