@@ -99,12 +99,29 @@ interface Outgoing {
   payload: string;
 }
 
-/** The LockEvent JSON from parts already serialised (the outbox keeps lock and cause as JSON). */
-function eventPayload(e: { id: string; type: string; seq: number; lockJson: string; causeJson: string; daemon: string; at: number }): string {
-  return (
-    `{"id":${JSON.stringify(e.id)},"type":${JSON.stringify(e.type)},"seq":${e.seq},"lock":${e.lockJson},` +
-    `"cause":${e.causeJson},"daemon":${JSON.stringify(e.daemon)},"at":"${new Date(e.at).toISOString()}"}`
-  );
+/** An event as the outbox keeps it: lock and cause already serialised. */
+interface StoredEvent {
+  seq: number;
+  id: string;
+  type: EventType;
+  name: string;
+  lockJson: string;
+  causeJson: string;
+  daemon: string;
+  at: number;
+}
+
+/** The event ready to publish; its payload, the LockEvent JSON, is built from the serialised parts. */
+function toOutgoing(prefix: string, e: StoredEvent): Outgoing {
+  return {
+    seq: e.seq,
+    id: e.id,
+    subject: eventSubject(prefix, e.type, e.name),
+    daemon: e.daemon,
+    payload:
+      `{"id":${JSON.stringify(e.id)},"type":${JSON.stringify(e.type)},"seq":${e.seq},"lock":${e.lockJson},` +
+      `"cause":${e.causeJson},"daemon":${JSON.stringify(e.daemon)},"at":"${new Date(e.at).toISOString()}"}`,
+  };
 }
 
 /** The subject relaying daemons listen on for "events are waiting in the outbox". */
@@ -243,7 +260,6 @@ export class EventRelay {
   private reconcileNeeded = true;
   /** Highest outbox seq committed by this daemon (what a stop must see delivered). */
   private maxCommittedSeq = 0;
-  private delivered = 0;
   private readonly acks: AckCollector;
   // SQLite: events kept in memory, and how far delivery and removal from the outbox have got.
   /** Every event committed with seq >= memoryFrom, in seq order (undefined: none kept). */
@@ -285,11 +301,6 @@ export class EventRelay {
 
   get deliveryMode(): 'jetstream' | 'core' {
     return this.mode;
-  }
-
-  /** Events delivered by this daemon since it started. */
-  get deliveredCount(): number {
-    return this.delivered;
   }
 
   /** Find JetStream and make sure the events stream exists, then deliver what is waiting. */
@@ -510,10 +521,7 @@ export class EventRelay {
 
   /** The next events to publish, in seq order: from memory where it holds them, else the outbox. */
   private async nextEvents(limit: number): Promise<Outgoing[]> {
-    if (this.db.dialect === 'postgres') {
-      const res = await this.leaderConnection().query(`SELECT ${OUTBOX_COLUMNS} FROM lockmgr_outbox ORDER BY seq LIMIT $1`, [limit]);
-      return (res.rows as Row[]).map(rowToOutgoing(this.options.prefix));
-    }
+    if (this.db.dialect === 'postgres') return (await this.readOutbox(OUTBOX_COLUMNS, limit)).map(rowToOutgoing(this.options.prefix));
     for (;;) {
       if (this.memoryFrom !== undefined && this.deliveredUpTo >= this.memoryFrom - 1) return this.fromMemory(limit);
       // The bound is read inside the transaction: memory then holds every event the read misses.
@@ -539,13 +547,11 @@ export class EventRelay {
       this.memoryHead = 0;
     }
     const daemon = this.batcher.daemonId;
-    return this.memory.slice(this.memoryHead, this.memoryHead + limit).map((e) => ({
-      seq: e.seq,
-      id: e.id,
-      subject: eventSubject(this.options.prefix, e.type, e.lock.name),
-      daemon,
-      payload: eventPayload({ id: e.id, type: e.type, seq: e.seq, lockJson: e.lockJson, causeJson: e.causeJson, daemon, at: e.at }),
-    }));
+    return this.memory
+      .slice(this.memoryHead, this.memoryHead + limit)
+      .map((e) =>
+        toOutgoing(this.options.prefix, { seq: e.seq, id: e.id, type: e.type, name: e.lock.name, lockJson: e.lockJson, causeJson: e.causeJson, daemon, at: e.at }),
+      );
   }
 
   /**
@@ -554,11 +560,7 @@ export class EventRelay {
    * transaction. On PostgreSQL the leader removes the acknowledged rows at once.
    */
   private async markDelivered(round: Outgoing[], delivered: Outgoing[]): Promise<void> {
-    this.delivered += delivered.length;
-    if (this.db.dialect === 'postgres') {
-      await this.leaderConnection().query('DELETE FROM lockmgr_outbox WHERE seq = ANY($1::bigint[])', [delivered.map((e) => e.seq)]);
-      return;
-    }
+    if (this.db.dialect === 'postgres') return this.remove(delivered.map((e) => e.seq));
     let prefix = 0;
     while (prefix < round.length && round[prefix] === delivered[prefix]) prefix++;
     if (prefix === 0) return;
@@ -848,17 +850,15 @@ export class EventRelay {
 
 /** An outbox row as an event ready to publish. */
 function rowToOutgoing(prefix: string): (row: Row) => Outgoing {
-  return (row) => {
-    const id = String(row.event_id);
-    const type = String(row.type) as EventType;
-    const seq = Number(row.seq);
-    const daemon = String(row.daemon);
-    return {
-      seq,
-      id,
-      subject: eventSubject(prefix, type, String(row.name)),
-      daemon,
-      payload: eventPayload({ id, type, seq, lockJson: String(row.lock), causeJson: String(row.cause), daemon, at: Number(row.at) }),
-    };
-  };
+  return (row) =>
+    toOutgoing(prefix, {
+      seq: Number(row.seq),
+      id: String(row.event_id),
+      type: String(row.type) as EventType,
+      name: String(row.name),
+      lockJson: String(row.lock),
+      causeJson: String(row.cause),
+      daemon: String(row.daemon),
+      at: Number(row.at),
+    });
 }

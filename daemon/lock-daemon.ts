@@ -196,10 +196,8 @@ export class LockDaemon {
     void (async () => {
       for await (const s of nc.status()) {
         if (s.type === 'disconnect') this.logger.warn('NATS disconnected; reconnecting', { server: s.data });
-        else if (s.type === 'reconnect') {
-          this.logger.info('NATS reconnected', { server: s.data });
-          this.relay?.kick();
-        } else if (s.type === 'error') this.logger.error(`NATS error: ${String(s.data)}`);
+        else if (s.type === 'reconnect') this.logger.info('NATS reconnected', { server: s.data });
+        else if (s.type === 'error') this.logger.error(`NATS error: ${String(s.data)}`);
       }
     })();
   }
