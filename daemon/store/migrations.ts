@@ -88,12 +88,61 @@ const MIGRATIONS: { name: string; up: Step; down: Step }[] = [
       }),
     down: ({ context }) => run(context, { sqlite: ['DROP TABLE lockmgr_outbox'], postgres: ['DROP TABLE lockmgr_outbox'] }),
   },
+  {
+    // SQLite: the daemon (the one writer) numbers events itself from a counter it reserves in
+    // blocks, as it does fencing tokens. AUTOINCREMENT made every commit write SQLite's sequence
+    // table too, and `RETURNING seq` read each event back. PostgreSQL keeps its sequence.
+    name: '0003-sqlite-outbox-seq-from-counter',
+    up: ({ context }) => runAtomically(context, { sqlite: rebuildOutbox(''), postgres: [] }),
+    down: ({ context }) => runAtomically(context, { sqlite: rebuildOutbox(' AUTOINCREMENT'), postgres: [] }),
+  },
 ];
+
+/** Several statements as one transaction: a migration interrupted halfway leaves nothing behind. */
+async function runAtomically(ctx: MigrationContext, statements: Record<Dialect, string[]>): Promise<void> {
+  const list = statements[ctx.dialect];
+  if (list.length === 0) return;
+  await ctx.sequelize.transaction(async (transaction) => {
+    for (const sql of list) await ctx.sequelize.query(sql, { type: QueryTypes.RAW, transaction });
+  });
+}
+
+/** SQLite: the outbox table again, its `seq` with or without AUTOINCREMENT, rows and numbering kept. */
+function rebuildOutbox(autoincrement: string): string[] {
+  return [
+    `CREATE TABLE lockmgr_outbox_rebuilt (
+       seq INTEGER PRIMARY KEY${autoincrement},
+       event_id TEXT NOT NULL,
+       type TEXT NOT NULL,
+       name TEXT NOT NULL,
+       lock TEXT NOT NULL,
+       cause TEXT NOT NULL,
+       daemon TEXT NOT NULL,
+       at INTEGER NOT NULL)`,
+    `INSERT INTO lockmgr_outbox_rebuilt SELECT seq, event_id, type, name, lock, cause, daemon, at FROM lockmgr_outbox`,
+    ...(autoincrement
+      ? [
+          // Back to AUTOINCREMENT: it must go on from the last number reserved, not the last row kept.
+          `DELETE FROM sqlite_sequence WHERE name = 'lockmgr_outbox_rebuilt'`,
+          `INSERT INTO sqlite_sequence (name, seq)
+           SELECT 'lockmgr_outbox_rebuilt', MAX(value, COALESCE((SELECT MAX(seq) FROM lockmgr_outbox), 0)) FROM lockmgr_counters WHERE name = 'event_seq'`,
+          `DELETE FROM lockmgr_counters WHERE name = 'event_seq'`,
+        ]
+      : [
+          `INSERT OR IGNORE INTO lockmgr_counters (name, value)
+           SELECT 'event_seq', MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'lockmgr_outbox'), 0), COALESCE((SELECT MAX(seq) FROM lockmgr_outbox), 0))`,
+        ]),
+    `DROP TABLE lockmgr_outbox`,
+    `ALTER TABLE lockmgr_outbox_rebuilt RENAME TO lockmgr_outbox`,
+  ];
+}
 
 export interface MigrateOptions {
   sequelize: Sequelize;
   dialect: Dialect;
   onApplied?: (name: string) => void;
+  /** Stop after this migration (default: apply all). */
+  upTo?: string;
 }
 
 function umzugFor({ sequelize, dialect }: MigrateOptions): Umzug<MigrationContext> {
@@ -118,7 +167,7 @@ export async function migrate(opts: MigrateOptions): Promise<string[]> {
 }
 
 async function applyPending(opts: MigrateOptions): Promise<string[]> {
-  const applied = await umzugFor(opts).up();
+  const applied = await umzugFor(opts).up(opts.upTo === undefined ? {} : { to: opts.upTo });
   for (const m of applied) opts.onApplied?.(m.name);
   return applied.map((m) => m.name);
 }

@@ -44,17 +44,14 @@ type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
 
 class BatchTx implements Tx {
   readonly events: PendingEvent[] = [];
-  private tokenBase = 0;
   tokensUsed = 0;
   private savepoints = 0;
 
   constructor(
     readonly conn: SqlConnection,
     readonly now: number,
-    tokenBase: number,
-  ) {
-    this.tokenBase = tokenBase;
-  }
+    private readonly tokenBase: number,
+  ) {}
 
   get dialect() {
     return this.conn.dialect;
@@ -125,6 +122,49 @@ export function isDomainError(err: unknown): err is DomainError {
   return typeof err === 'object' && err !== null && (err as { domain?: unknown }).domain === true;
 }
 
+/**
+ * SQLite: a number series (fencing tokens, event seqs) drawn in memory by the one writer. The
+ * database holds how far the series is reserved, raised a block at a time inside a transaction
+ * that draws past it, so most commits write no counter row and a restart goes on beyond every
+ * number handed out (skipping the rest of the block: numbers grow and never repeat, with gaps).
+ */
+export class ReservedSeries {
+  static readonly BLOCK = 10_000;
+  /** Last number used by a committed transaction; undefined until read from the database. */
+  private last?: number;
+  private reserved = 0;
+
+  constructor(readonly name: string) {}
+
+  /** The last number used, reading the reservation at first use. */
+  async base(conn: SqlConnection): Promise<number> {
+    if (this.last === undefined) {
+      const [row] = await conn.query('SELECT value FROM lockmgr_counters WHERE name = ?', [this.name]);
+      this.reserved = Number(row?.value ?? 0);
+      this.last = this.reserved;
+    }
+    return this.last;
+  }
+
+  /**
+   * Within the transaction that used `used` numbers after base(): raise the reservation if they
+   * pass it. Returns what to call once that transaction has committed.
+   */
+  async reserve(conn: SqlConnection, used: number): Promise<() => void> {
+    if (used === 0) return () => undefined;
+    const last = this.last! + used;
+    let reserved = this.reserved;
+    if (last > reserved) {
+      reserved = last + ReservedSeries.BLOCK;
+      await conn.query('INSERT OR REPLACE INTO lockmgr_counters (name, value) VALUES (?, ?)', [this.name, reserved]);
+    }
+    return () => {
+      this.last = last;
+      this.reserved = reserved;
+    };
+  }
+}
+
 function byKey(a: Queued, b: Queued): number {
   if (a.key === undefined || b.key === undefined) return a.key === b.key ? 0 : a.key === undefined ? 1 : -1;
   return a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
@@ -136,6 +176,8 @@ export class Batcher {
   private workers = 0;
   private readonly maxBatch: number;
   private readonly concurrency: number;
+  private readonly tokens = new ReservedSeries('token');
+  private readonly eventSeqs = new ReservedSeries('event_seq');
 
   constructor(
     private readonly db: Database,
@@ -216,12 +258,8 @@ export class Batcher {
     let open = true; // roll back on failure even if only part of begin() went through
     try {
       const now = await conn.begin();
-      let tokenBase = 0;
-      if (conn.dialect === 'sqlite') {
-        const [counter] = await conn.query(`SELECT value FROM lockmgr_counters WHERE name = 'token'`);
-        tokenBase = Number(counter?.value ?? 0);
-      }
-      const tx = new BatchTx(conn, now, tokenBase);
+      const sqlite = conn.dialect === 'sqlite';
+      const tx = new BatchTx(conn, now, sqlite ? await this.tokens.base(conn) : 0);
       const afterHousekeeping = await this.options.housekeeping?.(tx);
       const outcomes: Outcome[] = [];
       for (const op of ops) {
@@ -232,12 +270,13 @@ export class Batcher {
           outcomes.push({ ok: false, error: err });
         }
       }
-      if (tx.tokensUsed > 0) {
-        await conn.query(`UPDATE lockmgr_counters SET value = ? WHERE name = 'token'`, [tokenBase + tx.tokensUsed]);
-      }
       const committed = await this.writeOutbox(tx);
+      const afterCommit = sqlite
+        ? [await this.tokens.reserve(conn, tx.tokensUsed), await this.eventSeqs.reserve(conn, committed.length)]
+        : [];
       await conn.exec('COMMIT');
       open = false;
+      for (const advance of afterCommit) advance();
       afterHousekeeping?.();
       if (committed.length > 0) this.options.onCommit?.(committed);
       return outcomes;
@@ -253,17 +292,33 @@ export class Batcher {
   /** Insert the batch's events into the outbox; returns them with their sequence numbers. */
   private async writeOutbox(tx: BatchTx): Promise<CommittedEvent[]> {
     const out: CommittedEvent[] = [];
+    const daemon = this.options.daemonId;
+    // SQLite numbers the events here; PostgreSQL's sequence numbers them in the INSERT.
+    let seq = tx.dialect === 'sqlite' && tx.events.length > 0 ? await this.eventSeqs.base(tx.conn) : 0;
     const CHUNK = 500;
     for (let i = 0; i < tx.events.length; i += CHUNK) {
       const chunk = tx.events.slice(i, i + CHUNK);
       const params: unknown[] = [];
-      const encoded: { id: string; lockJson: string; causeJson: string }[] = [];
+      const first = out.length;
       for (const e of chunk) {
-        const id = randomUUID();
-        const lockJson = JSON.stringify(e.lock);
-        const causeJson = JSON.stringify(e.cause);
-        encoded.push({ id, lockJson, causeJson });
-        params.push(id, e.type, e.lock.name, lockJson, causeJson, this.options.daemonId, tx.now);
+        const event: CommittedEvent = {
+          type: e.type,
+          lock: e.lock,
+          cause: e.cause,
+          seq: tx.dialect === 'sqlite' ? ++seq : 0,
+          id: randomUUID(),
+          at: tx.now,
+          lockJson: JSON.stringify(e.lock),
+          causeJson: JSON.stringify(e.cause),
+        };
+        out.push(event);
+        if (tx.dialect === 'sqlite') params.push(event.seq);
+        params.push(event.id, e.type, e.lock.name, event.lockJson, event.causeJson, daemon, tx.now);
+      }
+      if (tx.dialect === 'sqlite') {
+        const values = chunk.map(() => '(?, ?, ?, ?, ?, ?, ?, ?)').join(', ');
+        await tx.query(`INSERT INTO lockmgr_outbox (seq, event_id, type, name, lock, cause, daemon, at) VALUES ${values}`, params);
+        continue;
       }
       const values = chunk.map(() => '(?, ?, ?, ?, ?, ?, ?)').join(', ');
       const rows = await tx.query(
@@ -271,10 +326,7 @@ export class Batcher {
         params,
       );
       const seqById = new Map(rows.map((r) => [String(r.event_id), Number(r.seq)]));
-      chunk.forEach((e, j) => {
-        const { id, lockJson, causeJson } = encoded[j]!;
-        out.push({ ...e, id, seq: seqById.get(id) ?? 0, at: tx.now, lockJson, causeJson });
-      });
+      for (let j = first; j < out.length; j++) out[j]!.seq = seqById.get(out[j]!.id) ?? 0;
     }
     return out;
   }
