@@ -174,6 +174,8 @@ export class Batcher {
   private queue: Queued[] = [];
   /** Workers draining the queue, each running one transaction at a time. */
   private workers = 0;
+  /** Workers running a transaction right now. */
+  private busy = 0;
   private readonly maxBatch: number;
   private readonly concurrency: number;
   private readonly tokens = new ReservedSeries('token');
@@ -217,8 +219,16 @@ export class Batcher {
       // each hold a row the other needs (a deadlock, broken only after deadlock_timeout). In name
       // order they queue behind each other instead. The sort is stable, so the operations on one
       // name keep their arrival order; operations without a name go last.
-      const batch = this.queue.splice(0, this.maxBatch).sort(byKey);
-      await this.runBatch(batch);
+      // Share what is queued among the workers not inside a transaction, so that concurrent
+      // batches overlap their round trips instead of one batch taking every request.
+      const share = Math.ceil(this.queue.length / (this.workers - this.busy));
+      const batch = this.queue.splice(0, Math.min(this.maxBatch, share)).sort(byKey);
+      this.busy += 1;
+      try {
+        await this.runBatch(batch);
+      } finally {
+        this.busy -= 1;
+      }
       // SQLite statements run synchronously: yield between transactions so that NATS traffic is
       // read (and the next batch gathers) even while a long run of batches is queued.
       if (this.queue.length > 0) await new Promise<void>((resolve) => setImmediate(resolve));
