@@ -42,6 +42,7 @@ import {
 } from 'nats';
 import { eventSubject, type EventType, type LockEvent } from '../shared/events';
 import { isUnavailableError, type Database, type Row } from './store/database';
+import { iso } from './store/lock-ops';
 import type { Batcher, CommittedEvent, Tx } from './store/transaction';
 import type { Logger } from './logger';
 
@@ -120,7 +121,7 @@ function toOutgoing(prefix: string, e: StoredEvent): Outgoing {
     daemon: e.daemon,
     payload:
       `{"id":${JSON.stringify(e.id)},"type":${JSON.stringify(e.type)},"seq":${e.seq},"lock":${e.lockJson},` +
-      `"cause":${e.causeJson},"daemon":${JSON.stringify(e.daemon)},"at":"${new Date(e.at).toISOString()}"}`,
+      `"cause":${e.causeJson},"daemon":${JSON.stringify(e.daemon)},"at":"${iso(e.at)}"}`,
   };
 }
 
@@ -250,6 +251,8 @@ export class EventRelay {
   private kickQueued = false;
   private timer?: NodeJS.Timeout;
   private stopped = false;
+  /** flush() calls waiting: deliver without pausing between pages. */
+  private flushing = 0;
   /** Delivery is failing: retry with backoff, one event at a time until it works again. */
   private failing = false;
   private failures = 0;
@@ -376,16 +379,21 @@ export class EventRelay {
    */
   async flush(timeoutMs: number): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      this.retryAt = 0; // try now, whatever the backoff says
-      this.kick();
-      await this.running;
-      const upTo = this.db.dialect === 'sqlite' || this.leading ? Number.MAX_SAFE_INTEGER : this.maxCommittedSeq;
-      // On SQLite the count's transaction also removes what was delivered.
-      if (upTo === 0 || (await this.countPending(upTo)) === 0) return true;
-      if (Date.now() >= deadline) return false;
-      if (this.db.dialect === 'postgres' && !this.leading) this.nudge();
-      await new Promise((r) => setTimeout(r, 100));
+    this.flushing += 1;
+    try {
+      for (;;) {
+        this.retryAt = 0; // try now, whatever the backoff says
+        this.kick();
+        await this.running;
+        const upTo = this.db.dialect === 'sqlite' || this.leading ? Number.MAX_SAFE_INTEGER : this.maxCommittedSeq;
+        // On SQLite the count's transaction also removes what was delivered.
+        if (upTo === 0 || (await this.countPending(upTo)) === 0) return true;
+        if (Date.now() >= deadline) return false;
+        if (this.db.dialect === 'postgres' && !this.leading) this.nudge();
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    } finally {
+      this.flushing -= 1;
     }
   }
 
@@ -502,6 +510,7 @@ export class EventRelay {
         }
       }
       for (;;) {
+        const started = performance.now();
         // While failing, probe with one event rather than send a page into the void.
         const limit = this.failing ? 1 : PAGE;
         const events = await this.nextEvents(limit);
@@ -511,6 +520,9 @@ export class EventRelay {
         if (error) throw error;
         if (this.failing) this.recovered();
         if (events.length < limit) break;
+        // A backlog (an expiry storm, events kept while NATS was away): pause half as long as
+        // the page took, so requests keep a share of the thread. A stop drains at full speed.
+        if (this.flushing === 0) await new Promise((r) => setTimeout(r, (performance.now() - started) / 2));
       }
       if (this.failing) this.recovered();
       if (this.db.dialect === 'postgres') this.schedule(this.pollIntervalMs);

@@ -67,14 +67,27 @@ export function toLockRecord(row: LockRow): LockRecord {
   return record;
 }
 
+/** ISO strings of recent instants: the rows and events of one transaction share its clock reading. */
+const isoStrings = new Map<number, string>();
+
+export function iso(ms: number): string {
+  let text = isoStrings.get(ms);
+  if (text === undefined) {
+    if (isoStrings.size >= 256) isoStrings.clear();
+    text = new Date(ms).toISOString();
+    isoStrings.set(ms, text);
+  }
+  return text;
+}
+
 function buildLockRecord(row: LockRow): LockRecord {
   return {
     name: row.name,
     locked_by: row.locked_by,
     lock_process: row.lock_process,
-    locked_until: row.locked_until === null ? null : new Date(row.locked_until).toISOString(),
-    created_at: new Date(row.created_at).toISOString(),
-    updated_at: new Date(row.updated_at).toISOString(),
+    locked_until: row.locked_until === null ? null : iso(row.locked_until),
+    created_at: iso(row.created_at),
+    updated_at: iso(row.updated_at),
     token: row.token,
   };
 }
