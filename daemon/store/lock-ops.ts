@@ -96,9 +96,9 @@ const LIVE = '(locked_until IS NULL OR locked_until > ?)';
 
 const SQL = {
   insertSqlite: `INSERT INTO lockmgr_locks (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING RETURNING ${COLUMNS}`,
-  // PostgreSQL: the row goes in with token 0 and takes its token once it is ours (see insertLock).
-  insertPostgres: `INSERT INTO lockmgr_locks (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0) ON CONFLICT (name) DO NOTHING RETURNING name`,
-  takeToken: `UPDATE lockmgr_locks SET token = nextval('lockmgr_token_seq') WHERE name = ? RETURNING ${COLUMNS}`,
+  // PostgreSQL: the row goes in with token 0 and takes its token once it is ours (see insertLock),
+  // both inside one function (migration 0004), so one round trip.
+  insertPostgres: `SELECT ${COLUMNS} FROM lockmgr_insert_lock(?, ?, ?, ?, ?)`,
   deleteExpiredOne: `DELETE FROM lockmgr_locks WHERE name = ? AND locked_until IS NOT NULL AND locked_until <= ? RETURNING ${COLUMNS}`,
   selectLive: `SELECT ${COLUMNS} FROM lockmgr_locks WHERE name = ? AND ${LIVE}`,
   // Renewal never shortens a lock; a lock that never expires stays that way unless made so.
@@ -139,10 +139,8 @@ async function insertLock(tx: Tx, name: string, expiresMs: number | null, who: R
   // evaluated before the insert waits on a conflicting row of another transaction, and that wait
   // can outlast a whole later grant and release of the name: the late grant would then carry a
   // smaller token than the one before it.
-  const inserted = await tx.query(SQL.insertPostgres, [name, who.lockedBy, who.process, until, tx.now, tx.now]);
-  if (!inserted[0]) return null;
-  const rows = await tx.query(SQL.takeToken, [name]);
-  return toLockRow(rows[0]!);
+  const rows = await tx.query(SQL.insertPostgres, [name, who.lockedBy, who.process, until, tx.now]);
+  return rows[0] ? toLockRow(rows[0]) : null;
 }
 
 async function selectLive(tx: Tx, name: string): Promise<LockRow | null> {
