@@ -26,8 +26,11 @@ export async function withPg<T>(url: string, fn: (c: Client) => Promise<T>): Pro
   }
 }
 
+/** The admin URL pointing at database `name` instead (its query, such as `?host=/socket/dir`, kept). */
 export function databaseUrl(adminUrl: string, name: string): string {
-  return adminUrl.replace(/\/[^/?]*(\?.*)?$/, `/${name}$1`);
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  return url.toString();
 }
 
 export async function createPgDatabase(adminUrl: string): Promise<PgDatabase> {
