@@ -29,6 +29,7 @@ import {
   setLocks,
   toLockRecord,
   unlock,
+  type FirstStatement,
   type Requester,
 } from './store/lock-ops';
 import type { Batcher } from './store/transaction';
@@ -139,15 +140,20 @@ export class LockService {
     const b = this.batcher;
     switch (endpoint) {
       case 'set': {
+        const set = req as NormalizedRequests['set'];
         // Its rows are taken in name order, so it queues in the batch by its first name in that order.
-        const names = (req as NormalizedRequests['set']).names;
-        const first = names.length ? names.reduce((m, n) => (n < m ? n : m)) : undefined;
-        return b.run((tx) => setLocks(tx, req as NormalizedRequests['set'], who), first);
+        const key = set.names.length ? set.names.reduce((m, n) => (n < m ? n : m)) : undefined;
+        // One name, created if free, no all-or-nothing savepoint: it starts with the lock insert.
+        const single = set.names.length === 1 && set.create && !set.fail;
+        const first: FirstStatement | undefined = single ? { kind: 'insert', name: key!, expiresMs: set.expiresMs, who } : undefined;
+        return b.run((tx) => setLocks(tx, set, who), key, first);
       }
       case 'get':
         return this.getWithWait(req as NormalizedRequests['get'], who);
-      case 'unlock':
-        return { unlocked: await b.run((tx) => unlock(tx, req as NormalizedRequests['unlock'], who), (req as NormalizedRequests['unlock']).name) };
+      case 'unlock': {
+        const r = req as NormalizedRequests['unlock'];
+        return { unlocked: await b.run((tx) => unlock(tx, r, who), r.name, { kind: 'unlock', name: r.name, token: r.token }) };
+      }
       case 'renew':
         return toLockRecord(await b.run((tx) => renewLock(tx, req as NormalizedRequests['renew'], who), (req as NormalizedRequests['renew']).name));
       case 'is_locked': {
@@ -173,7 +179,8 @@ export class LockService {
 
   /** get: try now; if held and the request may wait, sleep until a release or expiry, then retry. */
   private async getWithWait(req: NormalizedRequests['get'], who: Requester): Promise<LockRecord> {
-    const attempt = () => this.batcher.run((tx) => getLock(tx, req, who), req.name);
+    const first: FirstStatement = { kind: 'insert', name: req.name, expiresMs: req.expiresMs, who };
+    const attempt = () => this.batcher.run((tx) => getLock(tx, req, who), req.name, first);
     if (req.waitMs === 0) {
       const r = await attempt();
       if ('granted' in r) return toLockRecord(r.granted);

@@ -99,6 +99,10 @@ const SQL = {
   // PostgreSQL: the row goes in with token 0 and takes its token once it is ours (see insertLock),
   // both inside one function (migration 0004), so one round trip.
   insertPostgres: `SELECT ${COLUMNS} FROM lockmgr_insert_lock(?, ?, ?, ?, ?)`,
+  firstPass:
+    'SELECT op, l_name AS name, l_locked_by AS locked_by, l_lock_process AS lock_process, l_locked_until AS locked_until, ' +
+    'l_created_at AS created_at, l_updated_at AS updated_at, l_token AS token ' +
+    'FROM lockmgr_first_pass(?::text[], ?::varchar[], ?::varchar[], ?::bigint[], ?::bigint[], ?::bigint[], ?::bigint)',
   deleteExpiredOne: `DELETE FROM lockmgr_locks WHERE name = ? AND locked_until IS NOT NULL AND locked_until <= ? RETURNING ${COLUMNS}`,
   selectLive: `SELECT ${COLUMNS} FROM lockmgr_locks WHERE name = ? AND ${LIVE}`,
   // Renewal never shortens a lock; a lock that never expires stays that way unless made so.
@@ -129,7 +133,51 @@ function causeOf(who: Requester, operation: string): EventCause {
   return { locked_by: who.lockedBy, process_id: who.process, client: who.client, operation };
 }
 
+/**
+ * The first statement of an operation that a PostgreSQL batch may run for all its operations at
+ * once (see runFirstPass): the lock insert of a single-name `set` or `get`, or an `unlock`.
+ */
+export type FirstStatement =
+  | { kind: 'insert'; name: string; expiresMs: number | null; who: Requester }
+  | { kind: 'unlock'; name: string; token: number | null };
+
+/**
+ * PostgreSQL: run `items`, in order, in one round trip. Returns the rows each would have returned
+ * alone, or null (with nothing done) if an insert met an existing row: the operations then run
+ * statement by statement, since they go on from there with more statements on the same rows.
+ */
+export async function runFirstPass(tx: Tx, items: readonly FirstStatement[]): Promise<Row[][] | null> {
+  const n = items.length;
+  const kinds = new Array<string>(n);
+  const names = new Array<string>(n);
+  const lockedBy = new Array<string | null>(n).fill(null);
+  const processes = new Array<number | null>(n).fill(null);
+  const until = new Array<number | null>(n).fill(null);
+  const token = new Array<number | null>(n).fill(null);
+  items.forEach((item, i) => {
+    kinds[i] = item.kind;
+    names[i] = item.name;
+    if (item.kind === 'insert') {
+      lockedBy[i] = item.who.lockedBy;
+      processes[i] = item.who.process;
+      until[i] = item.expiresMs === null ? null : tx.now + item.expiresMs;
+    } else {
+      token[i] = item.token;
+    }
+  });
+  const rows = await tx.query(SQL.firstPass, [kinds, names, lockedBy, processes, until, token, tx.now]);
+  const out: Row[][] = items.map(() => []);
+  for (const r of rows) {
+    const op = Number(r.op);
+    if (op === 0) return null;
+    out[op - 1]!.push(r);
+  }
+  return out;
+}
+
 async function insertLock(tx: Tx, name: string, expiresMs: number | null, who: Requester): Promise<LockRow | null> {
+  const done = tx.prefetched('insert', name);
+  if (done) return done[0] ? toLockRow(done[0]) : null;
   const until = expiresMs === null ? null : tx.now + expiresMs;
   if (tx.dialect === 'sqlite') {
     const rows = await tx.query(SQL.insertSqlite, [name, who.lockedBy, who.process, until, tx.now, tx.now, tx.nextToken()]);
@@ -289,7 +337,8 @@ export async function renewLock(tx: Tx, req: NormalizedRenew, who: Requester): P
 
 export async function unlock(tx: Tx, req: NormalizedUnlock, who: Requester): Promise<boolean> {
   const rows =
-    req.token === null ? await tx.query(SQL.unlock, [req.name]) : await tx.query(SQL.unlockToken, [req.name, req.token]);
+    tx.prefetched('unlock', req.name) ??
+    (req.token === null ? await tx.query(SQL.unlock, [req.name]) : await tx.query(SQL.unlockToken, [req.name, req.token]));
   const row = rows[0] ? toLockRow(rows[0]) : null;
   if (!row) {
     if (req.token !== null) {

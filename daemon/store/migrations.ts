@@ -119,6 +119,53 @@ const MIGRATIONS: { name: string; up: Step; down: Step }[] = [
     down: ({ context }) =>
       run(context, { sqlite: [], postgres: ['DROP FUNCTION lockmgr_insert_lock(VARCHAR, VARCHAR, BIGINT, BIGINT, BIGINT)'] }),
   },
+  {
+    // PostgreSQL: the first statement of each operation in a batch (lock inserts and unlocks), in
+    // the batch's order, in one round trip. If any insert meets an existing row, everything it
+    // did is undone and the row `op = 0` says so: the batch then runs statement by statement.
+    name: '0005-postgres-first-pass-function',
+    up: ({ context }) =>
+      run(context, {
+        sqlite: [],
+        postgres: [
+          `CREATE OR REPLACE FUNCTION lockmgr_first_pass(p_kinds TEXT[], p_names VARCHAR[], p_locked_by VARCHAR[], p_process BIGINT[], p_until BIGINT[], p_token BIGINT[], p_now BIGINT)
+           RETURNS TABLE (op INT, l_name VARCHAR, l_locked_by VARCHAR, l_lock_process BIGINT, l_locked_until BIGINT, l_created_at BIGINT, l_updated_at BIGINT, l_token BIGINT)
+           LANGUAGE plpgsql AS $$
+           DECLARE
+             r lockmgr_locks;
+           BEGIN
+             BEGIN
+               FOR k IN 1 .. coalesce(array_length(p_names, 1), 0) LOOP
+                 IF p_kinds[k] = 'insert' THEN
+                   INSERT INTO lockmgr_locks AS l (name, locked_by, lock_process, locked_until, created_at, updated_at, token)
+                   VALUES (p_names[k], p_locked_by[k], p_process[k], p_until[k], p_now, p_now, 0)
+                   ON CONFLICT (name) DO NOTHING;
+                   IF NOT FOUND THEN
+                     RAISE EXCEPTION USING ERRCODE = 'LM001';
+                   END IF;
+                   UPDATE lockmgr_locks AS l SET token = nextval('lockmgr_token_seq') WHERE l.name = p_names[k] RETURNING l.* INTO r;
+                 ELSE
+                   DELETE FROM lockmgr_locks AS l WHERE l.name = p_names[k] AND (p_token[k] IS NULL OR l.token = p_token[k]) RETURNING l.* INTO r;
+                   CONTINUE WHEN NOT FOUND;
+                 END IF;
+                 op := k;
+                 l_name := r.name; l_locked_by := r.locked_by; l_lock_process := r.lock_process; l_locked_until := r.locked_until;
+                 l_created_at := r.created_at; l_updated_at := r.updated_at; l_token := r.token;
+                 RETURN NEXT;
+               END LOOP;
+             EXCEPTION WHEN SQLSTATE 'LM001' THEN
+               op := 0;
+               RETURN NEXT;
+             END;
+           END $$`,
+        ],
+      }),
+    down: ({ context }) =>
+      run(context, {
+        sqlite: [],
+        postgres: ['DROP FUNCTION lockmgr_first_pass(TEXT[], VARCHAR[], VARCHAR[], BIGINT[], BIGINT[], BIGINT[], BIGINT)'],
+      }),
+  },
 ];
 
 /** Several statements as one transaction: a migration interrupted halfway leaves nothing behind. */

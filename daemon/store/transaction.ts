@@ -6,6 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import type { EventCause, EventType } from '../../shared/events';
 import type { LockRecord } from '../../shared/protocol';
+import { type FirstStatement, runFirstPass } from './lock-ops';
 import { Database, isRetryableConflict, isUnavailableError, type Row, type SqlConnection, StoreUnavailable } from './database';
 
 /** A change to record in the outbox, in the same transaction. */
@@ -25,6 +26,11 @@ export interface Tx {
   /** SQLite: the next fencing token (PostgreSQL takes them from a sequence inside the SQL). */
   nextToken(): number;
   emit(type: EventType, lock: LockRecord, cause: EventCause): void;
+  /**
+   * PostgreSQL: the rows of this operation's first statement (`kind` on `name`), if the batch has
+   * already run it for all its operations at once; taken once, undefined otherwise.
+   */
+  prefetched(kind: FirstStatement['kind'], name: string): Row[] | undefined;
   /** Run `fn` so that, if it throws, none of its writes are kept (the rest of the batch is). */
   atomically<T>(fn: () => Promise<T>): Promise<T>;
 }
@@ -35,6 +41,8 @@ interface Queued {
   op: Operation<unknown>;
   /** The lock name the operation works on, if one: a batch runs its operations in name order. */
   key?: string;
+  /** The operation's first statement, if a batch may run it together with the others'. */
+  first?: FirstStatement;
   resolve(value: unknown): void;
   reject(err: unknown): void;
 }
@@ -46,6 +54,8 @@ class BatchTx implements Tx {
   readonly events: PendingEvent[] = [];
   tokensUsed = 0;
   private savepoints = 0;
+  /** The current operation's first statement, already run by the batch, and its rows. */
+  firstDone?: { kind: FirstStatement['kind']; name: string; rows: Row[] };
 
   constructor(
     readonly conn: SqlConnection,
@@ -68,6 +78,13 @@ class BatchTx implements Tx {
 
   emit(type: EventType, lock: LockRecord, cause: EventCause): void {
     this.events.push({ type, lock, cause });
+  }
+
+  prefetched(kind: FirstStatement['kind'], name: string): Row[] | undefined {
+    const done = this.firstDone;
+    if (!done || done.kind !== kind || done.name !== name) return undefined;
+    this.firstDone = undefined;
+    return done.rows;
   }
 
   async atomically<T>(fn: () => Promise<T>): Promise<T> {
@@ -189,10 +206,13 @@ export class Batcher {
     this.concurrency = db.dialect === 'sqlite' ? 1 : Math.max(1, options.concurrency ?? 1);
   }
 
-  /** Run `op` in the next transaction; resolves after that transaction commits. */
-  run<T>(op: Operation<T>, key?: string): Promise<T> {
+  /**
+   * Run `op` in the next transaction; resolves after that transaction commits. `first` is the
+   * statement `op` starts with, when it is one that a batch can run for many operations at once.
+   */
+  run<T>(op: Operation<T>, key?: string, first?: FirstStatement): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ op: op as Operation<unknown>, key, resolve: resolve as (v: unknown) => void, reject });
+      this.queue.push({ op: op as Operation<unknown>, key, first, resolve: resolve as (v: unknown) => void, reject });
       if (this.workers < this.concurrency) {
         this.workers += 1;
         // Requests decoded from the same socket read are handed over synchronously, one after
@@ -239,7 +259,7 @@ export class Batcher {
   private async runBatch(batch: Queued[]): Promise<void> {
     let outcomes: Outcome[];
     try {
-      outcomes = await this.transact(batch.map((q) => q.op));
+      outcomes = await this.transact(batch);
     } catch (err) {
       if (batch.length > 1 && !isUnavailableError(err)) {
         // One operation broke the transaction: run each alone so only that one fails.
@@ -253,7 +273,7 @@ export class Batcher {
   }
 
   /** One transaction over `ops`, retried when PostgreSQL breaks a deadlock. */
-  private async transact(ops: Operation<unknown>[]): Promise<Outcome[]> {
+  private async transact(ops: Queued[]): Promise<Outcome[]> {
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.transactOnce(ops);
@@ -263,7 +283,7 @@ export class Batcher {
     }
   }
 
-  private async transactOnce(ops: Operation<unknown>[]): Promise<Outcome[]> {
+  private async transactOnce(ops: Queued[]): Promise<Outcome[]> {
     const conn = await this.db.connect();
     let open = true; // roll back on failure even if only part of begin() went through
     try {
@@ -271,15 +291,18 @@ export class Batcher {
       const sqlite = conn.dialect === 'sqlite';
       const tx = new BatchTx(conn, now, sqlite ? await this.tokens.base(conn) : 0);
       const afterHousekeeping = await this.options.housekeeping?.(tx);
+      const firstRows = await this.firstPass(tx, ops);
       const outcomes: Outcome[] = [];
-      for (const op of ops) {
+      for (const [i, q] of ops.entries()) {
+        tx.firstDone = firstRows ? { kind: q.first!.kind, name: q.first!.name, rows: firstRows[i]! } : undefined;
         try {
-          outcomes.push({ ok: true, value: await op(tx) });
+          outcomes.push({ ok: true, value: await q.op(tx) });
         } catch (err) {
           if (!isDomainError(err)) throw err;
           outcomes.push({ ok: false, error: err });
         }
       }
+      tx.firstDone = undefined;
       const committed = await this.writeOutbox(tx);
       const afterCommit = sqlite
         ? [await this.tokens.reserve(conn, tx.tokensUsed), await this.eventSeqs.reserve(conn, committed.length)]
@@ -297,6 +320,18 @@ export class Batcher {
     } finally {
       conn.release();
     }
+  }
+
+  /**
+   * PostgreSQL: when every operation of the batch starts with a statement the batch can run for
+   * all of them (lock inserts and unlocks, each on a name of its own), run those in one round trip
+   * instead of one each. The rows are then taken in the batch's name order, as one by one.
+   */
+  private async firstPass(tx: BatchTx, ops: Queued[]): Promise<Row[][] | null> {
+    if (tx.dialect !== 'postgres' || ops.length < 2 || !ops.every((q) => q.first)) return null;
+    const names = new Set(ops.map((q) => q.first!.name));
+    if (names.size < ops.length) return null;
+    return runFirstPass(tx, ops.map((q) => q.first!));
   }
 
   /** Insert the batch's events into the outbox; returns them with their sequence numbers. */

@@ -6,7 +6,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Client } from 'pg';
-import { withPg } from '../../bench/lib/pg';
+import { databaseUrl, withPg } from '../../bench/lib/pg';
 
 export type StoreKind = 'sqlite' | 'postgres';
 export const STORES: StoreKind[] = ['sqlite', 'postgres'];
@@ -32,7 +32,7 @@ export async function createTestDatabase(kind: StoreKind): Promise<TestDatabase>
   }
   const name = `lockmgr_test_${process.pid}_${Date.now().toString(36)}_${++counter}`;
   await admin((c) => c.query(`CREATE DATABASE ${name}`));
-  const url = PG_ADMIN_URL.replace(/\/[^/?]*(\?.*)?$/, `/${name}$1`);
+  const url = databaseUrl(PG_ADMIN_URL, name);
   return {
     kind,
     url,
