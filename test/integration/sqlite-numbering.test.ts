@@ -94,7 +94,8 @@ describe('SQLite token and event numbering', () => {
       // Delivered and removed: AUTOINCREMENT still remembers 5, the table's last row is 3.
       await db.sequelize.query('DELETE FROM lockmgr_outbox WHERE seq > 3');
 
-      expect(await migrate({ sequelize: db.sequelize, dialect: 'sqlite' })).toEqual(['0003-sqlite-outbox-seq-from-counter']);
+      const upTo = '0003-sqlite-outbox-seq-from-counter';
+      expect(await migrate({ sequelize: db.sequelize, dialect: 'sqlite', upTo })).toEqual([upTo]);
       const [rows] = await db.sequelize.query('SELECT seq, event_id FROM lockmgr_outbox ORDER BY seq');
       expect(rows).toEqual([
         { seq: 1, event_id: 'e1' },
