@@ -75,7 +75,8 @@ function classify(sql: string): string {
   if (/clock_timestamp/.test(sql)) return 'db clock';
   if (/^INSERT INTO lockmgr_outbox/.test(sql)) return 'outbox insert';
   if (/lockmgr_outbox/.test(sql)) return 'relay (outbox read/delete)';
-  if (/^INSERT INTO lockmgr_locks/.test(sql)) return 'lock insert';
+  if (/lockmgr_first_pass/.test(sql)) return 'first pass (inserts and unlocks of a batch)';
+  if (/^INSERT INTO lockmgr_locks|lockmgr_insert_lock/.test(sql)) return 'lock insert';
   if (/^DELETE FROM lockmgr_locks WHERE name IN/.test(sql)) return 'sweep delete';
   if (/^DELETE FROM lockmgr_locks/.test(sql)) return 'lock delete';
   if (/lockmgr_locks/.test(sql)) return 'lock other';
@@ -126,10 +127,12 @@ function instrument(): void {
   let pendingTx: TxRec | null = null;
 
   const run = Batcher.prototype.run;
-  Batcher.prototype.run = function <T>(this: Batcher, op: (tx: never) => Promise<T>) {
+  // The operation's name and first statement go through unchanged: they decide batch order and
+  // PostgreSQL's first pass.
+  Batcher.prototype.run = function <T>(this: Batcher, op: (tx: never) => Promise<T>, ...rest: unknown[]) {
     const rec = current;
     current = null; // only the request's first transaction (a waiting get runs more later)
-    if (!rec) return run.call(this, op as never) as Promise<T>;
+    if (!rec) return run.call(this, op as never, ...(rest as [])) as Promise<T>;
     rec.tEnqueue = hr();
     return run.call(this, (async (tx: { conn?: SqlConnection }) => {
       const t = tx.conn ? connTx.get(tx.conn) : undefined;
@@ -141,7 +144,7 @@ function instrument(): void {
       } finally {
         rec.tOpEnd = hr();
       }
-    }) as never) as Promise<T>;
+    }) as never, ...(rest as [])) as Promise<T>;
   };
 
   const proto = Batcher.prototype as unknown as { transactOnce(ops: unknown[]): Promise<unknown> };
