@@ -2,6 +2,7 @@
  * From measurements to figures: medians over repeats, ratios to the floors of the same run, the
  * issue's targets with met / not met, the printed tables.
  */
+import { cpus } from 'node:os';
 import type { Measurement } from './lib/context';
 import { median, round } from './lib/stats';
 
@@ -38,6 +39,8 @@ export interface Target {
   value: number;
   limit: number;
   met: boolean | null;
+  /** For a target not met: what this run measured about why (CPU per operation, diagnostics). */
+  why?: string;
   figures: string[];
 }
 
@@ -118,19 +121,54 @@ export function targets(figs: Figure[]): Target[] {
     out.push({ scenario, target, measured, value: round(value), limit, met: Number.isFinite(value) ? (atLeast ? value >= limit : value <= limit) : null, figures });
   };
   const x = (v: number) => `${round(v)}×`;
+  /** Give the target just added its measured reason, if it was not met. */
+  const why = (text: () => string | undefined) => {
+    const t = out[out.length - 1];
+    if (t && t.met === false) t.why = text();
+  };
+  const cores = cpus().length;
+  const cpuOf = (f: Figure | undefined) => Object.entries(f?.cpuUsPerOp ?? {}).filter(([name]) => name !== 'echo');
+  const cpuTotal = (f: Figure | undefined) => Object.values(f?.cpuUsPerOp ?? {}).reduce((a, b) => a + b, 0);
+  const cpuList = (f: Figure | undefined) => cpuOf(f).map(([name, us]) => `${name === 'bench' ? 'client' : name} ${round(us)}`).join(', ');
   const c64 = get('cycle.sqlite.64');
   const f64 = get('floor.cycle.64');
-  if (c64 && f64) add('lock cycle, SQLite, 64 in flight', '≥ 0.7 × bare NATS cycle throughput', c64.opsPerSec / f64.opsPerSec, 0.7, true, `${round(c64.opsPerSec)} vs ${round(f64.opsPerSec)} cycles/s = ${x(c64.opsPerSec / f64.opsPerSec)}`, [c64.key, f64.key]);
+  if (c64 && f64) {
+    add('lock cycle, SQLite, 64 in flight', '≥ 0.7 × bare NATS cycle throughput', c64.opsPerSec / f64.opsPerSec, 0.7, true, `${round(c64.opsPerSec)} vs ${round(f64.opsPerSec)} cycles/s = ${x(c64.opsPerSec / f64.opsPerSec)}`, [c64.key, f64.key]);
+    why(() => {
+      const core = get('diag.sqlite.64.core-events');
+      const off = core ? `; events on core NATS (--events-jetstream off): ${x(core.opsPerSec / f64.opsPerSec)}, CPU µs per cycle ${cpuList(core)}` : '';
+      return `CPU µs per cycle ${cpuList(c64)} (bare cycle: ${round(cpuTotal(f64))} in all)${off}`;
+    });
+  }
   const c1 = get('cycle.sqlite.1');
   const f1 = get('floor.cycle.1');
-  if (c1 && f1) add('lock cycle, SQLite, 1 in flight', 'p50 ≤ 1.5 × bare NATS cycle p50', c1.p50Ms / f1.p50Ms, 1.5, false, `${round(c1.p50Ms)} vs ${round(f1.p50Ms)} ms = ${x(c1.p50Ms / f1.p50Ms)}`, [c1.key, f1.key]);
+  if (c1 && f1) {
+    add('lock cycle, SQLite, 1 in flight', 'p50 ≤ 1.5 × bare NATS cycle p50', c1.p50Ms / f1.p50Ms, 1.5, false, `${round(c1.p50Ms)} vs ${round(f1.p50Ms)} ms = ${x(c1.p50Ms / f1.p50Ms)}`, [c1.key, f1.key]);
+    why(() => {
+      const core = get('diag.sqlite.1.core-events');
+      const off = core ? `; --events-jetstream off: ${x(core.p50Ms / f1.p50Ms)}` : '';
+      const budget = round((1.5 * f1.p50Ms - f1.p50Ms) * 500);
+      return `1.5× leaves ${budget} µs per request over a bare round trip; CPU µs per cycle ${cpuList(c1)} (${round(cpuTotal(c1))} in all, on ${cores} cores, per ${round(c1.p50Ms * 1000)} µs cycle)${off}`;
+    });
+  }
   const p64 = get('cycle.postgres.64');
-  if (p64 && f64) add('lock cycle, PostgreSQL, 64 in flight', '≥ 0.5 × bare NATS cycle throughput', p64.opsPerSec / f64.opsPerSec, 0.5, true, `${round(p64.opsPerSec)} vs ${round(f64.opsPerSec)} cycles/s = ${x(p64.opsPerSec / f64.opsPerSec)}`, [p64.key, f64.key]);
+  if (p64 && f64) {
+    add('lock cycle, PostgreSQL, 64 in flight', '≥ 0.5 × bare NATS cycle throughput', p64.opsPerSec / f64.opsPerSec, 0.5, true, `${round(p64.opsPerSec)} vs ${round(f64.opsPerSec)} cycles/s = ${x(p64.opsPerSec / f64.opsPerSec)}`, [p64.key, f64.key]);
+    why(() => {
+      const total = cpuTotal(p64);
+      const budget = (cores * 1e6) / (0.5 * f64.opsPerSec);
+      return `CPU µs per cycle ${cpuList(p64)}: ${round(total)} in all, ${round((total * p64.opsPerSec) / 1e6)} of ${cores} cores at this rate; 0.5× would allow at most ${round(budget)} µs per cycle with every core busy`;
+    });
+  }
   for (const store of ['sqlite', 'postgres']) {
     const multi = get(`multi.${store}`);
     const single = get(`single.${store}`);
     if (multi?.locksPerSec && single?.locksPerSec) {
       add(`multi-lock, 100 names (${store})`, '≥ 20 × locks/s of single-name setLock', multi.locksPerSec / single.locksPerSec, 20, true, `${round(multi.locksPerSec)} vs ${round(single.locksPerSec)} locks/s = ${x(multi.locksPerSec / single.locksPerSec)}`, [multi.key, single.key]);
+      why(() => {
+        const perLock = cpuOf(multi).map(([name, us]) => `${name === 'bench' ? 'client' : name} ${round(us / 100)}`).join(', ');
+        return `CPU µs per lock granted ${perLock}; 20× allows ${round(cpuTotal(single) / 20)} µs per lock in all (a single-name setLock: ${round(cpuTotal(single))})`;
+      });
     }
   }
   const rtt = get('floor.rtt.1');
@@ -191,7 +229,9 @@ export function formatTargets(ts: Target[]): string {
   const head = ['scenario', 'target', 'measured (medians)', 'result'];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (r: string[]) => r.map((c, i) => pad(c, widths[i]!)).join('  ').trimEnd();
-  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
+  const reasons = ts.filter((t) => t.why).map((t) => `  ${t.scenario}: ${t.why}`);
+  const why = reasons.length ? ['', 'measured in this run, for each target not met (reasons and remedies: docs/performance.md):', ...reasons] : [];
+  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line), ...why].join('\n');
 }
 
 export function formatCpu(figs: Figure[]): string {
