@@ -80,14 +80,21 @@ const RELAY_LOCK_KEY = 7735342102;
 const OUTBOX_COLUMNS = 'seq, event_id, type, name, lock, cause, daemon, at';
 
 export function outboxRowToEvent(row: Row): LockEvent {
+  const e = outboxRowToStored(row);
+  return { id: e.id, type: e.type, seq: e.seq, lock: JSON.parse(e.lockJson), cause: JSON.parse(e.causeJson), daemon: e.daemon, at: iso(e.at) };
+}
+
+/** An outbox row as the relay uses it, lock and cause left serialised. */
+function outboxRowToStored(row: Row): StoredEvent {
   return {
+    seq: Number(row.seq),
     id: String(row.event_id),
     type: String(row.type) as EventType,
-    seq: Number(row.seq),
-    lock: JSON.parse(String(row.lock)),
-    cause: JSON.parse(String(row.cause)),
+    name: String(row.name),
+    lockJson: String(row.lock),
+    causeJson: String(row.cause),
     daemon: String(row.daemon),
-    at: new Date(Number(row.at)).toISOString(),
+    at: Number(row.at),
   };
 }
 
@@ -862,15 +869,5 @@ export class EventRelay {
 
 /** An outbox row as an event ready to publish. */
 function rowToOutgoing(prefix: string): (row: Row) => Outgoing {
-  return (row) =>
-    toOutgoing(prefix, {
-      seq: Number(row.seq),
-      id: String(row.event_id),
-      type: String(row.type) as EventType,
-      name: String(row.name),
-      lockJson: String(row.lock),
-      causeJson: String(row.cause),
-      daemon: String(row.daemon),
-      at: Number(row.at),
-    });
+  return (row) => toOutgoing(prefix, outboxRowToStored(row));
 }
