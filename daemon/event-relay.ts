@@ -465,9 +465,9 @@ export class EventRelay {
       this.forget();
       return;
     }
-    const sorted = events.every((e, i) => i === 0 || e.seq > events[i - 1]!.seq) ? events : [...events].sort((a, b) => a.seq - b.seq);
-    if (this.memoryFrom === undefined) this.memoryFrom = sorted[0]!.seq;
-    for (const e of sorted) this.memory.push(e);
+    // A commit's events come numbered in order, after those of the commit before (one writer).
+    if (this.memoryFrom === undefined) this.memoryFrom = events[0]!.seq;
+    for (const e of events) this.memory.push(e);
     if (this.memory.length - this.memoryHead > MEMORY_LIMIT) this.forget();
   }
 
