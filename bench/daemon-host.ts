@@ -8,21 +8,20 @@
  *   -> {cmd: 'report'}               <- {type: 'report', rows, txs, relay, elu, gcMs, hooks}
  *   -> {cmd: 'stop'}                 (stops the daemon and exits)
  *
- * Nothing in daemon/ is changed: methods are wrapped on their prototypes before the daemon starts.
- * Requests are matched to the client's send time by the `Bench-Id` and `Bench-T0` headers the
- * bench adds. Times are process.hrtime (CLOCK_MONOTONIC, shared by all processes), microseconds.
+ * The daemon is observed through its diagnostic channels (daemon/diagnostics.ts): requests, the
+ * batcher's transactions and operations, SQL statements and the relay's publishes. Requests are
+ * matched to the client's send time by the `Bench-Id` and `Bench-T0` headers the bench adds.
+ * Times are process.hrtime (CLOCK_MONOTONIC, shared by all processes), microseconds.
  */
+import { subscribe } from 'node:diagnostics_channel';
 import { writeFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { Session } from 'node:inspector';
 import { performance, PerformanceObserver } from 'node:perf_hooks';
 import type { Msg } from 'nats';
-import { EventRelay } from '../daemon/event-relay';
+import { CHANNELS } from '../daemon/diagnostics';
 import { LockDaemon } from '../daemon/lock-daemon';
-import { LockService } from '../daemon/lock-service';
 import { createLogger } from '../daemon/logger';
-import { Database, type SqlConnection } from '../daemon/store/database';
-import { Batcher } from '../daemon/store/transaction';
 
 const hr = () => Number(process.hrtime.bigint()) / 1e3;
 
@@ -47,7 +46,7 @@ export interface TxRec {
   start: number;
   end: number;
   size: number;
-  /** Operations that came from a request (the rest: relay, sweeper). */
+  /** Operations that came from a request (the rest: sweeper). */
   requestOps: number;
   /** Microseconds per statement class, and counts. */
   stmtUs: Record<string, number>;
@@ -55,7 +54,6 @@ export interface TxRec {
 }
 
 let recording = false;
-let current: ReqRec | null = null;
 let txSeq = 0;
 const rows: ReqRec[] = [];
 const txs: TxRec[] = [];
@@ -64,7 +62,7 @@ const relay = { calls: 0, events: 0, us: 0 };
 /** Writes to the NATS server's socket (each a system call when the socket is writable). */
 const natsWrites = { count: 0, bytes: 0 };
 let gcMs = 0;
-/** Which of the daemon's methods could be wrapped (the others are missing from this build). */
+/** The diagnostic channels listened to. */
 const hooks: string[] = [];
 
 function classify(sql: string): string {
@@ -72,7 +70,6 @@ function classify(sql: string): string {
   if (/^COMMIT/i.test(sql)) return 'commit';
   if (/^(ROLLBACK|SAVEPOINT|RELEASE)/i.test(sql)) return 'savepoint';
   if (/lockmgr_counters/.test(sql)) return 'token counter';
-  if (/clock_timestamp/.test(sql)) return 'db clock';
   if (/^INSERT INTO lockmgr_outbox/.test(sql)) return 'outbox insert';
   if (/lockmgr_outbox/.test(sql)) return 'relay (outbox read/delete)';
   if (/lockmgr_first_pass/.test(sql)) return 'first pass (inserts and unlocks of a batch)';
@@ -83,141 +80,76 @@ function classify(sql: string): string {
   return 'other';
 }
 
-function need(proto: object, name: string, owner: string): void {
-  if (typeof (proto as Record<string, unknown>)[name] !== 'function') throw new Error(`${owner}.${name} is missing: the breakdown needs it`);
-  hooks.push(`${owner}.${name}`);
+function listen(name: string, fn: (message: never) => void): void {
+  subscribe(name, fn as (message: unknown) => void);
+  hooks.push(name);
 }
 
 function instrument(): void {
-  need(LockService.prototype, 'handle', 'LockService');
-  need(Batcher.prototype, 'run', 'Batcher');
-  need(Batcher.prototype, 'transactOnce', 'Batcher');
-  need(Database.prototype, 'connect', 'Database');
-  const handle = LockService.prototype.handle;
-  LockService.prototype.handle = function (this: LockService, endpoint, msg) {
-    const tHandle = hr();
-    const m = msg as Msg;
-    const id = recording ? Number(m.headers?.get('Bench-Id') || 0) : 0;
-    if (id) {
-      const rec: ReqRec = { id, endpoint, t0: Number(m.headers?.get('Bench-T0')), tHandle, tEnqueue: NaN, tOpStart: NaN, tOpEnd: NaN, tRespond: NaN, tResponded: NaN };
+  /** Requests in flight, by their message (the tag their operations carry). */
+  const requests = new Map<object, ReqRec>();
+  /** Transactions in flight, by their trace object. */
+  const transactions = new Map<object, TxRec>();
+
+  listen(CHANNELS.request, (m: { phase: string; endpoint: string; msg: Msg }) => {
+    const t = hr();
+    if (m.phase === 'received') {
+      const id = recording ? Number(m.msg.headers?.get('Bench-Id') || 0) : 0;
+      if (!id) return;
+      const rec: ReqRec = { id, endpoint: m.endpoint, t0: Number(m.msg.headers?.get('Bench-T0')), tHandle: t, tEnqueue: NaN, tOpStart: NaN, tOpEnd: NaN, tRespond: NaN, tResponded: NaN };
       rows.push(rec);
-      const wrap = (name: 'respond' | 'respondError') => {
-        const orig = (msg as unknown as Record<string, (...a: unknown[]) => boolean>)[name]!.bind(msg);
-        (msg as unknown as Record<string, unknown>)[name] = (...a: unknown[]) => {
-          rec.tRespond = hr();
-          const ok = orig(...a);
-          rec.tResponded = hr();
-          return ok;
-        };
-      };
-      wrap('respond');
-      wrap('respondError');
-      current = rec;
+      requests.set(m.msg, rec);
+      return;
     }
-    try {
-      return handle.call(this, endpoint, msg);
-    } finally {
-      current = null;
+    const rec = requests.get(m.msg);
+    if (!rec) return;
+    if (m.phase === 'replying') rec.tRespond = t;
+    else {
+      rec.tResponded = t;
+      requests.delete(m.msg);
     }
-  };
-
-  // Which transaction a connection is serving. Batches may overlap (PostgreSQL), so a
-  // transaction is found from its connection, never from a single "current" variable.
-  const connTx = new WeakMap<SqlConnection, TxRec>();
-  let pendingTx: TxRec | null = null;
-
-  const run = Batcher.prototype.run;
-  // The operation's name and first statement go through unchanged: they decide batch order and
-  // PostgreSQL's first pass.
-  Batcher.prototype.run = function <T>(this: Batcher, op: (tx: never) => Promise<T>, ...rest: unknown[]) {
-    const rec = current;
-    current = null; // only the request's first transaction (a waiting get runs more later)
-    if (!rec) return run.call(this, op as never, ...(rest as [])) as Promise<T>;
-    rec.tEnqueue = hr();
-    return run.call(this, (async (tx: { conn?: SqlConnection }) => {
-      const t = tx.conn ? connTx.get(tx.conn) : undefined;
-      rec.tx = t;
-      if (t) t.requestOps += 1;
+  });
+  // Only the request's first transaction counts (a waiting get runs more later).
+  listen(CHANNELS.operation, (m: { phase: string; tag: object; trace?: object }) => {
+    const rec = requests.get(m.tag);
+    if (!rec) return;
+    if (m.phase === 'queued') {
+      if (Number.isNaN(rec.tEnqueue)) rec.tEnqueue = hr();
+    } else if (m.phase === 'start') {
+      if (rec.tx) return;
+      rec.tx = m.trace ? transactions.get(m.trace) : undefined;
+      if (rec.tx) rec.tx.requestOps += 1;
       rec.tOpStart = hr();
-      try {
-        return await op(tx as never);
-      } finally {
-        rec.tOpEnd = hr();
-      }
-    }) as never, ...(rest as [])) as Promise<T>;
-  };
-
-  const proto = Batcher.prototype as unknown as { transactOnce(ops: unknown[]): Promise<unknown> };
-  const transactOnce = proto.transactOnce;
-  proto.transactOnce = function (this: Batcher, ops: unknown[]) {
-    const rec: TxRec = { id: ++txSeq, start: hr(), end: NaN, size: ops.length, requestOps: 0, stmtUs: {}, stmtCount: {} };
-    // transactOnce asks the database for its connection before its first await.
-    pendingTx = rec;
-    const p = transactOnce.call(this, ops);
-    pendingTx = null;
-    const done = () => {
-      rec.end = hr();
-      if (recording) txs.push(rec);
-    };
-    p.then(done, done);
-    return p;
-  };
-
-  const timeStatement = (conn: SqlConnection, kind: string, us: number) => {
+    } else if (rec.tx && Number.isNaN(rec.tOpEnd)) {
+      rec.tOpEnd = hr();
+    }
+  });
+  listen(CHANNELS.transaction, (m: { phase: string; trace: object; size?: number }) => {
+    if (m.phase === 'start') {
+      transactions.set(m.trace, { id: ++txSeq, start: hr(), end: NaN, size: m.size ?? 0, requestOps: 0, stmtUs: {}, stmtCount: {} });
+      return;
+    }
+    const tx = transactions.get(m.trace);
+    transactions.delete(m.trace);
+    if (!tx) return;
+    tx.end = hr();
+    if (recording) txs.push(tx);
+  });
+  listen(CHANNELS.statement, (m: { trace: object; sql: string; us: number }) => {
     if (!recording) return;
-    const tx = connTx.get(conn);
-    if (tx && Number.isNaN(tx.end)) {
-      tx.stmtUs[kind] = (tx.stmtUs[kind] ?? 0) + us;
+    const kind = classify(m.sql);
+    const tx = transactions.get(m.trace);
+    if (tx) {
+      tx.stmtUs[kind] = (tx.stmtUs[kind] ?? 0) + m.us;
       tx.stmtCount[kind] = (tx.stmtCount[kind] ?? 0) + 1;
-    } else outside[kind] = (outside[kind] ?? 0) + us;
-  };
-  const wrapped = new WeakSet<SqlConnection>();
-  const connect = Database.prototype.connect;
-  Database.prototype.connect = function (this: Database) {
-    const rec = pendingTx;
-    pendingTx = null;
-    return connect.call(this).then((conn) => {
-      if (rec) connTx.set(conn, rec);
-      else connTx.delete(conn);
-      if (!wrapped.has(conn)) {
-        wrapped.add(conn);
-        const c = conn as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;
-        for (const method of ['query', 'exec', 'begin']) {
-          const orig = c[method];
-          if (typeof orig !== 'function') continue;
-          c[method] = async function (this: unknown, ...args: unknown[]) {
-            const t = hr();
-            try {
-              return await orig.apply(conn, args);
-            } finally {
-              timeStatement(conn, method === 'begin' ? 'begin' : classify(String(args[0])), hr() - t);
-            }
-          };
-        }
-      }
-      return conn;
-    });
-  };
-
-  // The relay's publishing method has had several names; time whichever exist.
-  const relayProto = EventRelay.prototype as unknown as Record<string, unknown>;
-  for (const name of ['publish', 'publishJetStream', 'publishCore']) {
-    const orig = relayProto[name];
-    if (typeof orig !== 'function') continue;
-    hooks.push(`EventRelay.${name}`);
-    relayProto[name] = async function (this: EventRelay, batch: unknown[], ...rest: unknown[]) {
-      const t = hr();
-      try {
-        return await (orig as (...a: unknown[]) => Promise<unknown>).call(this, batch, ...rest);
-      } finally {
-        if (recording) {
-          relay.calls += 1;
-          relay.events += Array.isArray(batch) ? batch.length : 0;
-          relay.us += hr() - t;
-        }
-      }
-    };
-  }
+    } else outside[kind] = (outside[kind] ?? 0) + m.us;
+  });
+  listen(CHANNELS.publish, (m: { events: number; us: number }) => {
+    if (!recording) return;
+    relay.calls += 1;
+    relay.events += m.events;
+    relay.us += m.us;
+  });
 
   const write = Socket.prototype.write;
   Socket.prototype.write = function (this: Socket, ...args: unknown[]) {

@@ -50,11 +50,11 @@ export function areaOf(frame: CallFrame): string {
   if (/\/node_modules\/sequelize\//.test(u)) return 'Sequelize';
   if (/\/node_modules\/(winston|logform|triple-beam|readable-stream|@colors|colors)/.test(u)) return 'logging (winston)';
   if (/\/node_modules\//.test(u)) return 'other npm packages';
-  if (/\/dist\/daemon\/store\/transaction/.test(u)) return 'daemon: batcher/transaction';
-  if (/\/dist\/daemon\/store\/lock-ops/.test(u)) return 'daemon: lock operations';
+  if (/\/dist\/daemon\/batcher/.test(u)) return 'daemon: batcher/transaction';
+  if (/\/dist\/daemon\/(lock-ops|lock-records)/.test(u)) return 'daemon: lock operations';
   if (/\/dist\/daemon\/store\//.test(u)) return 'daemon: database layer';
-  if (/\/dist\/daemon\/event-relay/.test(u)) return 'daemon: event relay';
-  if (/\/dist\/daemon\/lock-service/.test(u)) return 'daemon: request handling';
+  if (/\/dist\/daemon\/relay\//.test(u)) return 'daemon: event relay';
+  if (/\/dist\/daemon\/(lock-service|handlers)/.test(u)) return 'daemon: request handling';
   if (/\/dist\/daemon\//.test(u)) return 'daemon: other';
   if (/\/dist\/shared\//.test(u)) return 'protocol: decode/validate';
   if (/\/dist\/bench\//.test(u)) return 'bench instrumentation';

@@ -3,14 +3,14 @@
  * share: connection flags, connecting to NATS, exit codes, and turning errors into one clear line
  * (or a JSON object with --json).
  */
-import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { connect, credsAuthenticator, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import type { Argv } from 'yargs';
 import { LockClient } from '../client/lock-client';
 import { LockError, LockFail, Locked, NoDaemon, RequestTimeout } from '../client/errors';
 import { ConfigError, loadConfig } from '../daemon/config';
-import { maskNatsUrls, natsServerOptions } from '../shared/nats-url';
+import { connectNats as connectToNats, NatsCredentialsError } from '../shared/connect';
+import { maskNatsUrls } from '../shared/nats-url';
 
 /** Exit codes of the lockmgr commands (docs/cli.md lists them). */
 export const EXIT = {
@@ -106,25 +106,15 @@ export function resolveConnection(argv: ClientArgs, env: NodeJS.ProcessEnv = pro
 
 /** Connect to NATS, or throw a CliError that says what to do. */
 export async function connectNats(conn: Connection, name: string): Promise<NatsConnection> {
-  const { servers, ...auth } = natsServerOptions(conn.natsUrl);
-  let creds = {};
-  if (conn.natsCreds) {
-    try {
-      creds = { authenticator: credsAuthenticator(readFileSync(conn.natsCreds)) };
-    } catch (err) {
-      throw new CliError(EXIT.CONFIG, `cannot read the NATS credentials file ${conn.natsCreds}: ${(err as Error).message}`, 'CONFIG');
-    }
-  }
   try {
-    return await connect({
-      servers,
+    return await connectToNats({
+      servers: conn.natsUrl,
+      creds: conn.natsCreds || undefined,
       name: `lockmgr-${name} ${hostname()}:${process.pid}`,
-      timeout: Math.min(conn.timeoutMs, 10_000),
-      maxReconnectAttempts: 10,
-      ...auth,
-      ...creds,
+      nats: { timeout: Math.min(conn.timeoutMs, 10_000), maxReconnectAttempts: 10 },
     });
   } catch (err) {
+    if (err instanceof NatsCredentialsError) throw new CliError(EXIT.CONFIG, err.message, 'CONFIG');
     if ((err as { code?: string }).code === 'AUTHORIZATION_VIOLATION') {
       throw new CliError(
         EXIT.UNAVAILABLE,

@@ -4,8 +4,7 @@
 import { LockDaemon } from '../daemon/lock-daemon';
 import { OPTIONS, envName, maskedConfig, type ConfigKey } from '../daemon/config';
 import { createLogger, type LogLevel } from '../daemon/logger';
-import { Database } from '../daemon/store/database';
-import { migrate } from '../daemon/store/migrations';
+import { openStore } from '../daemon/store';
 import { resolveConfig } from './options';
 
 export async function daemonCommand(argv: Record<string, unknown>): Promise<void> {
@@ -62,16 +61,12 @@ export async function configCommand(argv: Record<string, unknown>): Promise<void
 
 export async function migrateCommand(argv: Record<string, unknown>): Promise<void> {
   const { config } = resolveConfig(argv);
-  const db = new Database({ url: config.db });
+  const store = openStore({ url: config.db, daemonId: 'lockmgr-migrate' });
   try {
-    process.stdout.write(`migrating ${db.describe()}\n`);
-    const applied = await migrate({
-      sequelize: db.sequelize,
-      dialect: db.dialect,
-      onApplied: (name) => process.stdout.write(`  applied ${name}\n`),
-    });
+    process.stdout.write(`migrating ${store.describe()}\n`);
+    const applied = await store.migrate({ onApplied: (name) => process.stdout.write(`  applied ${name}\n`) });
     process.stdout.write(applied.length ? `done: ${applied.length} migration(s) applied\n` : 'schema is up to date\n');
   } finally {
-    await db.close();
+    await store.close();
   }
 }

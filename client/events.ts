@@ -6,7 +6,7 @@
  *   for await (const e of client.events({ since: { seq: 1 } })) ...   // the whole history, then ends
  */
 import { DeliverPolicy, type ConsumerMessages, type NatsConnection, type Subscription } from 'nats';
-import { EVENT_TYPES, type EventType, type LockEvent } from '../shared/events';
+import { EVENT_TYPES, eventSubject, type EventType, type LockEvent } from '../shared/events';
 import { InvalidRequest, LockError } from './errors';
 
 export const DEFAULT_EVENTS_STREAM = 'LOCKMGR_EVENTS';
@@ -100,11 +100,11 @@ export function eventsPlan(prefix: string, types?: readonly EventType[], names?:
   }
   const t = typeList?.length === 1 ? typeList[0]! : '*';
   const n = nameList?.length === 1 ? nameList[0]! : '>';
-  const subject = `${prefix}.events.${t}.${n}`;
+  const subject = eventSubject(prefix, t, n);
   const exact = (typeList === null || typeList.length === 1) && (nameList === null || nameList.length === 1);
   if (exact) return { subject, patterns: null };
   const patterns: string[] = [];
-  for (const ty of typeList ?? ['*']) for (const na of nameList ?? ['>']) patterns.push(`${prefix}.events.${ty}.${na}`);
+  for (const ty of typeList ?? (['*'] as const)) for (const na of nameList ?? ['>']) patterns.push(eventSubject(prefix, ty, na));
   return { subject, patterns };
 }
 
@@ -155,7 +155,7 @@ export class LockEventStream implements AsyncIterable<ReceivedLockEvent> {
 
   constructor(
     private readonly nc: NatsConnection,
-    private readonly prefix: string,
+    prefix: string,
     options: EventsOptions = {},
   ) {
     const plan = eventsPlan(prefix, options.types, options.names);

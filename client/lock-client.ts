@@ -4,8 +4,10 @@
  * and maps the reply, or its absence, to a result or one of the error classes.
  */
 import { hostname } from 'node:os';
-import { connect, ErrorCode as NatsErrorCode, headers, type ConnectionOptions, type NatsConnection } from 'nats';
+import { ErrorCode as NatsErrorCode, headers, type ConnectionOptions, type NatsConnection } from 'nats';
+import { connectNats } from '../shared/connect';
 import {
+  CLIENT_HEADER,
   DEFAULT_EXPIRES,
   DEFAULT_PREFIX,
   requestSubject,
@@ -30,9 +32,14 @@ export interface LockClientOptions {
 }
 
 export interface ConnectOptions extends LockClientOptions {
-  /** NATS server URL(s); default `LOCKMGR_NATS_URL` or nats://127.0.0.1:4222. */
+  /**
+   * NATS server URL(s), a comma-separated string or a list; `nats://user:pass@host` and
+   * `nats://token@host` log in. Default `LOCKMGR_NATS_URL` or nats://127.0.0.1:4222.
+   */
   servers?: string | string[];
-  /** Anything else for the NATS connection (credentials, TLS, name...). */
+  /** NATS credentials file (.creds); default `LOCKMGR_NATS_CREDS`. */
+  creds?: string;
+  /** Anything else for the NATS connection (TLS, name, reconnect policy...). */
   nats?: Omit<ConnectionOptions, 'servers'>;
 }
 
@@ -115,13 +122,12 @@ export class LockClient {
 
   /** Connect to NATS and return a client that closes the connection on `close()`. */
   static async connect(options: ConnectOptions = {}): Promise<LockClient> {
-    const servers = options.servers ?? process.env.LOCKMGR_NATS_URL ?? 'nats://127.0.0.1:4222';
-    const nc = await connect({
-      name: `lockmgr-client ${hostname()}:${process.pid}`,
-      // A stack capture per request costs more than the rest of the client's work on it.
-      noAsyncTraces: true,
-      ...options.nats,
-      servers: typeof servers === 'string' ? servers.split(',') : servers,
+    const { name, ...nats } = options.nats ?? {};
+    const nc = await connectNats({
+      servers: options.servers ?? process.env.LOCKMGR_NATS_URL,
+      creds: options.creds ?? (process.env.LOCKMGR_NATS_CREDS || undefined),
+      name: name ?? `lockmgr-client ${hostname()}:${process.pid}`,
+      nats,
     });
     return new LockClient(nc, { prefix: options.prefix ?? process.env.LOCKMGR_PREFIX, ...options }, true);
   }
@@ -129,7 +135,7 @@ export class LockClient {
   /** Says who sends the requests (recorded in lock events); built once, encoded per request. */
   private makeClientHeaders() {
     const h = headers();
-    h.set('Lockmgr-Client', `${this.nc.info?.client_id ?? '?'}@${hostname()}:${process.pid}`);
+    h.set(CLIENT_HEADER, `${this.nc.info?.client_id ?? '?'}@${hostname()}:${process.pid}`);
     return h;
   }
 

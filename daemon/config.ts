@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { maskNatsUrls } from '../shared/nats-url';
-import { maskDatabaseUrl } from './store/database';
+import { maskDatabaseUrl } from './store';
 import { LOG_LEVELS } from './logger';
 
 type Kind = 'string' | 'number' | 'boolean' | 'enum';

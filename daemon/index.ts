@@ -4,5 +4,8 @@ export { loadConfig, maskedConfig, envName, flagName, OPTIONS, ConfigError } fro
 export type { DaemonConfig, ConfigKey, ConfigSource, LoadedConfig } from './config';
 export { createLogger } from './logger';
 export type { Logger, LogLevel } from './logger';
-export { Database, dialectOf } from './store/database';
-export { migrate, pendingMigrations } from './store/migrations';
+export { openStore, isPostgresUrl } from './store';
+export type { StoreOptions } from './store';
+export type { Store } from './store/store';
+export { CHANNELS as DIAGNOSTIC_CHANNELS } from './diagnostics';
+export type { Clock } from './clock';

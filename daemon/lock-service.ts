@@ -1,45 +1,18 @@
 /**
- * The request side of the daemon: decode, validate, run in a transaction, reply. Every request
- * gets exactly one reply, whatever happens: a result, or a coded error with the NATS service
- * error headers set.
+ * The request side of the daemon: decode, validate, hand to the endpoint's handler, reply. Every
+ * request gets exactly one reply, whatever happens: a result, or a coded error with the NATS
+ * service error headers set.
  */
-import { hostname } from 'node:os';
 import type { Msg, MsgHdrs } from 'nats';
-import {
-  ERROR_STATUS,
-  ErrorCode,
-  MAX_PAYLOAD_BYTES,
-  type Endpoint,
-  type LockRecord,
-  type Reply,
-  type WireError,
-} from '../shared/protocol';
-import { RequestInvalid, validateRequest, type NormalizedRequests } from '../shared/validate';
-import { isUnavailableError } from './store/database';
-import {
-  EXPIRED_PAGE,
-  LockRuleError,
-  deleteExpired,
-  getLock,
-  isLocked,
-  listLocks,
-  lockedError,
-  renewLock,
-  resetLocks,
-  setLocks,
-  toLockRecord,
-  unlock,
-  type FirstStatement,
-  type Requester,
-} from './store/lock-ops';
-import type { Batcher } from './store/transaction';
-import type { WaitQueue } from './waiters';
+import { CLIENT_HEADER, ERROR_STATUS, ErrorCode, MAX_PAYLOAD_BYTES, type Api, type Endpoint, type Reply, type WireError } from '../shared/protocol';
+import { RequestInvalid, validateRequest } from '../shared/validate';
+import { requestChannel } from './diagnostics';
+import { requesterOf, type Handlers } from './handlers';
+import { LockRuleError } from './lock-ops';
 import type { Logger } from './logger';
+import { StoreUnavailable } from './store/store';
 
-/** Header a client may send to say who it is; recorded in events as the cause's `client`. */
-export const CLIENT_HEADER = 'Lockmgr-Client';
-
-/** What the handlers reply: a minimal view of a NATS service message. */
+/** What the handlers reply through: a minimal view of a NATS service message. */
 export interface Responder {
   readonly data: Uint8Array;
   readonly headers?: MsgHdrs;
@@ -49,9 +22,8 @@ export interface Responder {
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-const fallbackOwner = hostname();
 
-export function encodeReply<T>(reply: Reply<T>): Uint8Array {
+export function encodeReply<E extends Endpoint>(reply: Reply<Api[E]['result']>): Uint8Array {
   return encoder.encode(JSON.stringify(reply));
 }
 
@@ -60,8 +32,7 @@ export class LockService {
   private idleWaiters: (() => void)[] = [];
 
   constructor(
-    private readonly batcher: Batcher,
-    private readonly waiters: WaitQueue,
+    private readonly handlers: Handlers,
     private readonly logger: Logger,
   ) {}
 
@@ -80,8 +51,10 @@ export class LockService {
   handle(endpoint: Endpoint, msg: Responder | Msg): void {
     this.inflight += 1;
     const started = process.hrtime.bigint();
-    this.process(endpoint, msg as Responder)
-      .catch((err) => this.fail(msg as Responder, { code: ErrorCode.INTERNAL, message: `internal error: ${(err as Error).message}` }))
+    const original = msg as Responder;
+    const responder = requestChannel.hasSubscribers ? traced(endpoint, original) : original;
+    this.process(endpoint, responder, original)
+      .catch((err: unknown) => this.fail(responder, { code: ErrorCode.INTERNAL, message: `internal error: ${(err as Error).message}` }))
       .finally(() => {
         this.inflight -= 1;
         if (this.logger.isDebugEnabled()) {
@@ -91,39 +64,41 @@ export class LockService {
       });
   }
 
-  private async process(endpoint: Endpoint, msg: Responder): Promise<void> {
-    let body: unknown;
+  /** `tag` names the request in the diagnostics. */
+  private async process<E extends Endpoint>(endpoint: E, msg: Responder, tag: object): Promise<void> {
     if (msg.data.length > MAX_PAYLOAD_BYTES) {
       const problem = `is ${msg.data.length} bytes; the limit is ${MAX_PAYLOAD_BYTES}`;
       return this.fail(msg, { code: ErrorCode.INVALID_REQUEST, message: `request body ${problem}`, details: [{ field: '(body)', problem }] });
     }
+    let body: unknown;
     try {
       body = msg.data.length === 0 ? {} : JSON.parse(decoder.decode(msg.data));
     } catch (err) {
       const problem = `is not JSON: ${(err as Error).message}`;
       return this.fail(msg, { code: ErrorCode.INVALID_REQUEST, message: `request body ${problem}`, details: [{ field: '(body)', problem }] });
     }
-    let req: NormalizedRequests[Endpoint];
+    let req;
     try {
       req = validateRequest(endpoint, body);
     } catch (err) {
       if (!(err instanceof RequestInvalid)) throw err;
       return this.fail(msg, { code: ErrorCode.INVALID_REQUEST, message: `invalid ${endpoint} request: ${err.message}`, details: err.details });
     }
+    const handler: Handlers[E] = this.handlers[endpoint];
     try {
-      const result = await this.execute(endpoint, req, requesterOf(req, msg.headers));
-      msg.respond(encodeReply({ ok: true, result }));
+      const result = await handler(req, { who: requesterOf(req, msg.headers?.get(CLIENT_HEADER) || null), tag });
+      msg.respond(encodeReply<E>({ ok: true, result }));
     } catch (err) {
       if (err instanceof LockRuleError) {
         const error: WireError = { code: err.code, message: err.message };
         if (err.lock) error.lock = err.lock;
         return this.fail(msg, error);
       }
-      if (isUnavailableError(err)) {
-        this.logger.error(`store unavailable: ${(err as Error).message}`);
-        return this.fail(msg, { code: ErrorCode.STORE_UNAVAILABLE, message: `the lock database is unavailable, try again: ${(err as Error).message}` });
+      if (err instanceof StoreUnavailable) {
+        this.logger.error(`store unavailable: ${err.message}`);
+        return this.fail(msg, { code: ErrorCode.STORE_UNAVAILABLE, message: `the lock database is unavailable, try again: ${err.message}` });
       }
-      this.logger.error(`${endpoint} failed: ${(err as Error).stack ?? err}`);
+      this.logger.error(`${endpoint} failed: ${(err as Error).stack ?? String(err)}`);
       return this.fail(msg, { code: ErrorCode.INTERNAL, message: `internal error: ${(err as Error).message}` });
     }
   }
@@ -132,84 +107,25 @@ export class LockService {
     // A NATS header value cannot hold CR or LF (nats.js throws), and messages may quote the
     // request (JSON.parse errors do): flatten them for the header; the body keeps the original.
     const description = error.message.replace(/[\r\n]+/g, ' ');
-    msg.respondError(ERROR_STATUS[error.code], description, encodeReply({ ok: false, error }));
-  }
-
-  /** Run one validated request. Exported shape: what goes into `result`. */
-  async execute(endpoint: Endpoint, req: NormalizedRequests[Endpoint], who: Requester): Promise<unknown> {
-    const b = this.batcher;
-    switch (endpoint) {
-      case 'set': {
-        const set = req as NormalizedRequests['set'];
-        // Its rows are taken in name order, so it queues in the batch by its first name in that order.
-        const key = set.names.length ? set.names.reduce((m, n) => (n < m ? n : m)) : undefined;
-        // One name, created if free, no all-or-nothing savepoint: it starts with the lock insert.
-        const single = set.names.length === 1 && set.create && !set.fail;
-        const first: FirstStatement | undefined = single ? { kind: 'insert', name: key!, expiresMs: set.expiresMs, who } : undefined;
-        return b.run((tx) => setLocks(tx, set, who), key, first);
-      }
-      case 'get':
-        return this.getWithWait(req as NormalizedRequests['get'], who);
-      case 'unlock': {
-        const r = req as NormalizedRequests['unlock'];
-        return { unlocked: await b.run((tx) => unlock(tx, r, who), r.name, { kind: 'unlock', name: r.name, token: r.token }) };
-      }
-      case 'renew':
-        return toLockRecord(await b.run((tx) => renewLock(tx, req as NormalizedRequests['renew'], who), (req as NormalizedRequests['renew']).name));
-      case 'is_locked': {
-        const row = await b.run((tx) => isLocked(tx, (req as NormalizedRequests['is_locked']).name));
-        return { locked: row !== null, lock: row ? toLockRecord(row) : null };
-      }
-      case 'list':
-        return b.run((tx) => listLocks(tx, req as NormalizedRequests['list']));
-      case 'clean': {
-        let removed = 0;
-        for (;;) {
-          const rows = await b.run((tx) => deleteExpired(tx, EXPIRED_PAGE, who, 'clean'));
-          removed += rows.length;
-          if (rows.length < EXPIRED_PAGE) return { removed };
-        }
-      }
-      case 'reset': {
-        const rows = await b.run((tx) => resetLocks(tx, who));
-        return { removed: rows.length };
-      }
-    }
-  }
-
-  /** get: try now; if held and the request may wait, sleep until a release or expiry, then retry. */
-  private async getWithWait(req: NormalizedRequests['get'], who: Requester): Promise<LockRecord> {
-    const first: FirstStatement = { kind: 'insert', name: req.name, expiresMs: req.expiresMs, who };
-    const attempt = () => this.batcher.run((tx) => getLock(tx, req, who), req.name, first);
-    if (req.waitMs === 0) {
-      const r = await attempt();
-      if ('granted' in r) return toLockRecord(r.granted);
-      throw lockedError(r.held);
-    }
-    const deadline = Date.now() + req.waitMs;
-    // Follow releases of the name from before the first look, so none is missed in between.
-    const ticket = await this.waiters.follow(req.name);
-    try {
-      let front = false;
-      for (;;) {
-        const r = await attempt();
-        if ('granted' in r) return toLockRecord(r.granted);
-        if (Date.now() >= deadline || this.waiters.closed) throw lockedError(r.held);
-        const heldUntil = r.held.locked_until ?? Infinity;
-        await this.waiters.wait(ticket, Math.min(deadline, heldUntil + 1), front);
-        front = true;
-      }
-    } finally {
-      this.waiters.unfollow(ticket);
-    }
+    msg.respondError(ERROR_STATUS[error.code], description, encoder.encode(JSON.stringify({ ok: false, error } satisfies Reply<never>)));
   }
 }
 
-function requesterOf(req: NormalizedRequests[Endpoint], hdrs?: MsgHdrs): Requester {
-  const r = req as { lockedBy?: string | null; process?: number | null };
+/** The message, reporting its arrival and its reply on the request diagnostics channel. */
+function traced(endpoint: Endpoint, msg: Responder): Responder {
+  requestChannel.publish({ phase: 'received', endpoint, msg });
+  const reply =
+    (send: (...args: never[]) => boolean) =>
+    (...args: never[]): boolean => {
+      requestChannel.publish({ phase: 'replying', endpoint, msg });
+      const sent = send(...args);
+      requestChannel.publish({ phase: 'replied', endpoint, msg });
+      return sent;
+    };
   return {
-    lockedBy: r.lockedBy ?? fallbackOwner,
-    process: r.process ?? null,
-    client: hdrs?.get(CLIENT_HEADER) || null,
+    data: msg.data,
+    headers: msg.headers,
+    respond: reply(msg.respond.bind(msg) as (...args: never[]) => boolean),
+    respondError: reply(msg.respondError.bind(msg) as (...args: never[]) => boolean),
   };
 }

@@ -3,13 +3,11 @@
  * first waiter of that name at once (no polling); each waiter also wakes by itself when the
  * holder's lock runs out or its own wait ends.
  */
-
-/** setTimeout's longest delay; a longer one fires at once. A waiter woken early simply waits again. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
+import { systemClock, type Cancel, type Clock } from './clock';
 
 interface Waiter {
   wake(): void;
-  timer: NodeJS.Timeout;
+  cancelTimer: Cancel;
 }
 
 /** Told when a name gets its first follower and loses its last (to follow releases elsewhere). */
@@ -40,7 +38,10 @@ export class WaitQueue {
   private readonly queues = new Map<string, Waiter[]>();
   private readonly followed = new Map<string, Followed>();
 
-  constructor(private readonly hooks?: WaitHooks) {}
+  constructor(
+    private readonly hooks?: WaitHooks,
+    private readonly clock: Clock = systemClock,
+  ) {}
   /** Once closed (the daemon is stopping), waits end at once. */
   closed = false;
 
@@ -79,14 +80,15 @@ export class WaitQueue {
       return Promise.resolve();
     }
     return new Promise((resolve) => {
+      // A timer longer than the clock allows fires early; the request then looks and waits again.
       const waiter: Waiter = {
         wake: () => {
-          clearTimeout(waiter.timer);
+          waiter.cancelTimer();
           this.remove(name, waiter);
           if (f) ticket.seen = f.releases;
           resolve();
         },
-        timer: setTimeout(() => waiter.wake(), Math.min(MAX_TIMER_MS, Math.max(0, until - Date.now()))),
+        cancelTimer: this.clock.schedule(() => waiter.wake(), until - this.clock.now()),
       };
       const queue = this.queues.get(name) ?? [];
       this.queues.set(name, queue);
@@ -106,18 +108,6 @@ export class WaitQueue {
   close(): void {
     this.closed = true;
     for (const queue of [...this.queues.values()]) for (const w of [...queue]) w.wake();
-  }
-
-  /** Wake everyone (reset). */
-  notifyAll(): void {
-    for (const f of this.followed.values()) f.releases += 1;
-    for (const queue of [...this.queues.values()]) for (const w of [...queue]) w.wake();
-  }
-
-  get size(): number {
-    let n = 0;
-    for (const q of this.queues.values()) n += q.length;
-    return n;
   }
 
   private remove(name: string, waiter: Waiter): void {

@@ -45,6 +45,26 @@ export interface LockEvent {
   at: string;
 }
 
-export function eventSubject(prefix: string, type: EventType | '*', name: string | '>'): string {
+/** Header naming the daemon that made a change, so that it can skip its own events cheaply. */
+export const DAEMON_HEADER = 'Lockmgr-Daemon';
+
+/** `P.events.<type>.<name>`; `*` and `>` (any type, any name) make a subscription subject. */
+export function eventSubject(prefix: string, type: EventType | '*', name: string): string {
   return `${prefix}.events.${type}.${name}`;
+}
+
+/** Every event subject of the prefix (`P.events.>`): what the events stream takes. */
+export function allEventsSubject(prefix: string): string {
+  return `${prefix}.events.>`;
+}
+
+/** The type and lock name an event subject of `prefix` carries, or null if it is not one. */
+export function parseEventSubject(prefix: string, subject: string): { type: EventType; name: string } | null {
+  const head = `${prefix}.events.`;
+  if (!subject.startsWith(head)) return null;
+  const rest = subject.slice(head.length);
+  const dot = rest.indexOf('.');
+  const type = rest.slice(0, dot) as EventType;
+  if (dot <= 0 || !EVENT_TYPES.includes(type) || dot === rest.length - 1) return null;
+  return { type, name: rest.slice(dot + 1) };
 }

@@ -28,6 +28,17 @@ export function requestSubject(prefix: string, endpoint: Endpoint): string {
   return `${prefix}.${endpoint}`;
 }
 
+/** Header a client may send to say who it is (`<server client id>@<host>:<pid>`); recorded in events. */
+export const CLIENT_HEADER = 'Lockmgr-Client';
+
+/**
+ * Between daemons sharing one database: "events are waiting in the outbox", to the daemon that
+ * relays them. No payload.
+ */
+export function relaySubject(prefix: string): string {
+  return `${prefix}.relay`;
+}
+
 /** A lock as it travels on the wire. Times are ISO 8601 UTC strings. */
 export interface LockRecord {
   name: string;

@@ -49,7 +49,7 @@ export interface Breakdown {
   opsPerSec: number;
   opP50Ms: number;
   opP99Ms: number;
-  /** The daemon methods the timers were put on. */
+  /** The daemon's diagnostic channels the breakdown listened to. */
   hooks: string[];
   endpoints: Record<string, EndpointBreakdown>;
   transactions: {

@@ -7,14 +7,16 @@
  *   client library, without headers. `rtt` is one request/reply; `cycle` is two (set-sized, then
  *   unlock-sized), like one setLock + unlock.
  * - Storage: one INSERT and one DELETE of a lock row, each its own (autocommitted) transaction, on
- *   the daemon's schema, through the daemon's own connection class (its driver, pragmas and
- *   prepared statements): SQLite in WAL mode with the daemon's default `synchronous`, and
- *   PostgreSQL with the server's settings (synchronous_commit on).
+ *   the daemon's schema, through the drivers the daemon uses, as it uses them (prepared
+ *   statements; better-sqlite3 in WAL mode with the daemon's default `synchronous`; pg with the
+ *   server's settings, synchronous_commit on).
  */
+import BetterSqlite3 from 'better-sqlite3';
+import { Client } from 'pg';
 import sqlite3 from 'sqlite3';
 import { OPTIONS } from '../../daemon/config';
-import { Database, type SqlConnection } from '../../daemon/store/database';
-import { migrate } from '../../daemon/store/migrations';
+import { openStore } from '../../daemon/store';
+import { Checkpointer } from '../../daemon/store/sqlite/checkpointer';
 import type { Bench, Store } from '../lib/context';
 import { closedLoop } from '../lib/load';
 import { natsConnect, startEcho } from '../lib/procs';
@@ -69,11 +71,11 @@ export async function natsFloors(bench: Bench, rep: number): Promise<void> {
 /** Create the daemon's schema in a fresh database, with the daemon's own migrations. */
 export async function migratedDatabase(bench: Bench, store: Store) {
   const db = await bench.freshDatabase(store);
-  const d = new Database({ url: db.url });
+  const s = openStore({ url: db.url, daemonId: 'bench' });
   try {
-    await migrate({ sequelize: d.sequelize, dialect: d.dialect });
+    await s.migrate();
   } finally {
-    await d.close();
+    await s.close();
   }
   return db;
 }
@@ -93,25 +95,60 @@ export function openSqlite(file: string): Promise<sqlite3.Database> {
 /** The daemon's default `synchronous` for SQLite (what a daemon started without flags uses). */
 export const SQLITE_SYNCHRONOUS = String(OPTIONS.sqliteSynchronous.default);
 
-/**
- * One INSERT and one DELETE, each committed on its own, through the daemon's own connection class
- * (so the same driver, pragmas and prepared statements as the daemon).
- */
+/** One statement at a time on one connection, prepared once. */
+type RunStatement = (sql: string, params: unknown[]) => Promise<void>;
+
+/** SQLite as the daemon opens it: WAL, its `synchronous`, checkpoints in a worker thread. */
+function sqliteRunner(file: string): { run: RunStatement; close(): Promise<void> } {
+  const db = new BetterSqlite3(file, { timeout: 1000 });
+  db.pragma('journal_mode = WAL');
+  db.pragma(`synchronous = ${SQLITE_SYNCHRONOUS}`);
+  db.pragma('wal_autocheckpoint = 0');
+  const checkpointer = new Checkpointer(file, Number(OPTIONS.sqliteCheckpointInterval.default), () => undefined, () => undefined);
+  checkpointer.start();
+  const prepared = new Map<string, BetterSqlite3.Statement>();
+  return {
+    run: async (sql, params) => {
+      let stmt = prepared.get(sql);
+      if (!stmt) prepared.set(sql, (stmt = db.prepare(sql)));
+      stmt.run(...params);
+    },
+    close: async () => {
+      await checkpointer.stop();
+      db.close();
+    },
+  };
+}
+
+async function postgresRunner(url: string): Promise<{ run: RunStatement; close(): Promise<void> }> {
+  const client = new Client({ connectionString: url });
+  await client.connect();
+  const names = new Map<string, string>();
+  return {
+    run: async (sql, params) => {
+      let name = names.get(sql);
+      if (!name) names.set(sql, (name = `floor_${names.size}`));
+      let i = 0;
+      await client.query({ name, text: sql.replace(/\?/g, () => `$${++i}`), values: params });
+    },
+    close: () => client.end(),
+  };
+}
+
+/** One INSERT and one DELETE, each committed on its own, through the daemon's drivers. */
 export async function storageFloors(bench: Bench, rep: number): Promise<void> {
   const a = bench.args;
-  const pair = async (conn: SqlConnection, name: string, token: number, ph: (i: number) => string) => {
+  const pair = async (run: RunStatement, name: string, token: number) => {
     const now = Date.now();
-    await conn.query(`${INSERT} (${[1, 2, 3, 4, 5, 6, 7].map(ph).join(', ')})`, [name, 'bench', null, now + 600_000, now, now, token]);
-    await conn.query(`DELETE FROM lockmgr_locks WHERE name = ${ph(1)}`, [name]);
+    await run(`${INSERT} (?, ?, ?, ?, ?, ?, ?)`, [name, 'bench', null, now + 600_000, now, now, token]);
+    await run('DELETE FROM lockmgr_locks WHERE name = ?', [name]);
   };
-  const q = () => '?';
   {
     const db = await migratedDatabase(bench, 'sqlite');
-    const d = new Database({ url: db.url, sqliteSynchronous: SQLITE_SYNCHRONOUS as 'NORMAL' });
+    const conn = sqliteRunner(db.url);
     try {
-      const conn = await d.connect();
       let token = 0;
-      const r = await closedLoop({ workers: 1, warmupMs: a.warmupMs, durationMs: a.durationMs }, () => pair(conn, 'job.w000', ++token, q));
+      const r = await closedLoop({ workers: 1, warmupMs: a.warmupMs, durationMs: a.durationMs }, () => pair(conn.run, 'job.w000', ++token));
       bench.record({
         key: 'floor.sqlite.1',
         label: `floor: SQLite insert+delete commit pair (WAL, synchronous=${SQLITE_SYNCHRONOUS}), 1 in flight`,
@@ -123,21 +160,20 @@ export async function storageFloors(bench: Bench, rep: number): Promise<void> {
         ...bench.fromRun(r),
       });
     } finally {
-      await d.close();
+      await conn.close();
       await db.drop();
     }
   }
   if (!a.postgres) return;
   const db = await migratedDatabase(bench, 'postgres');
-  const d = new Database({ url: db.url, poolSize: 4 });
   try {
     for (const inFlight of [1, 4]) {
-      const conns = await Promise.all(Array.from({ length: inFlight }, () => d.connect()));
+      const conns = await Promise.all(Array.from({ length: inFlight }, () => postgresRunner(db.url)));
       let token = 0;
       try {
         const r = await closedLoop(
           { workers: inFlight, warmupMs: a.warmupMs, durationMs: a.durationMs, watch: { postgres: () => db.pg!.backendPids() } },
-          (w) => pair(conns[w]!, `job.w${String(w).padStart(3, '0')}`, ++token, q),
+          (w) => pair(conns[w]!.run, `job.w${String(w).padStart(3, '0')}`, ++token),
         );
         bench.record({
           key: `floor.postgres.${inFlight}`,
@@ -150,11 +186,10 @@ export async function storageFloors(bench: Bench, rep: number): Promise<void> {
           ...bench.fromRun(r),
         });
       } finally {
-        for (const c of conns) c.release();
+        await Promise.all(conns.map((c) => c.close()));
       }
     }
   } finally {
-    await d.close();
     await db.drop();
   }
 }

@@ -5,11 +5,13 @@
  */
 import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
+import { Batcher } from '../../daemon/batcher';
+import { toLockRecord } from '../../daemon/lock-records';
+import { ops } from '../../daemon/lock-ops';
 import { encodeReply } from '../../daemon/lock-service';
-import { Database } from '../../daemon/store/database';
-import { setLocks, toLockRecord, toLockRow, unlock, type Requester } from '../../daemon/store/lock-ops';
-import { migrate } from '../../daemon/store/migrations';
-import { Batcher } from '../../daemon/store/transaction';
+import { PostgresStore } from '../../daemon/store/postgres/postgres-store';
+import { SqliteStore } from '../../daemon/store/sqlite/sqlite-store';
+import type { Requester } from '../../daemon/store/store';
 import { validateRequest } from '../../shared/validate';
 import type { Bench, Store } from '../lib/context';
 import { round } from '../lib/stats';
@@ -43,7 +45,7 @@ export function cpuMicro(): Record<string, number> {
   const setBody = enc.encode(JSON.stringify({ locks: [name], timeout: 600, locked_by: hostname() }));
   const unlockBody = enc.encode(JSON.stringify({ name }));
   const now = Date.now();
-  const row = toLockRow({ name, locked_by: hostname(), lock_process: null, locked_until: now + 600_000, created_at: now, updated_at: now, token: 42 });
+  const row = { name, locked_by: hostname(), lock_process: null, locked_until: now + 600_000, created_at: now, updated_at: now, token: 42 };
   const record = toLockRecord(row);
   const setReply = { ok: true as const, result: { locks: [record], counts: { created: 1, renewed: 0, skip_create: 0, skip_renew: 0 }, statuses: [[name, { was_locked: false, status: 'create', locked: true }]] } };
   const setReplyBytes = encodeReply(setReply);
@@ -77,21 +79,23 @@ export async function batchMicro(
 ): Promise<MicroResult['batches']> {
   const msPerSize = opts.msPerSize ?? 1200;
   const fresh = await bench.freshDatabase(store);
-  const db = new Database({ url: fresh.url });
+  const pragmas = opts.pragmas ? [opts.pragmas.replace(/^PRAGMA\s+/i, '')] : [];
+  // One transaction at a time on both, so that each batch size is what it says.
+  const db =
+    store === 'sqlite' ? new SqliteStore({ file: fresh.url, daemonId: 'bench', pragmas }) : new PostgresStore({ url: fresh.url, daemonId: 'bench', poolSize: 2 });
   const out: MicroResult['batches'] = [];
   try {
-    await migrate({ sequelize: db.sequelize, dialect: db.dialect });
+    await db.migrate();
     if (opts.heldLocks) await preload(store, fresh.url, opts.heldLocks);
-    if (opts.pragmas) await (await db.connect()).exec(opts.pragmas);
-    const batcher = new Batcher(db, { daemonId: 'bench', maxBatch: Math.max(...sizes) });
+    const batcher = new Batcher(db, { maxBatch: Math.max(...sizes) });
     const who: Requester = { lockedBy: hostname(), process: null, client: null };
     for (const size of sizes) {
       const setReqs = Array.from({ length: size }, (_, i) => validateRequest('set', { locks: [`mb.${size}.${i}`], timeout: 600 }));
       const unlockReqs = Array.from({ length: size }, (_, i) => validateRequest('unlock', { name: `mb.${size}.${i}` }));
       let txs = 0;
       const runOnce = async () => {
-        await Promise.all(setReqs.map((req) => batcher.run((tx) => setLocks(tx, req, who))));
-        await Promise.all(unlockReqs.map((req) => batcher.run((tx) => unlock(tx, req, who))));
+        await Promise.all(setReqs.map((req) => batcher.run({ run: ops.set(req, who).run })));
+        await Promise.all(unlockReqs.map((req) => batcher.run({ run: ops.unlock(req, who).run })));
         txs += 2;
       };
       await runOnce(); // warm up (statements prepared)
@@ -102,7 +106,8 @@ export async function batchMicro(
       const txMs = ms / txs;
       out.push({ store, batch: size, txMs: round(txMs), usPerOp: round((txMs * 1000) / size), opsPerSec: round((size * txs) / (ms / 1000)), ...(opts.label ? { label: opts.label } : {}) });
       // Keep the outbox (no relay here) from growing without end.
-      await batcher.run((tx) => tx.query('DELETE FROM lockmgr_outbox'));
+      const lease = db.relayLease();
+      if (await lease.acquire()) await lease.removeThrough(Number.MAX_SAFE_INTEGER);
     }
   } finally {
     await db.close();

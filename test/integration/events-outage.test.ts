@@ -7,7 +7,9 @@
 import { eventually } from '../helpers/cli';
 import { connect } from 'nats';
 import { Locked } from '../../client';
-import { outboxRowToEvent } from '../../daemon/event-relay';
+import { eventPayload } from '../../daemon/relay/publisher';
+import { toOutboxEvent } from '../../daemon/store/sql-outbox';
+import { eventSubject } from '../../shared/events';
 import { STORES } from '../helpers/databases';
 import { compareWithOutbox, outboxCount, readStream, recordOutbox, recordedOutbox, sqlQuery, startNatsOnPort, waitFor, sleep } from '../helpers/events';
 import { startNatsServer, type NatsServer } from '../helpers/nats-server';
@@ -111,8 +113,8 @@ describe.each(STORES)('event delivery across NATS outages on %s', (store) => {
     try {
       const js = nc.jetstream();
       for (const row of rows) {
-        const e = outboxRowToEvent(row);
-        await js.publish(`${stack.prefix}.events.${e.type}.${e.lock.name}`, new TextEncoder().encode(JSON.stringify(e)), { msgID: e.id });
+        const e = toOutboxEvent(row);
+        await js.publish(eventSubject(stack.prefix, e.type, e.name), new TextEncoder().encode(eventPayload(e)), { msgID: e.id });
       }
     } finally {
       await nc.close();

@@ -1,57 +1,55 @@
 /**
  * PostgreSQL batches run the first statement of all their operations (lock inserts, unlocks) in
  * one round trip. Results must be exactly what the operations get one by one: when an insert
- * meets an existing row, that pass is undone and the batch runs statement by statement.
+ * meets an existing row, that pass is undone and the batch runs statement by statement. The
+ * statements are observed through the daemon's diagnostic channels.
  */
-import { Database, type SqlConnection } from '../../daemon/store/database';
-import { acquire, type FirstStatement, type Requester, unlock } from '../../daemon/store/lock-ops';
-import { migrate } from '../../daemon/store/migrations';
-import { Batcher, type CommittedEvent } from '../../daemon/store/transaction';
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { Batcher } from '../../daemon/batcher';
+import { CHANNELS } from '../../daemon/diagnostics';
+import { ops } from '../../daemon/lock-ops';
+import { PostgresStore } from '../../daemon/store/postgres/postgres-store';
+import type { CommittedEvent, Requester } from '../../daemon/store/store';
 import { createTestDatabase, type TestDatabase } from '../helpers/databases';
+import { sqlQuery } from '../helpers/events';
 
 const who: Requester = { lockedBy: 'tester', process: 7, client: null };
 
 describe('postgres: first statements of a batch in one round trip', () => {
   let tdb: TestDatabase;
-  let db: Database;
+  let store: PostgresStore;
   let statements: string[];
   let events: CommittedEvent[];
   let batcher: Batcher;
+  const onStatement = (m: unknown) => statements.push((m as { sql: string }).sql);
+  const onTransaction = () => undefined;
 
   beforeAll(async () => {
     tdb = await createTestDatabase('postgres');
-    db = new Database({ url: tdb.url });
-    await migrate({ sequelize: db.sequelize, dialect: db.dialect });
-    // Record the statements each transaction sends (the connection itself is the real one).
-    const connect = db.connect.bind(db);
-    db.connect = async (): Promise<SqlConnection> => {
-      const conn = await connect();
-      const query = conn.query.bind(conn);
-      conn.query = (sql, params) => {
-        statements.push(sql);
-        return query(sql, params);
-      };
-      return conn;
-    };
+    // One transaction at a time, so that requests sent together share one batch.
+    store = new PostgresStore({ url: tdb.url, daemonId: 'T', poolSize: 2 });
+    await store.migrate();
+    // Statements are reported only while someone follows the transactions too.
+    subscribe(CHANNELS.transaction, onTransaction);
+    subscribe(CHANNELS.statement, onStatement);
   });
   beforeEach(() => {
     statements = [];
     events = [];
-    batcher = new Batcher(db, { daemonId: 'T', onCommit: (committed) => events.push(...committed) });
+    batcher = new Batcher(store, { onCommit: (committed) => events.push(...committed) });
   });
   afterAll(async () => {
-    await db?.close();
+    unsubscribe(CHANNELS.statement, onStatement);
+    unsubscribe(CHANNELS.transaction, onTransaction);
+    await store?.close();
     await tdb?.drop();
   });
 
-  const insert = (name: string): FirstStatement => ({ kind: 'insert', name, expiresMs: 60_000, who });
-  const set = (name: string) =>
-    batcher.run(async (tx) => {
-      const r = await acquire(tx, name, 60_000, who, 'set');
-      return 'granted' in r ? { granted: r.granted.token } : { held: r.held.token };
-    }, name, insert(name));
-  const release = (name: string, token: number | null = null) =>
-    batcher.run((tx) => unlock(tx, { name, token }, who), name, { kind: 'unlock', name, token });
+  const set = async (name: string) => {
+    const r = await batcher.run(ops.get({ name, expiresMs: 60_000, lockedBy: who.lockedBy, process: who.process, waitMs: 0 }, who));
+    return 'granted' in r ? { granted: r.granted.token } : { held: r.held.token };
+  };
+  const release = (name: string, token: number | null = null) => batcher.run(ops.unlock({ name, token }, who));
   const count = (pattern: RegExp) => statements.filter((s) => pattern.test(s)).length;
 
   it('grants and releases of a batch go in one statement, with the results and events of one by one', async () => {
@@ -83,16 +81,11 @@ describe('postgres: first statements of a batch in one round trip', () => {
     expect(busy).toEqual({ held: held.granted });
     const created = (fresh as { granted: number }).granted;
     expect(events.map((e) => `${e.type} ${e.lock.name} ${e.lock.token}`)).toEqual([`created fp.fresh ${created}`]);
-    const conn = await db.connect();
-    try {
-      const rows = await conn.query(`SELECT name, token FROM lockmgr_locks WHERE name IN ('fp.busy', 'fp.fresh') ORDER BY name`);
-      expect(rows.map((r) => [r.name, Number(r.token)])).toEqual([
-        ['fp.busy', held.granted],
-        ['fp.fresh', created],
-      ]);
-    } finally {
-      conn.release();
-    }
+    const rows = await sqlQuery(tdb, `SELECT name, token FROM lockmgr_locks WHERE name IN ('fp.busy', 'fp.fresh') ORDER BY name`);
+    expect(rows.map((r) => [r.name, Number(r.token)])).toEqual([
+      ['fp.busy', held.granted],
+      ['fp.fresh', created],
+    ]);
   });
 
   it('an unlock with a stale token in the pass is refused as one by one: NOT_OWNER, the lock kept', async () => {

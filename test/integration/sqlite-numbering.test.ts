@@ -6,10 +6,12 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Database } from '../../daemon/store/database';
-import { acquire } from '../../daemon/store/lock-ops';
-import { migrate } from '../../daemon/store/migrations';
-import { Batcher, type CommittedEvent, ReservedSeries } from '../../daemon/store/transaction';
+import BetterSqlite3 from 'better-sqlite3';
+import { Batcher } from '../../daemon/batcher';
+import { acquire } from '../../daemon/lock-ops';
+import { ReservedSeries } from '../../daemon/store/sqlite/reserved-series';
+import { SqliteStore } from '../../daemon/store/sqlite/sqlite-store';
+import type { CommittedEvent } from '../../daemon/store/store';
 
 const who = { lockedBy: 'test', process: 1, client: null };
 
@@ -23,25 +25,38 @@ describe('SQLite token and event numbering', () => {
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-  /** Open the database, grant `names`, close; the tokens granted and the event seqs committed. */
-  async function grant(names: string[]): Promise<{ tokens: number[]; seqs: number[]; reserved: Record<string, number> }> {
-    const db = new Database({ url: file, checkpointIntervalMs: 0 });
-    const seqs: number[] = [];
+  const openStore = () => new SqliteStore({ file, daemonId: 'd', checkpointIntervalMs: 0 });
+  /** Statements on the file through a connection of the test's own (the store closed or idle). */
+  function sql<T = Record<string, unknown>>(statement: string, ...params: unknown[]): T[] {
+    const raw = new BetterSqlite3(file);
     try {
-      await migrate({ sequelize: db.sequelize, dialect: 'sqlite' });
-      const batcher = new Batcher(db, { daemonId: 'd', onCommit: (events: CommittedEvent[]) => seqs.push(...events.map((e) => e.seq)) });
-      const tokens: number[] = [];
-      for (const name of names) {
-        const r = await batcher.run((tx) => acquire(tx, name, null, who, 'set'));
-        if (!('granted' in r)) throw new Error(`${name} not granted`);
-        tokens.push(r.granted.token);
-      }
-      const conn = await db.connect();
-      const rows = await conn.query('SELECT name, value FROM lockmgr_counters');
-      return { tokens, seqs, reserved: Object.fromEntries(rows.map((r) => [String(r.name), Number(r.value)])) };
+      const stmt = raw.prepare(statement);
+      if (stmt.reader) return stmt.all(...params) as T[];
+      stmt.run(...params);
+      return [];
     } finally {
-      await db.close();
+      raw.close();
     }
+  }
+  const grantWith = (batcher: Batcher) => async (name: string) => {
+    const r = await batcher.run({ run: (tx) => acquire(tx, name, null, who, 'set') });
+    return 'granted' in r ? r.granted.token : -1;
+  };
+
+  /** Open the store, grant `names`, close; the tokens granted and the event seqs committed. */
+  async function grant(names: string[]): Promise<{ tokens: number[]; seqs: number[]; reserved: Record<string, number> }> {
+    const store = openStore();
+    const seqs: number[] = [];
+    const tokens: number[] = [];
+    try {
+      await store.migrate();
+      const batcher = new Batcher(store, { onCommit: (events: CommittedEvent[]) => seqs.push(...events.map((e) => e.seq)) });
+      for (const name of names) tokens.push(await grantWith(batcher)(name));
+    } finally {
+      await store.close();
+    }
+    const rows = sql<{ name: string; value: number }>('SELECT name, value FROM lockmgr_counters');
+    return { tokens, seqs, reserved: Object.fromEntries(rows.map((r) => [r.name, Number(r.value)])) };
   }
 
   it('numbers grow by one within a run; the database holds a reservation a block ahead', async () => {
@@ -60,54 +75,51 @@ describe('SQLite token and event numbering', () => {
   });
 
   it('a transaction that fails uses no numbers', async () => {
-    const db = new Database({ url: file, checkpointIntervalMs: 0 });
+    const store = openStore();
     try {
-      await migrate({ sequelize: db.sequelize, dialect: 'sqlite' });
-      const batcher = new Batcher(db, { daemonId: 'd' });
-      const grantOne = async (name: string) => {
-        const r = await batcher.run((tx) => acquire(tx, name, null, who, 'set'));
-        return 'granted' in r ? r.granted.token : -1;
-      };
+      await store.migrate();
+      const batcher = new Batcher(store);
+      const grantOne = grantWith(batcher);
       expect(await grantOne('a')).toBe(1);
       await expect(
-        batcher.run(async (tx) => {
-          await acquire(tx, 'b', null, who, 'set');
-          throw new Error('broken after drawing a token');
+        batcher.run({
+          run: async (tx) => {
+            await acquire(tx, 'b', null, who, 'set');
+            throw new Error('broken after drawing a token');
+          },
         }),
       ).rejects.toThrow('broken after drawing a token');
       expect(await grantOne('c')).toBe(2);
-      const conn = await db.connect();
-      expect(await conn.query(`SELECT name FROM lockmgr_locks ORDER BY name`)).toEqual([{ name: 'a' }, { name: 'c' }]);
     } finally {
-      await db.close();
+      await store.close();
     }
+    expect(sql('SELECT name FROM lockmgr_locks ORDER BY name')).toEqual([{ name: 'a' }, { name: 'c' }]);
   });
 
   it('migrating an outbox numbered by AUTOINCREMENT keeps its rows and goes on after its last number', async () => {
-    const db = new Database({ url: file, checkpointIntervalMs: 0 });
+    const store = openStore();
     try {
       // The schema as it was before 0003: apply only the first two migrations.
-      const applied = await migrate({ sequelize: db.sequelize, dialect: 'sqlite', upTo: '0002-create-event-outbox' });
+      const applied = await store.migrate({ upTo: '0002-create-event-outbox' });
       expect(applied).toEqual(['0001-create-locks', '0002-create-event-outbox']);
       const insert = `INSERT INTO lockmgr_outbox (event_id, type, name, lock, cause, daemon, at) VALUES (?, 'created', ?, '{}', '{}', 'd', 0)`;
-      for (let i = 1; i <= 5; i++) await db.sequelize.query(insert, { replacements: [`e${i}`, `n${i}`] });
+      for (let i = 1; i <= 5; i++) sql(insert, `e${i}`, `n${i}`);
       // Delivered and removed: AUTOINCREMENT still remembers 5, the table's last row is 3.
-      await db.sequelize.query('DELETE FROM lockmgr_outbox WHERE seq > 3');
+      sql('DELETE FROM lockmgr_outbox WHERE seq > 3');
 
       const upTo = '0003-sqlite-outbox-seq-from-counter';
-      expect(await migrate({ sequelize: db.sequelize, dialect: 'sqlite', upTo })).toEqual([upTo]);
-      const [rows] = await db.sequelize.query('SELECT seq, event_id FROM lockmgr_outbox ORDER BY seq');
-      expect(rows).toEqual([
+      expect(await store.migrate({ upTo })).toEqual([upTo]);
+      expect(sql('SELECT seq, event_id FROM lockmgr_outbox ORDER BY seq')).toEqual([
         { seq: 1, event_id: 'e1' },
         { seq: 2, event_id: 'e2' },
         { seq: 3, event_id: 'e3' },
       ]);
       const seqs: number[] = [];
-      const batcher = new Batcher(db, { daemonId: 'd', onCommit: (events) => seqs.push(...events.map((e) => e.seq)) });
-      await batcher.run((tx) => acquire(tx, 'x', null, who, 'set'));
+      const batcher = new Batcher(store, { onCommit: (events) => seqs.push(...events.map((e) => e.seq)) });
+      await grantWith(batcher)('x');
       expect(seqs).toEqual([6]);
     } finally {
-      await db.close();
+      await store.close();
     }
   });
 });

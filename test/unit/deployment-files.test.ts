@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseDocument } from 'yaml';
 import { OPTIONS, envName, loadConfig } from '../../daemon/config';
-import { dialectOf } from '../../daemon/store/database';
+import { isPostgresUrl } from '../../daemon/store';
 
 const ROOT = join(__dirname, '..', '..');
 const read = (p: string) => readFileSync(join(ROOT, p), 'utf8');
@@ -80,7 +80,7 @@ describe('docker-compose.yml', () => {
     expect(lockmgr!.deploy!.replicas).toBe(2);
     const env = lockmgr!.environment!;
     const db = env.LOCKMGR_DB!;
-    expect(dialectOf(db)).toBe('postgres');
+    expect(isPostgresUrl(db)).toBe(true);
     expect(new URL(db.replace(/\$\{[^}]+\}/g, 'x')).host).toBe('postgres:5432');
     expect(new URL(db.replace(/\$\{[^}]+\}/g, 'x')).pathname).toBe(`/${postgres!.environment!.POSTGRES_DB}`);
     expect(env.LOCKMGR_NATS_URL).toBe('nats://nats:4222');
@@ -143,7 +143,7 @@ describe('example configuration files', () => {
   it('config/lockmgr.postgres.json loads and selects PostgreSQL, with no password in it', () => {
     const file = join(ROOT, 'config', 'lockmgr.postgres.json');
     const { config } = loadConfig({ env: {}, file });
-    expect(dialectOf(config.db)).toBe('postgres');
+    expect(isPostgresUrl(config.db)).toBe(true);
     expect(config.logFormat).toBe('json');
     expect(config.db).not.toMatch(/:[^/@]+@/);
   });

@@ -1,0 +1,250 @@
+/**
+ * The lock operations: django-lockmgr's rules over the store's lock statements, each a function
+ * of one transaction, and the `Operation`s the request path hands to the batcher. Every write is a
+ * single conditional statement (insert-if-absent, delete-if-expired, update-if-held), so that
+ * several daemons on one database never race between a read and a write.
+ */
+import type { EventCause } from '../shared/events';
+import { ErrorCode, type ListResult, type LockRecord, type LockSetResultRecord, type LockSetStatus } from '../shared/protocol';
+import type { NormalizedGet, NormalizedList, NormalizedRenew, NormalizedSet, NormalizedUnlock } from '../shared/validate';
+import type { Operation } from './batcher';
+import { toLockRecord } from './lock-records';
+import { TransactionConflict, type DomainError, type LockRow, type LockTx, type Renewal, type Requester } from './store/store';
+
+/** A request refused by the lock rules (not a failure of the daemon). */
+export class LockRuleError extends Error implements DomainError {
+  readonly domain = true as const;
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly lock?: LockRecord,
+  ) {
+    super(message);
+    this.name = 'LockRuleError';
+  }
+}
+
+/** Another daemon changed a row between two statements of this transaction: run it again. */
+export class ConcurrentChange extends TransactionConflict {}
+
+function causeOf(who: Requester, operation: string): EventCause {
+  return { locked_by: who.lockedBy, process_id: who.process, client: who.client, operation };
+}
+
+/** Tries of an operation that keeps losing a row to another daemon between two statements. */
+const SETTLE_ATTEMPTS = 5;
+
+export type AcquireResult = { granted: LockRow } | { held: LockRow };
+
+/**
+ * Insert the lock if the name is free or its holder has expired. Exactly one of any number of
+ * concurrent callers wins: the primary key decides, never a read followed by a write.
+ */
+export async function acquire(tx: LockTx, name: string, expiresMs: number | null, who: Requester, operation: string): Promise<AcquireResult> {
+  const until = expiresMs === null ? null : tx.now + expiresMs;
+  for (let attempt = 0; attempt < SETTLE_ATTEMPTS; attempt++) {
+    let granted = await tx.insertLock(name, until, who);
+    if (!granted) {
+      const expired = await tx.deleteIfExpired(name);
+      if (expired) {
+        tx.emit('expired', toLockRecord(expired), causeOf(who, operation));
+        granted = await tx.insertLock(name, until, who);
+      }
+    }
+    if (granted) {
+      tx.emit('created', toLockRecord(granted), causeOf(who, operation));
+      return { granted };
+    }
+    const held = await tx.selectLive(name);
+    if (held) return { held };
+    // Released between our insert and our read (another daemon): try again.
+  }
+  throw new Error(`could not settle lock '${name}' after ${SETTLE_ATTEMPTS} attempts`);
+}
+
+export function lockedError(held: LockRow): LockRuleError {
+  return new LockRuleError(ErrorCode.LOCKED, `Lock with name ${held.name} already exists.`, toLockRecord(held));
+}
+
+function notOwner(name: string, live: LockRow, token: number): LockRuleError {
+  return new LockRuleError(ErrorCode.NOT_OWNER, `Lock ${name} is now held by another grant (token ${live.token}), not token ${token}.`, toLockRecord(live));
+}
+
+function renewal(expiresMs: number | null, addTime: boolean, now: number): Renewal {
+  if (expiresMs === null) return { kind: 'forever' };
+  return addTime ? { kind: 'add', ms: expiresMs } : { kind: 'extend', until: now + expiresMs };
+}
+
+/** django-lockmgr's set_lock: create and/or renew several locks. */
+export async function setLocks(tx: LockTx, req: NormalizedSet, who: Requester): Promise<LockSetResultRecord> {
+  const body = async (): Promise<LockSetResultRecord> => {
+    const counts = { created: 0, renewed: 0, skip_create: 0, skip_renew: 0 };
+    const slots: { lock?: LockRecord; status: LockSetStatus }[] = [];
+    // The rows are taken in name order, whatever the request's order: two requests naming the
+    // same locks in different orders would otherwise each hold a row the other waits for (a
+    // deadlock on PostgreSQL). The result still lists the names in the request's order, and
+    // LockFail names the first held lock in that order.
+    const order = req.names.map((name, i) => ({ name, i })).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.i - b.i));
+    let failed: { i: number; held: LockRow } | null = null;
+    for (const { name, i } of order) {
+      if (failed) {
+        // The request fails anyway: only look for a held lock named earlier in it.
+        const held: LockRow | null = i < failed.i ? await tx.selectLive(name) : null;
+        if (held) failed = { i, held };
+        continue;
+      }
+      let held: LockRow | null;
+      if (req.create) {
+        const r = await acquire(tx, name, req.expiresMs, who, 'set');
+        if ('granted' in r) {
+          counts.created += 1;
+          slots[i] = { lock: toLockRecord(r.granted), status: { was_locked: false, status: 'create', locked: true } };
+          continue;
+        }
+        held = r.held;
+      } else {
+        held = await tx.selectLive(name);
+        if (!held) {
+          counts.skip_create += 1;
+          slots[i] = { status: { was_locked: false, status: 'skip', locked: false } };
+          continue;
+        }
+      }
+      if (req.fail) {
+        failed = { i, held };
+        continue;
+      }
+      if (!req.renew) {
+        counts.skip_renew += 1;
+        slots[i] = { lock: toLockRecord(held), status: { was_locked: true, status: 'skip', locked: true } };
+        continue;
+      }
+      const renewed = await tx.renew(name, renewal(req.expiresMs, false, tx.now), null);
+      // Released by another daemon between our read and our update: run the transaction again
+      // rather than report (and record) a renewal that did not happen.
+      if (!renewed) throw new ConcurrentChange(`lock '${name}' changed during set`);
+      tx.emit('renewed', toLockRecord(renewed), causeOf(who, 'set'));
+      counts.renewed += 1;
+      slots[i] = { lock: toLockRecord(renewed), status: { was_locked: true, status: 'extend', locked: true } };
+    }
+    if (failed) {
+      const name = req.names[failed.i]!;
+      throw new LockRuleError(ErrorCode.LOCK_FAIL, `Lock '${name}' already existed. Aborting!`, toLockRecord(failed.held));
+    }
+    const result: LockSetResultRecord = { locks: [], counts, statuses: [] };
+    req.names.forEach((name, i) => {
+      const slot = slots[i]!;
+      if (slot.lock) result.locks.push(slot.lock);
+      result.statuses.push([name, slot.status]);
+    });
+    return result;
+  };
+  // fail=true is all or nothing: a LockFail undoes every lock this request created or renewed.
+  return req.fail ? tx.atomically(body) : body();
+}
+
+export async function renewLock(tx: LockTx, req: NormalizedRenew, who: Requester): Promise<LockRow> {
+  for (let attempt = 0; attempt < SETTLE_ATTEMPTS; attempt++) {
+    const renewed = await tx.renew(req.name, renewal(req.expiresMs, req.addTime, tx.now), req.token);
+    if (renewed) {
+      tx.emit('renewed', toLockRecord(renewed), causeOf(who, 'renew'));
+      return renewed;
+    }
+    const live = await tx.selectLive(req.name);
+    if (live) {
+      if (req.token !== null && live.token !== req.token) throw notOwner(req.name, live, req.token);
+      continue; // renewed by someone between our statements: renew it now
+    }
+    if (!req.create) {
+      throw new LockRuleError(ErrorCode.LOCK_NOT_FOUND, `Lock with name ${req.name} does not exist, cannot renew (set create=True).`);
+    }
+    const r = await acquire(tx, req.name, req.expiresMs, who, 'renew');
+    if ('granted' in r) return r.granted;
+  }
+  throw new Error(`could not settle lock '${req.name}' after ${SETTLE_ATTEMPTS} attempts`);
+}
+
+/** Release `name` (only the grant `token`, when given); true if a live lock was released. */
+export async function unlock(tx: LockTx, req: NormalizedUnlock, who: Requester): Promise<boolean> {
+  const row = await tx.deleteLock(req.name, req.token);
+  if (!row) {
+    if (req.token !== null) {
+      const live = await tx.selectLive(req.name);
+      if (live) throw notOwner(req.name, live, req.token);
+    }
+    return false;
+  }
+  const expired = row.locked_until !== null && row.locked_until <= tx.now;
+  tx.emit(expired ? 'expired' : 'released', toLockRecord(row), causeOf(who, 'unlock'));
+  return !expired;
+}
+
+export async function listLocks(tx: LockTx, req: NormalizedList): Promise<ListResult> {
+  const rows = await tx.listLive({ prefix: req.prefix, after: req.after, limit: req.limit + 1 });
+  const locks = rows.slice(0, req.limit).map(toLockRecord);
+  return rows.length > req.limit ? { locks, next: locks[locks.length - 1]!.name } : { locks };
+}
+
+/**
+ * Expired locks removed per transaction by the sweeper and `clean`: small enough that requests
+ * queued behind one page wait milliseconds, not the whole sweep.
+ */
+export const EXPIRED_PAGE = 250;
+
+/** Delete up to `limit` expired locks, recording an `expired` event for each. */
+export async function deleteExpired(tx: LockTx, limit: number, who: Requester, operation: string): Promise<LockRow[]> {
+  const rows = await tx.deleteExpired(limit);
+  for (const row of rows) tx.emit('expired', toLockRecord(row), causeOf(who, operation));
+  return rows;
+}
+
+export async function resetLocks(tx: LockTx, who: Requester): Promise<LockRow[]> {
+  const rows = await tx.deleteAll();
+  for (const row of rows) tx.emit('reset', toLockRecord(row), causeOf(who, 'reset'));
+  return rows;
+}
+
+// ---- the operations the request path and the sweeper queue ----
+
+/** The smallest name, in byte order: a multi-name set takes its rows in that order. */
+function firstName(names: readonly string[]): string | undefined {
+  return names.length ? names.reduce((m, n) => (n < m ? n : m)) : undefined;
+}
+
+export const ops = {
+  set(req: NormalizedSet, who: Requester): Operation<LockSetResultRecord> {
+    const key = firstName(req.names);
+    // One name, created if free, no all-or-nothing savepoint: it starts with the lock insert.
+    const single = req.names.length === 1 && req.create && !req.fail;
+    return {
+      key,
+      first: single ? { kind: 'insert', name: key!, expiresMs: req.expiresMs, who } : undefined,
+      run: (tx) => setLocks(tx, req, who),
+    };
+  },
+  get(req: NormalizedGet, who: Requester): Operation<AcquireResult> {
+    return {
+      key: req.name,
+      first: { kind: 'insert', name: req.name, expiresMs: req.expiresMs, who },
+      run: (tx) => acquire(tx, req.name, req.expiresMs, who, 'get'),
+    };
+  },
+  unlock(req: NormalizedUnlock, who: Requester): Operation<boolean> {
+    return { key: req.name, first: { kind: 'unlock', name: req.name, token: req.token }, run: (tx) => unlock(tx, req, who) };
+  },
+  renew(req: NormalizedRenew, who: Requester): Operation<LockRow> {
+    return { key: req.name, run: (tx) => renewLock(tx, req, who) };
+  },
+  isLocked(name: string): Operation<LockRow | null> {
+    return { run: (tx) => tx.selectLive(name) };
+  },
+  list(req: NormalizedList): Operation<ListResult> {
+    return { run: (tx) => listLocks(tx, req) };
+  },
+  deleteExpired(limit: number, who: Requester, operation: string): Operation<LockRow[]> {
+    return { run: (tx) => deleteExpired(tx, limit, who, operation) };
+  },
+  reset(who: Requester): Operation<LockRow[]> {
+    return { run: (tx) => resetLocks(tx, who) };
+  },
+};

@@ -1,0 +1,254 @@
+/**
+ * Publishers put outbox events on NATS: into the JetStream events stream (the normal case), or on
+ * core NATS, at most once, when the server has no JetStream.
+ *
+ * JetStream: events leave in outbox order, pipelined, each with its id as Nats-Msg-Id and, after
+ * the first of a round, the id of the event before it as the expected last message id. The stream
+ * drops re-sends (de-duplication by id) and refuses an event whose predecessor is missing, so an
+ * event is stored only after every earlier one: a publish that failed or timed out can never be
+ * overtaken by a later one.
+ */
+import { headers, nanos, RetentionPolicy, StorageType, type JetStreamManager, type NatsConnection, type StreamConfig, type StreamInfo } from 'nats';
+import { allEventsSubject, DAEMON_HEADER, eventSubject } from '../../shared/events';
+import { micros, publishChannel } from '../diagnostics';
+import { iso } from '../lock-records';
+import type { OutboxEvent } from '../store/store';
+import { AckCollector, isJetStreamAbsent, isStreamNotFound, isWrongLastMsgId } from './ack-collector';
+
+export interface PublishResult {
+  /** The events of the round now in the stream (or handed to NATS, on core). */
+  delivered: OutboxEvent[];
+  /** The first failure of the round, if any. */
+  error?: unknown;
+}
+
+export interface Publisher {
+  publish(events: readonly OutboxEvent[]): Promise<PublishResult>;
+}
+
+/** A publisher into a stream: it can be checked, and it knows what the stream already holds. */
+export interface StreamPublisher extends Publisher {
+  /** JetStream answers and the stream exists (created if missing). Throws JetStreamAbsent if the server has no JetStream. */
+  prepare(): Promise<void>;
+  /** The event ids among the newest `tail` messages of our subjects in the stream. */
+  storedIds(tail: number): Promise<Set<string>>;
+  /** The connection dropped: stop waiting for the acknowledgements of the round in flight. */
+  abandon(): void;
+  close(): void;
+}
+
+/** The server has no JetStream (or it is not enabled for this account). */
+export class JetStreamAbsent extends Error {}
+
+/** The stream refused an event because another publisher wrote between two of ours: go again. */
+export class ChainBroken extends Error {}
+
+export interface StreamOptions {
+  prefix: string;
+  stream: string;
+  retention: 'limits' | 'interest' | 'workqueue';
+  replicas: number;
+  maxAgeSeconds: number;
+  duplicateWindowSeconds: number;
+  /** ms to wait for JetStream's answers (acknowledgements of a round, stream requests). */
+  timeoutMs: number;
+}
+
+interface Notes {
+  info(message: string, meta?: object): void;
+  warn(message: string): void;
+}
+
+/** The event's JSON as subscribers receive it, built from the outbox's serialised parts. */
+export function eventPayload(e: OutboxEvent): string {
+  return (
+    `{"id":${JSON.stringify(e.id)},"type":${JSON.stringify(e.type)},"seq":${e.seq},"lock":${e.lockJson},` +
+    `"cause":${e.causeJson},"daemon":${JSON.stringify(e.daemon)},"at":"${iso(e.at)}"}`
+  );
+}
+
+const encoder = new TextEncoder();
+
+function eventHeaders(e: OutboxEvent) {
+  const h = headers();
+  h.set(DAEMON_HEADER, e.daemon);
+  h.set('Nats-Msg-Id', e.id);
+  return h;
+}
+
+/** Reports a round on the diagnostics channel, when someone listens. */
+async function timed(events: readonly OutboxEvent[], publish: () => Promise<PublishResult>): Promise<PublishResult> {
+  if (!publishChannel.hasSubscribers) return publish();
+  const started = micros();
+  try {
+    return await publish();
+  } finally {
+    publishChannel.publish({ events: events.length, us: micros() - started });
+  }
+}
+
+export class JetStreamPublisher implements StreamPublisher {
+  private jsm?: JetStreamManager;
+  private readonly acks: AckCollector;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly options: StreamOptions,
+    private readonly notes: Notes,
+  ) {
+    this.acks = new AckCollector(nc);
+  }
+
+  async prepare(): Promise<void> {
+    try {
+      const jsm = await this.nc.jetstreamManager({ timeout: this.options.timeoutMs });
+      await this.ensureStream(jsm);
+      this.jsm = jsm;
+    } catch (err) {
+      if (isJetStreamAbsent(err)) throw new JetStreamAbsent((err as Error).message);
+      throw err;
+    }
+  }
+
+  publish(events: readonly OutboxEvent[]): Promise<PublishResult> {
+    return timed(events, () => this.publishRound(events));
+  }
+
+  private async publishRound(events: readonly OutboxEvent[]): Promise<PublishResult> {
+    const { stream, prefix, timeoutMs } = this.options;
+    const results = await this.acks.round(events.length, timeoutMs, (i, reply) => {
+      const e = events[i]!;
+      const h = eventHeaders(e);
+      h.set('Nats-Expected-Stream', stream);
+      // The first event of a round has every earlier one delivered; each later one is stored
+      // only right after its predecessor, so the stream keeps the outbox's order.
+      if (i > 0) h.set('Nats-Expected-Last-Msg-Id', events[i - 1]!.id);
+      this.nc.publish(eventSubject(prefix, e.type, e.name), encoder.encode(eventPayload(e)), { reply, headers: h });
+    });
+    const delivered: OutboxEvent[] = [];
+    let error: unknown;
+    let chainBreak: unknown;
+    results.forEach((r, i) => {
+      if (r === null) delivered.push(events[i]!);
+      else if (r && isWrongLastMsgId(r)) chainBreak ??= r;
+    });
+    for (let i = 0; i < events.length && !error; i++) {
+      const r = results[i];
+      if (r === undefined) error = new Error(`JetStream did not acknowledge every event within ${timeoutMs} ms, or the connection was lost`);
+      else if (r && !isWrongLastMsgId(r)) error = r;
+    }
+    if (!error && chainBreak) {
+      error = new ChainBroken(`another publisher wrote to stream ${stream} between two events: ${(chainBreak as Error).message}`);
+    }
+    return { delivered, error };
+  }
+
+  abandon(): void {
+    this.acks.abandon();
+  }
+
+  close(): void {
+    this.acks.close();
+  }
+
+  private async ensureStream(jsm: JetStreamManager): Promise<void> {
+    const o = this.options;
+    const subject = allEventsSubject(o.prefix);
+    let info: StreamInfo | undefined;
+    try {
+      info = await jsm.streams.info(o.stream);
+    } catch (err) {
+      if (!isStreamNotFound(err)) throw err;
+    }
+    if (!info) {
+      let dupMs = o.duplicateWindowSeconds * 1000;
+      if (o.maxAgeSeconds > 0 && dupMs > o.maxAgeSeconds * 1000) {
+        // JetStream refuses a duplicate window longer than the stream keeps messages.
+        dupMs = o.maxAgeSeconds * 1000;
+        this.notes.warn(`eventsDuplicateWindow is longer than eventsMaxAge: using ${o.maxAgeSeconds}s`);
+      }
+      const config: Partial<StreamConfig> = {
+        name: o.stream,
+        subjects: [subject],
+        retention: { limits: RetentionPolicy.Limits, interest: RetentionPolicy.Interest, workqueue: RetentionPolicy.Workqueue }[o.retention],
+        storage: StorageType.File,
+        num_replicas: o.replicas,
+        max_age: nanos(o.maxAgeSeconds * 1000),
+        duplicate_window: nanos(dupMs),
+      };
+      await jsm.streams.add(config);
+      this.notes.info('created events stream', { stream: o.stream, subjects: subject });
+      return;
+    }
+    const covered = (info.config.subjects ?? []).some((s) => s === '>' || s === subject || (s.endsWith('.>') && subject.startsWith(s.slice(0, -1))));
+    if (!covered) {
+      // A stream of that name exists for other subjects (another prefix): add ours to it.
+      await jsm.streams.update(o.stream, { ...info.config, subjects: [...(info.config.subjects ?? []), subject] });
+      this.notes.warn(`events stream ${o.stream} did not take ${subject}: added it to the stream's subjects`);
+    }
+  }
+
+  async storedIds(tail: number): Promise<Set<string>> {
+    const ids = new Set<string>();
+    const { stream, prefix, timeoutMs } = this.options;
+    const subject = allEventsSubject(prefix);
+    const jsm = this.jsm ?? (await this.nc.jetstreamManager({ timeout: timeoutMs }));
+    const info = await jsm.streams.info(stream);
+    if (info.state.messages === 0) return ids;
+    const start = Math.max(info.state.first_seq, info.state.last_seq - tail + 1);
+    // The newest message of ours ends the read (the per-message `pending` count is not reliable
+    // with wildcard filters on servers before 2.10).
+    let last: number;
+    try {
+      last = (await jsm.streams.getMessage(stream, { last_by_subj: subject })).seq;
+    } catch (err) {
+      if (/no message found/i.test((err as Error).message)) return ids;
+      throw err;
+    }
+    if (last < start) return ids;
+    const consumer = await this.nc.jetstream().consumers.get(stream, { filterSubjects: subject, opt_start_seq: start, headers_only: true });
+    const messages = await consumer.consume({ max_messages: 500 });
+    const guard = setTimeout(() => void messages.stop(), timeoutMs);
+    try {
+      for await (const m of messages) {
+        const id = m.headers?.get('Nats-Msg-Id');
+        if (id) ids.add(id);
+        if (m.seq >= last) break;
+      }
+    } finally {
+      clearTimeout(guard);
+      void messages.stop();
+    }
+    void consumer.delete().catch(() => undefined);
+    return ids;
+  }
+}
+
+/** Core NATS: published and flushed, at most once; nobody acknowledges. */
+export class CorePublisher implements Publisher {
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly prefix: string,
+    private readonly timeoutMs: number,
+  ) {}
+
+  publish(events: readonly OutboxEvent[]): Promise<PublishResult> {
+    return timed(events, () => this.publishAndFlush(events));
+  }
+
+  private async publishAndFlush(events: readonly OutboxEvent[]): Promise<PublishResult> {
+    for (const e of events) this.nc.publish(eventSubject(this.prefix, e.type, e.name), encoder.encode(eventPayload(e)), { headers: eventHeaders(e) });
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.nc.flush(),
+        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('NATS did not confirm the events in time')), this.timeoutMs))),
+      ]);
+    } catch (error) {
+      return { delivered: [], error };
+    } finally {
+      clearTimeout(timer);
+    }
+    return { delivered: [...events] };
+  }
+}

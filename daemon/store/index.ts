@@ -1,0 +1,44 @@
+/**
+ * Opens the store a database URL names: a `postgres://` URL is the PostgreSQL backend, anything
+ * else a SQLite file. The one place that chooses a backend.
+ */
+import type { Clock } from '../clock';
+import { maskPostgresUrl, PostgresStore } from './postgres/postgres-store';
+import { SqliteStore } from './sqlite/sqlite-store';
+import type { Store } from './store';
+
+export interface StoreOptions {
+  /** A SQLite file path, or a `postgres://` URL. */
+  url: string;
+  /** The daemon's instance id, written into each event. */
+  daemonId: string;
+  /** PostgreSQL: connections in the pool. */
+  poolSize?: number;
+  /** SQLite: the `synchronous` pragma. */
+  sqliteSynchronous?: 'FULL' | 'NORMAL';
+  /** SQLite: ms between WAL checkpoints by a worker thread (0: SQLite's own, inside commits). */
+  sqliteCheckpointInterval?: number;
+  clock?: Clock;
+}
+
+export function isPostgresUrl(url: string): boolean {
+  return /^postgres(ql)?:\/\//i.test(url);
+}
+
+export function openStore(options: StoreOptions): Store {
+  if (isPostgresUrl(options.url)) return new PostgresStore({ url: options.url, daemonId: options.daemonId, poolSize: options.poolSize });
+  return new SqliteStore({
+    file: options.url,
+    daemonId: options.daemonId,
+    synchronous: options.sqliteSynchronous,
+    checkpointIntervalMs: options.sqliteCheckpointInterval,
+    clock: options.clock,
+  });
+}
+
+/** A database URL with any password masked, for logs and `lockmgr config`. */
+export function maskDatabaseUrl(url: string): string {
+  return isPostgresUrl(url) ? maskPostgresUrl(url) : url;
+}
+
+export type { Store } from './store';

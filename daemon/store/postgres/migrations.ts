@@ -1,0 +1,100 @@
+/**
+ * PostgreSQL schema. Times are BIGINT milliseconds since the epoch, as on SQLite; fencing tokens
+ * and event seqs come from sequences, so every daemon sharing the database draws from one series.
+ */
+import type { Migration } from '../migrate';
+
+export const POSTGRES_MIGRATIONS: readonly Migration[] = [
+  {
+    name: '0001-create-locks',
+    up: [
+      `CREATE TABLE lockmgr_locks (
+         name VARCHAR(255) COLLATE "C" PRIMARY KEY,
+         locked_by VARCHAR(255),
+         lock_process BIGINT,
+         locked_until BIGINT,
+         created_at BIGINT NOT NULL,
+         updated_at BIGINT NOT NULL,
+         token BIGINT NOT NULL)`,
+      `CREATE INDEX lockmgr_locks_locked_until ON lockmgr_locks (locked_until) WHERE locked_until IS NOT NULL`,
+      `CREATE SEQUENCE lockmgr_token_seq`,
+    ],
+    down: ['DROP SEQUENCE lockmgr_token_seq', 'DROP TABLE lockmgr_locks'],
+  },
+  {
+    // Events wait here, written in the same transaction as the change, until the relay has them
+    // acknowledged by JetStream. `seq` orders them.
+    name: '0002-create-event-outbox',
+    up: [
+      `CREATE TABLE lockmgr_outbox (
+         seq BIGSERIAL PRIMARY KEY,
+         event_id VARCHAR(64) NOT NULL,
+         type VARCHAR(32) NOT NULL,
+         name VARCHAR(255) NOT NULL,
+         lock TEXT NOT NULL,
+         cause TEXT NOT NULL,
+         daemon VARCHAR(255) NOT NULL,
+         at BIGINT NOT NULL)`,
+    ],
+    down: ['DROP TABLE lockmgr_outbox'],
+  },
+  // SQLite only (its outbox numbering); nothing to do here.
+  { name: '0003-sqlite-outbox-seq-from-counter', up: [], down: [] },
+  {
+    // Insert a lock and, only if it went in, draw its fencing token, in one round trip instead of
+    // two (see PostgresTx.insertLock for why the token comes second).
+    name: '0004-postgres-insert-lock-function',
+    up: [
+      `CREATE OR REPLACE FUNCTION lockmgr_insert_lock(p_name VARCHAR, p_locked_by VARCHAR, p_process BIGINT, p_until BIGINT, p_now BIGINT)
+           RETURNS SETOF lockmgr_locks LANGUAGE plpgsql AS $$
+           BEGIN
+             INSERT INTO lockmgr_locks (name, locked_by, lock_process, locked_until, created_at, updated_at, token)
+             VALUES (p_name, p_locked_by, p_process, p_until, p_now, p_now, 0)
+             ON CONFLICT (name) DO NOTHING;
+             IF FOUND THEN
+               RETURN QUERY UPDATE lockmgr_locks SET token = nextval('lockmgr_token_seq') WHERE name = p_name RETURNING *;
+             END IF;
+           END $$`,
+    ],
+    down: ['DROP FUNCTION lockmgr_insert_lock(VARCHAR, VARCHAR, BIGINT, BIGINT, BIGINT)'],
+  },
+  {
+    // The first statement of each operation in a batch (lock inserts and unlocks), in the batch's
+    // order, in one round trip. If any insert meets an existing row, everything it did is undone
+    // and the row `op = 0` says so: the batch then runs statement by statement.
+    name: '0005-postgres-first-pass-function',
+    up: [
+      `CREATE OR REPLACE FUNCTION lockmgr_first_pass(p_kinds TEXT[], p_names VARCHAR[], p_locked_by VARCHAR[], p_process BIGINT[], p_until BIGINT[], p_token BIGINT[], p_now BIGINT)
+           RETURNS TABLE (op INT, l_name VARCHAR, l_locked_by VARCHAR, l_lock_process BIGINT, l_locked_until BIGINT, l_created_at BIGINT, l_updated_at BIGINT, l_token BIGINT)
+           LANGUAGE plpgsql AS $$
+           DECLARE
+             r lockmgr_locks;
+           BEGIN
+             BEGIN
+               FOR k IN 1 .. coalesce(array_length(p_names, 1), 0) LOOP
+                 IF p_kinds[k] = 'insert' THEN
+                   INSERT INTO lockmgr_locks AS l (name, locked_by, lock_process, locked_until, created_at, updated_at, token)
+                   VALUES (p_names[k], p_locked_by[k], p_process[k], p_until[k], p_now, p_now, 0)
+                   ON CONFLICT (name) DO NOTHING;
+                   IF NOT FOUND THEN
+                     RAISE EXCEPTION USING ERRCODE = 'LM001';
+                   END IF;
+                   UPDATE lockmgr_locks AS l SET token = nextval('lockmgr_token_seq') WHERE l.name = p_names[k] RETURNING l.* INTO r;
+                 ELSE
+                   DELETE FROM lockmgr_locks AS l WHERE l.name = p_names[k] AND (p_token[k] IS NULL OR l.token = p_token[k]) RETURNING l.* INTO r;
+                   CONTINUE WHEN NOT FOUND;
+                 END IF;
+                 op := k;
+                 l_name := r.name; l_locked_by := r.locked_by; l_lock_process := r.lock_process; l_locked_until := r.locked_until;
+                 l_created_at := r.created_at; l_updated_at := r.updated_at; l_token := r.token;
+                 RETURN NEXT;
+               END LOOP;
+             EXCEPTION WHEN SQLSTATE 'LM001' THEN
+               op := 0;
+               RETURN NEXT;
+             END;
+           END $$`,
+    ],
+    down: ['DROP FUNCTION lockmgr_first_pass(TEXT[], VARCHAR[], VARCHAR[], BIGINT[], BIGINT[], BIGINT[], BIGINT)'],
+  },
+];

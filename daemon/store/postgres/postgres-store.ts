@@ -1,0 +1,372 @@
+/**
+ * The PostgreSQL backend: any number of daemons on one database, one authority.
+ *
+ * Transactions run on connections of a `pg` pool, several at once (their round trips overlap);
+ * the database's clock decides expiry, sequences draw fencing tokens and event seqs, and every
+ * write is one conditional statement, so daemons never race between a read and a write. Batches
+ * may run their first statements in one round trip (`prefetch`). One daemon at a time relays the
+ * shared outbox: the one holding a session advisory lock on a connection of its own. Sequelize
+ * only applies the migrations.
+ */
+import { Client, Pool, type PoolClient } from 'pg';
+import { Sequelize } from 'sequelize';
+import { statementTracer, type StatementTracer } from '../../diagnostics';
+import { applyMigrations } from '../migrate';
+import { OUTBOX_INSERT_CHUNK, OUTBOX_SQL, toCommittedEvents, toOutboxEvent } from '../sql-outbox';
+import { firstLockRow, SqlTx, type Row, type SqlConnection } from '../sql-tx';
+import {
+  StoreUnavailable,
+  TransactionConflict,
+  type CommittedEvent,
+  type FirstStatement,
+  type LockRow,
+  type MigrateOptions,
+  type OutboxEvent,
+  type RelayLease,
+  type Requester,
+  type Store,
+  type StoreTx,
+  type TransactionResult,
+} from '../store';
+import { POSTGRES_MIGRATIONS } from './migrations';
+import { MIGRATION_LOCK_KEY, POSTGRES_SQL, RELAY_LOCK_KEY } from './sql';
+
+export interface PostgresStoreOptions {
+  /** `postgres://user:pass@host:port/db` */
+  url: string;
+  /** The daemon's instance id, written into each event. */
+  daemonId: string;
+  /** Connections in the pool; transactions at once are one fewer. */
+  poolSize?: number;
+}
+
+const NET_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH']);
+
+/** True when an error means "the database is away", as opposed to a bug in a statement. */
+function isUnavailable(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  if (!e || typeof e !== 'object') return false;
+  const code = String(e.code ?? '');
+  // Classes 08 (connection), 53 (resources), 57 (operator intervention: shutdown).
+  if (NET_ERRORS.has(code) || /^(08|53|57)/.test(code)) return true;
+  return /Connection terminated|connection.*(closed|ended)|not queryable|Client has encountered a connection error|timeout exceeded when trying to connect/i.test(
+    String(e.message ?? ''),
+  );
+}
+
+/** The error a caller of the store sees: unavailable, a conflict to retry, or as it was. */
+function classify(err: unknown, what: string): unknown {
+  if (err instanceof StoreUnavailable || err instanceof TransactionConflict) return err;
+  const code = String((err as { code?: unknown })?.code ?? '');
+  // Deadlock broken, or a serialization failure: the transaction may simply run again.
+  if (code === '40P01' || code === '40001') return new TransactionConflict((err as Error).message, { cause: err });
+  if (isUnavailable(err)) return new StoreUnavailable(`${what}: ${(err as Error).message}`, { cause: err });
+  return err;
+}
+
+/** `postgres://user:secret@host` -> `postgres://user:***@host`, for logs. */
+export function maskPostgresUrl(url: string): string {
+  return url.replace(/^(postgres(?:ql)?:\/\/[^:/@]*:)([^@]*)@/i, '$1***@');
+}
+
+interface Queryable {
+  query(config: { name?: string; text: string; values?: readonly unknown[] }): Promise<{ rows: Row[] }>;
+  query(text: string): Promise<unknown>;
+}
+
+/** `?` placeholders -> `$1, $2, ...` (our SQL never has `?` inside string literals). */
+const prepared = new Map<string, { name: string; text: string }>();
+function preparedStatement(sql: string): { name: string; text: string } {
+  let s = prepared.get(sql);
+  if (!s) {
+    let i = 0;
+    s = { name: `lockmgr_${prepared.size}`, text: sql.replace(/\?/g, () => `$${++i}`) };
+    prepared.set(sql, s);
+  }
+  return s;
+}
+
+/** A pg client running named prepared statements. */
+class PostgresConnection implements SqlConnection {
+  constructor(private readonly client: Queryable) {}
+
+  async query(sql: string, params: readonly unknown[] = []): Promise<Row[]> {
+    return (await this.client.query({ ...preparedStatement(sql), values: params })).rows;
+  }
+
+  async exec(sql: string): Promise<void> {
+    await this.client.query(sql);
+  }
+
+  /** BEGIN, and the database's clock in the same round trip. */
+  async begin(): Promise<number> {
+    const results = (await this.client.query(POSTGRES_SQL.begin)) as { rows: Row[] }[];
+    return Number(results[1]?.rows[0]?.now);
+  }
+}
+
+class TracedConnection implements SqlConnection {
+  constructor(
+    private readonly inner: SqlConnection,
+    private readonly trace: StatementTracer,
+  ) {}
+  query(sql: string, params?: readonly unknown[]): Promise<Row[]> {
+    return this.trace(sql, () => this.inner.query(sql, params));
+  }
+  exec(sql: string): Promise<void> {
+    return this.trace(sql, () => this.inner.exec(sql));
+  }
+}
+
+class PostgresTx extends SqlTx {
+  /** Rows of first statements the batch already ran, by name (see prefetch). */
+  private prefetched?: Map<string, { kind: FirstStatement['kind']; rows: Row[] }>;
+
+  async insertLock(name: string, lockedUntil: number | null, who: Requester): Promise<LockRow | null> {
+    const done = this.takePrefetched('insert', name);
+    if (done) return firstLockRow(done);
+    // The fencing token is drawn only after the insert succeeded. nextval() in the INSERT itself is
+    // evaluated before the insert waits on a conflicting row of another transaction, and that wait
+    // can outlast a whole later grant and release of the name: the late grant would then carry a
+    // smaller token than the one before it.
+    return firstLockRow(await this.conn.query(POSTGRES_SQL.insertLock, [name, who.lockedBy, who.process, lockedUntil, this.now]));
+  }
+
+  override async deleteLock(name: string, token: number | null): Promise<LockRow | null> {
+    const done = this.takePrefetched('unlock', name);
+    return done ? firstLockRow(done) : super.deleteLock(name, token);
+  }
+
+  /** Every item's statement in one call, in order; false (nothing done) if an insert met a row. */
+  async prefetch(items: readonly FirstStatement[]): Promise<boolean> {
+    const n = items.length;
+    const kinds = new Array<string>(n);
+    const names = new Array<string>(n);
+    const lockedBy = new Array<string | null>(n).fill(null);
+    const processes = new Array<number | null>(n).fill(null);
+    const until = new Array<number | null>(n).fill(null);
+    const token = new Array<number | null>(n).fill(null);
+    items.forEach((item, i) => {
+      kinds[i] = item.kind;
+      names[i] = item.name;
+      if (item.kind === 'insert') {
+        lockedBy[i] = item.who.lockedBy;
+        processes[i] = item.who.process;
+        until[i] = item.expiresMs === null ? null : this.now + item.expiresMs;
+      } else {
+        token[i] = item.token;
+      }
+    });
+    const rows = await this.conn.query(POSTGRES_SQL.firstPass, [kinds, names, lockedBy, processes, until, token, this.now]);
+    const byItem: Row[][] = items.map(() => []);
+    for (const r of rows) {
+      const op = Number(r.op);
+      if (op === 0) return false;
+      byItem[op - 1]?.push(r);
+    }
+    this.prefetched = new Map(items.map((item, i) => [item.name, { kind: item.kind, rows: byItem[i]! }]));
+    return true;
+  }
+
+  private takePrefetched(kind: FirstStatement['kind'], name: string): Row[] | undefined {
+    const done = this.prefetched?.get(name);
+    if (!done || done.kind !== kind) return undefined;
+    this.prefetched!.delete(name);
+    return done.rows;
+  }
+}
+
+export class PostgresStore implements Store {
+  readonly kind = 'postgres';
+  readonly concurrency: number;
+  readonly soleWriter = false;
+  private readonly pool: Pool;
+  private readonly lease: PostgresRelayLease;
+  private closed = false;
+
+  constructor(private readonly options: PostgresStoreOptions) {
+    const size = options.poolSize ?? 4;
+    // One connection of the pool stays free for the outbox counts of a draining daemon.
+    this.concurrency = Math.max(1, size - 1);
+    this.pool = new Pool({ connectionString: options.url, max: size, idleTimeoutMillis: 10_000, connectionTimeoutMillis: 5000 });
+    // A pooled connection that breaks while idle: dropped from the pool, the next use opens another.
+    this.pool.on('error', () => undefined);
+    this.lease = new PostgresRelayLease(options.url);
+  }
+
+  describe(): string {
+    return maskPostgresUrl(this.options.url);
+  }
+
+  async migrate(options: MigrateOptions = {}): Promise<string[]> {
+    const sequelize = new Sequelize(this.options.url, { dialect: 'postgres', logging: false, pool: { max: 2, min: 0 } });
+    try {
+      // Daemons starting together must not apply the same migration twice.
+      return await sequelize.transaction(async (transaction) => {
+        await sequelize.query(POSTGRES_SQL.migrationLock.replace('?', String(MIGRATION_LOCK_KEY)), { transaction });
+        return applyMigrations(sequelize, POSTGRES_MIGRATIONS, options);
+      });
+    } catch (err) {
+      throw classify((err as { parent?: unknown }).parent ?? err, 'cannot migrate the database');
+    } finally {
+      await sequelize.close();
+    }
+  }
+
+  async transaction<T>(work: (tx: StoreTx) => Promise<T>, trace?: object): Promise<TransactionResult<T>> {
+    const client = await this.connect();
+    const pg = new PostgresConnection(client);
+    const tracer = trace ? statementTracer(trace) : undefined;
+    const conn: SqlConnection = tracer ? new TracedConnection(pg, tracer) : pg;
+    let open = true; // roll back on failure even if only part of BEGIN went through
+    let broken: unknown;
+    try {
+      const now = tracer ? await tracer(POSTGRES_SQL.begin, () => pg.begin()) : await pg.begin();
+      const tx = new PostgresTx(conn, now);
+      const value = await work(tx);
+      const events = toCommittedEvents(tx.events, this.options.daemonId, now);
+      await this.writeOutbox(conn, events);
+      await conn.exec(POSTGRES_SQL.commit);
+      open = false;
+      return { value, events };
+    } catch (err) {
+      if (open) await conn.exec(POSTGRES_SQL.rollback).catch((e: unknown) => (broken = e));
+      const failure = classify(err, 'the database is unavailable');
+      if (failure instanceof StoreUnavailable) broken ??= failure;
+      throw failure;
+    } finally {
+      // A connection that failed is not given back for reuse.
+      client.release(broken instanceof Error ? broken : undefined);
+    }
+  }
+
+  async countOutbox(upTo = Number.MAX_SAFE_INTEGER): Promise<number> {
+    const client = await this.connect();
+    try {
+      const rows = await new PostgresConnection(client).query(OUTBOX_SQL.count, [upTo]);
+      return Number(rows[0]?.n ?? 0);
+    } catch (err) {
+      throw classify(err, 'cannot read the outbox');
+    } finally {
+      client.release();
+    }
+  }
+
+  relayLease(): RelayLease {
+    return this.lease;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.lease.release();
+    await this.pool.end().catch(() => undefined);
+  }
+
+  private async connect(): Promise<PoolClient> {
+    if (this.closed) throw new StoreUnavailable('the database has been closed');
+    try {
+      return await this.pool.connect();
+    } catch (err) {
+      throw new StoreUnavailable(`cannot connect to PostgreSQL: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** Insert the events; the outbox's sequence numbers them. */
+  private async writeOutbox(conn: SqlConnection, events: CommittedEvent[]): Promise<void> {
+    for (let i = 0; i < events.length; i += OUTBOX_INSERT_CHUNK) {
+      const chunk = events.slice(i, i + OUTBOX_INSERT_CHUNK);
+      const params: unknown[] = [];
+      for (const e of chunk) params.push(e.id, e.type, e.name, e.lockJson, e.causeJson, e.daemon, e.at);
+      const rows = await conn.query(POSTGRES_SQL.insertOutbox(chunk.length), params);
+      const seqById = new Map(rows.map((r) => [String(r.event_id), Number(r.seq)]));
+      for (const e of chunk) e.seq = seqById.get(e.id) ?? 0;
+    }
+  }
+}
+
+/**
+ * The relay lease: a session advisory lock held on a connection of its own (not one of the
+ * pool's), which also reads and removes the outbox rows while it is held. If that connection
+ * breaks, the lock is gone with it and another daemon may take over.
+ */
+class PostgresRelayLease implements RelayLease {
+  private client?: Client;
+  private conn?: PostgresConnection;
+  private holding = false;
+
+  constructor(private readonly url: string) {}
+
+  get held(): boolean {
+    return this.holding;
+  }
+
+  async acquire(): Promise<boolean> {
+    if (this.holding) return true;
+    try {
+      if (!this.conn) await this.open();
+      const rows = await this.conn!.query(POSTGRES_SQL.tryLease, [RELAY_LOCK_KEY]);
+      this.holding = rows[0]?.got === true;
+      return this.holding;
+    } catch (err) {
+      throw this.failed(err, 'cannot take the relay lease');
+    }
+  }
+
+  async read(after: number, limit: number, before?: number): Promise<OutboxEvent[]> {
+    const rows =
+      before === undefined
+        ? await this.run('cannot read the outbox', (c) => c.query(OUTBOX_SQL.read, [after, limit]))
+        : await this.run('cannot read the outbox', (c) => c.query(OUTBOX_SQL.readBefore, [after, before, limit]));
+    return rows.map(toOutboxEvent);
+  }
+
+  async remove(seqs: readonly number[]): Promise<void> {
+    await this.run('cannot remove from the outbox', (c) => c.query(POSTGRES_SQL.removeOutboxRows, [seqs]));
+  }
+
+  async removeThrough(seq: number): Promise<void> {
+    await this.run('cannot remove from the outbox', (c) => c.query(OUTBOX_SQL.removeThrough, [seq]));
+  }
+
+  async release(): Promise<void> {
+    const client = this.client;
+    this.drop();
+    // Ending the session releases the advisory lock; a standing-by daemon takes over.
+    await client?.end().catch(() => undefined);
+  }
+
+  private async open(): Promise<void> {
+    const client = new Client({ connectionString: this.url, connectionTimeoutMillis: 5000, keepAlive: true });
+    const lost = () => {
+      if (this.client === client) this.drop();
+    };
+    client.on('error', lost);
+    client.on('end', lost);
+    this.client = client;
+    this.conn = new PostgresConnection(client);
+    await client.connect();
+  }
+
+  private async run<T>(what: string, fn: (conn: PostgresConnection) => Promise<T>): Promise<T> {
+    if (!this.holding || !this.conn) throw new StoreUnavailable('lost the relay connection to PostgreSQL');
+    try {
+      return await fn(this.conn);
+    } catch (err) {
+      throw this.failed(err, what);
+    }
+  }
+
+  /** A failure on the lease's connection: if the database is away, the lease is gone. */
+  private failed(err: unknown, what: string): unknown {
+    const failure = classify(err, what);
+    if (failure instanceof StoreUnavailable) void this.release();
+    return failure;
+  }
+
+  private drop(): void {
+    this.client = undefined;
+    this.conn = undefined;
+    this.holding = false;
+  }
+}

@@ -1,0 +1,61 @@
+/**
+ * The outbox as both SQL backends hold it: the statements they run unchanged, and the mapping
+ * between outbox rows and events. Events are written in the transaction of the change they
+ * record and stay until the relay has them acknowledged.
+ */
+import { randomUUID } from 'node:crypto';
+import type { EventType } from '../../shared/events';
+import type { PendingEvent, Row } from './sql-tx';
+import type { CommittedEvent, OutboxEvent } from './store';
+
+export const OUTBOX_COLUMNS = 'seq, event_id, type, name, lock, cause, daemon, at';
+
+/** Outbox statements both backends run unchanged. */
+export const OUTBOX_SQL = {
+  /** (after, limit) */
+  read: `SELECT ${OUTBOX_COLUMNS} FROM lockmgr_outbox WHERE seq > ? ORDER BY seq LIMIT ?`,
+  /** (after, before, limit) */
+  readBefore: `SELECT ${OUTBOX_COLUMNS} FROM lockmgr_outbox WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?`,
+  /** (seq) */
+  removeThrough: 'DELETE FROM lockmgr_outbox WHERE seq <= ?',
+  /** (upTo) */
+  count: 'SELECT COUNT(*) AS n FROM lockmgr_outbox WHERE seq <= ?',
+} as const;
+
+/** Most rows in one multi-row outbox INSERT. */
+export const OUTBOX_INSERT_CHUNK = 500;
+
+/** `(?, ?, …), (?, ?, …)`: the VALUES of a multi-row INSERT of `rows` rows of `columns` values. */
+export function valuesList(rows: number, columns: number): string {
+  const one = `(${new Array<string>(columns).fill('?').join(', ')})`;
+  return new Array<string>(rows).fill(one).join(', ');
+}
+
+export function toOutboxEvent(row: Row): OutboxEvent {
+  return {
+    seq: Number(row.seq),
+    id: String(row.event_id),
+    type: String(row.type) as EventType,
+    name: String(row.name),
+    lockJson: String(row.lock),
+    causeJson: String(row.cause),
+    daemon: String(row.daemon),
+    at: Number(row.at),
+  };
+}
+
+/** A transaction's events, ready for the outbox; `seq` is filled in by the backend. */
+export function toCommittedEvents(pending: readonly PendingEvent[], daemon: string, at: number): CommittedEvent[] {
+  return pending.map((e) => ({
+    seq: 0,
+    id: randomUUID(),
+    type: e.type,
+    name: e.lock.name,
+    lock: e.lock,
+    cause: e.cause,
+    lockJson: JSON.stringify(e.lock),
+    causeJson: JSON.stringify(e.cause),
+    daemon,
+    at,
+  }));
+}

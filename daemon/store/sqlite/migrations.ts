@@ -1,0 +1,80 @@
+/**
+ * SQLite schema. Times are integer milliseconds since the epoch: one representation on both
+ * backends, exact arithmetic for expiry, and a cheap index on `locked_until`.
+ */
+import type { Migration } from '../migrate';
+
+/** The outbox table, its `seq` with or without AUTOINCREMENT. */
+function outboxTable(name: string, autoincrement: boolean): string {
+  return `CREATE TABLE ${name} (
+       seq INTEGER PRIMARY KEY${autoincrement ? ' AUTOINCREMENT' : ''},
+       event_id TEXT NOT NULL,
+       type TEXT NOT NULL,
+       name TEXT NOT NULL,
+       lock TEXT NOT NULL,
+       cause TEXT NOT NULL,
+       daemon TEXT NOT NULL,
+       at INTEGER NOT NULL)`;
+}
+
+/** The outbox rebuilt with or without AUTOINCREMENT, its rows and its numbering kept. */
+function rebuildOutbox(autoincrement: boolean): string[] {
+  return [
+    outboxTable('lockmgr_outbox_rebuilt', autoincrement),
+    `INSERT INTO lockmgr_outbox_rebuilt SELECT seq, event_id, type, name, lock, cause, daemon, at FROM lockmgr_outbox`,
+    ...(autoincrement
+      ? [
+          // Back to AUTOINCREMENT: it must go on from the last number reserved, not the last row kept.
+          `DELETE FROM sqlite_sequence WHERE name = 'lockmgr_outbox_rebuilt'`,
+          `INSERT INTO sqlite_sequence (name, seq)
+           SELECT 'lockmgr_outbox_rebuilt', MAX(value, COALESCE((SELECT MAX(seq) FROM lockmgr_outbox), 0)) FROM lockmgr_counters WHERE name = 'event_seq'`,
+          `DELETE FROM lockmgr_counters WHERE name = 'event_seq'`,
+        ]
+      : [
+          `INSERT OR IGNORE INTO lockmgr_counters (name, value)
+           SELECT 'event_seq', MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'lockmgr_outbox'), 0), COALESCE((SELECT MAX(seq) FROM lockmgr_outbox), 0))`,
+        ]),
+    `DROP TABLE lockmgr_outbox`,
+    `ALTER TABLE lockmgr_outbox_rebuilt RENAME TO lockmgr_outbox`,
+  ];
+}
+
+export const SQLITE_MIGRATIONS: readonly Migration[] = [
+  {
+    name: '0001-create-locks',
+    up: [
+      `CREATE TABLE lockmgr_locks (
+         name TEXT PRIMARY KEY NOT NULL,
+         locked_by TEXT,
+         lock_process INTEGER,
+         locked_until INTEGER,
+         created_at INTEGER NOT NULL,
+         updated_at INTEGER NOT NULL,
+         token INTEGER NOT NULL)`,
+      `CREATE INDEX lockmgr_locks_locked_until ON lockmgr_locks (locked_until) WHERE locked_until IS NOT NULL`,
+      // SQLite has no sequences: number series (tokens, event seqs) are reserved in this table.
+      `CREATE TABLE lockmgr_counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)`,
+      `INSERT INTO lockmgr_counters (name, value) VALUES ('token', 0)`,
+    ],
+    down: ['DROP TABLE lockmgr_counters', 'DROP TABLE lockmgr_locks'],
+  },
+  {
+    // Events wait here, written in the same transaction as the change, until the relay has them
+    // acknowledged by JetStream. `seq` orders them.
+    name: '0002-create-event-outbox',
+    up: [outboxTable('lockmgr_outbox', true)],
+    down: ['DROP TABLE lockmgr_outbox'],
+  },
+  {
+    // The daemon (the one writer) numbers events itself from a counter it reserves in blocks, as
+    // it does fencing tokens. AUTOINCREMENT made every commit write SQLite's sequence table too,
+    // and `RETURNING seq` read each event back.
+    name: '0003-sqlite-outbox-seq-from-counter',
+    up: rebuildOutbox(false),
+    down: rebuildOutbox(true),
+    atomic: true,
+  },
+  // PostgreSQL functions; nothing to do here. Listed so both backends number their steps alike.
+  { name: '0004-postgres-insert-lock-function', up: [], down: [] },
+  { name: '0005-postgres-first-pass-function', up: [], down: [] },
+];

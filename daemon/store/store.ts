@@ -1,0 +1,190 @@
+/**
+ * The store contract: everything the request path, the sweeper and the event relay need from a
+ * database, with one implementation per backend (store/sqlite, store/postgres) and an in-memory
+ * fake for unit tests. Nothing outside an implementation knows which database it talks to; where
+ * the backends differ in what they allow (one writer or many, a batch first pass or none), the
+ * contract says so as a capability.
+ *
+ * A store runs transactions: `transaction(work)` opens one, hands `work` a `StoreTx`, records the
+ * events `work` emitted in the outbox of the same transaction, commits, and returns the result
+ * with the committed events (numbered). What a transaction replies is what was committed.
+ */
+import type { EventCause, EventType } from '../../shared/events';
+import type { LockRecord } from '../../shared/protocol';
+
+/** A lock as the store holds it: times in milliseconds since the epoch. */
+export interface LockRow {
+  name: string;
+  locked_by: string | null;
+  lock_process: number | null;
+  /** null: never expires. */
+  locked_until: number | null;
+  created_at: number;
+  updated_at: number;
+  /** Fencing token: drawn when the row is inserted; grows with every grant and never repeats. */
+  token: number;
+}
+
+/** Who asked for a change: written into new locks and into each event's cause. */
+export interface Requester {
+  lockedBy: string;
+  process: number | null;
+  client: string | null;
+}
+
+/** How a renewal moves `locked_until` (never shortening it). */
+export type Renewal =
+  | { kind: 'forever' }
+  /** Add `ms` to the current expiry (a lock that never expires stays so). */
+  | { kind: 'add'; ms: number }
+  /** Set the expiry to `until` unless it is already later (or never). */
+  | { kind: 'extend'; until: number };
+
+/**
+ * The first statement of an operation that a batch may run for all its operations at once
+ * (`StoreTx.prefetch`): the lock insert of a single-name `set` or `get`, or an `unlock`.
+ */
+export type FirstStatement =
+  | { kind: 'insert'; name: string; expiresMs: number | null; who: Requester }
+  | { kind: 'unlock'; name: string; token: number | null };
+
+/** The lock statements of one transaction. Each write is one conditional statement. */
+export interface LockTx {
+  /** The clock reading that decides expiry in this transaction (ms since the epoch). */
+  readonly now: number;
+  /** Insert `name` unless a row has it; returns the new row with its fencing token, or null. */
+  insertLock(name: string, lockedUntil: number | null, who: Requester): Promise<LockRow | null>;
+  /** Delete `name` if its lock has expired by `now`; returns the deleted row. */
+  deleteIfExpired(name: string): Promise<LockRow | null>;
+  /** The live (unexpired) lock of `name`. */
+  selectLive(name: string): Promise<LockRow | null>;
+  /** Renew the live lock of `name` (only the grant `token`, when given); returns the new row. */
+  renew(name: string, renewal: Renewal, token: number | null): Promise<LockRow | null>;
+  /** Delete `name`, expired or not (only the grant `token`, when given); returns the deleted row. */
+  deleteLock(name: string, token: number | null): Promise<LockRow | null>;
+  /** Delete up to `limit` expired locks, soonest expired first. */
+  deleteExpired(limit: number): Promise<LockRow[]>;
+  /** Delete every lock. */
+  deleteAll(): Promise<LockRow[]>;
+  /** Live locks in name order: names after `after`, starting with `prefix`, at most `limit`. */
+  listLive(query: { prefix: string | null; after: string | null; limit: number }): Promise<LockRow[]>;
+  /** Record a change in this transaction's outbox. */
+  emit(type: EventType, lock: LockRecord, cause: EventCause): void;
+  /** Run `fn` so that, if it throws, none of its writes or events are kept (the rest are). */
+  atomically<T>(fn: () => Promise<T>): Promise<T>;
+}
+
+export interface StoreTx extends LockTx {
+  /**
+   * Optional: run the first statements of a whole batch in one round trip, in order (each on a
+   * name of its own). Afterwards the matching `insertLock`/`deleteLock` call of each name returns
+   * the prefetched row instead of running the statement again. Resolves false, with nothing done,
+   * when the batch must run statement by statement (an insert met an existing row).
+   */
+  prefetch?(items: readonly FirstStatement[]): Promise<boolean>;
+}
+
+/** An event as the outbox holds it: lock and cause already serialised. */
+export interface OutboxEvent {
+  /** Orders the events of one database; grows, never repeats. */
+  seq: number;
+  id: string;
+  type: EventType;
+  name: string;
+  lockJson: string;
+  causeJson: string;
+  daemon: string;
+  at: number;
+}
+
+/** An event just committed by this daemon. */
+export interface CommittedEvent extends OutboxEvent {
+  lock: LockRecord;
+  cause: EventCause;
+}
+
+export interface TransactionResult<T> {
+  value: T;
+  /** The events `work` emitted, as committed, in seq order. */
+  events: CommittedEvent[];
+}
+
+/**
+ * The right to relay the database's outbox to NATS: one daemon at a time reads and removes its
+ * rows. Where this daemon is the only writer, it always holds it.
+ */
+export interface RelayLease {
+  /** True if this daemon holds the lease, trying to take it if not. */
+  acquire(): Promise<boolean>;
+  readonly held: boolean;
+  /** Up to `limit` undelivered events with seq > `after` (and < `before`), oldest first. */
+  read(after: number, limit: number, before?: number): Promise<OutboxEvent[]>;
+  /** Remove delivered events. */
+  remove(seqs: readonly number[]): Promise<void>;
+  /**
+   * Remove every event with seq <= `seq` (delivered in order). The store may do it along with
+   * its next transaction, or in one of its own soon after.
+   */
+  removeThrough(seq: number): Promise<void>;
+  /** Give the lease up (another daemon may take it). */
+  release(): Promise<void>;
+}
+
+export interface MigrateOptions {
+  onApplied?: (name: string) => void;
+  /** Stop after this migration (default: apply all). */
+  upTo?: string;
+}
+
+export interface Store {
+  /** `sqlite`, `postgres`, `memory`: for logs and the service's metadata. */
+  readonly kind: string;
+  /** Transactions that may run at once. */
+  readonly concurrency: number;
+  /**
+   * True when this daemon is the database's only writer: every event in the outbox was
+   * committed by it, numbered in commit order, so it may publish its commits from memory.
+   */
+  readonly soleWriter: boolean;
+  /** Where the locks live, safe to print (no password). */
+  describe(): string;
+  /** Apply pending schema migrations; returns the names applied. Safe to run from several daemons. */
+  migrate(options?: MigrateOptions): Promise<string[]>;
+  /**
+   * Run `work` in one transaction and commit it with the events it emitted. `trace`, when given,
+   * names the transaction in the statement diagnostics (see diagnostics.ts).
+   */
+  transaction<T>(work: (tx: StoreTx) => Promise<T>, trace?: object): Promise<TransactionResult<T>>;
+  /** Events waiting in the outbox with seq <= `upTo`. */
+  countOutbox(upTo?: number): Promise<number>;
+  /** The relay lease of this store (one per store). */
+  relayLease(): RelayLease;
+  close(): Promise<void>;
+}
+
+/** The database is unreachable or refused the work: the request may be retried later. */
+export class StoreUnavailable extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'StoreUnavailable';
+  }
+}
+
+/**
+ * The transaction met a concurrent change (a deadlock, a serialization failure, a row changed by
+ * another daemon between two statements) and was rolled back: running it again is safe.
+ */
+export class TransactionConflict extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'TransactionConflict';
+  }
+}
+
+/** Errors that an operation throws on purpose (Locked, NotFound...): results, not failures. */
+export interface DomainError {
+  readonly domain: true;
+}
+export function isDomainError(err: unknown): err is DomainError {
+  return typeof err === 'object' && err !== null && (err as { domain?: unknown }).domain === true;
+}

@@ -1,0 +1,62 @@
+/**
+ * The sweeper: every `intervalMs` it removes the expired locks, a page per transaction, recording
+ * an `expired` event for each, so expiries are published without anyone calling.
+ */
+import { hostname } from 'node:os';
+import type { Batcher } from './batcher';
+import { sleep, type Cancel, type Clock } from './clock';
+import { EXPIRED_PAGE, ops } from './lock-ops';
+import type { Logger } from './logger';
+import type { Requester } from './store/store';
+
+/** After each full page of expired locks, the sweeper pauses this fraction of the page's time. */
+const SWEEP_PAUSE = 1;
+
+export class Sweeper {
+  private cancelTimer?: Cancel;
+  private sweeping?: Promise<void>;
+  private stopped = false;
+  private readonly who: Requester = { lockedBy: hostname(), process: process.pid, client: null };
+
+  constructor(
+    private readonly batcher: Batcher,
+    private readonly intervalMs: number,
+    private readonly logger: Logger,
+    private readonly clock: Clock,
+  ) {}
+
+  start(): void {
+    this.cancelTimer = this.clock.schedule(() => this.tick(), this.intervalMs);
+  }
+
+  /** No more sweeps; resolves once the one running (if any) has finished. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.cancelTimer?.();
+    await this.sweeping;
+  }
+
+  private tick(): void {
+    this.sweeping = this.sweep().finally(() => {
+      this.sweeping = undefined;
+      if (!this.stopped) this.cancelTimer = this.clock.schedule(() => this.tick(), this.intervalMs);
+    });
+  }
+
+  /** Remove every expired lock, a page at a time. */
+  private async sweep(): Promise<void> {
+    try {
+      for (;;) {
+        const started = performance.now();
+        const rows = await this.batcher.run(ops.deleteExpired(EXPIRED_PAGE, this.who, 'sweeper'));
+        if (rows.length > 0) this.logger.debug('swept expired locks', { count: rows.length });
+        if (rows.length < EXPIRED_PAGE || this.stopped) return;
+        // A long run of expiries (thousands at once): leave requests, and the relay publishing
+        // the expiries, a share of the thread between pages.
+        await sleep(this.clock, (performance.now() - started) * SWEEP_PAUSE);
+      }
+    } catch (err) {
+      this.logger.warn(`expiry sweep failed, will retry: ${(err as Error).message}`);
+    }
+  }
+}
