@@ -6,10 +6,10 @@
  *   for await (const e of client.events({ since: { seq: 1 } })) ...   // the whole history, then ends
  */
 import { DeliverPolicy, type ConsumerMessages, type NatsConnection, type Subscription } from 'nats';
-import { EVENT_TYPES, eventSubject, type EventType, type LockEvent } from '../shared/events';
+import { DEFAULT_EVENTS_STREAM, EVENT_TYPES, eventSubject, type EventType, type LockEvent } from '../shared/events';
 import { InvalidRequest, LockError } from './errors';
 
-export const DEFAULT_EVENTS_STREAM = 'LOCKMGR_EVENTS';
+export { DEFAULT_EVENTS_STREAM };
 
 export interface EventsOptions {
   /** Only events of these types (default: all). */

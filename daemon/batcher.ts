@@ -6,7 +6,11 @@
 import { operationChannel, transactionChannel } from './diagnostics';
 import { isDomainError, StoreUnavailable, TransactionConflict, type CommittedEvent, type FirstStatement, type Store, type StoreTx } from './store/store';
 
-/** One unit of work for a transaction. */
+/**
+ * One unit of work for a transaction. An operation that refuses a request (throws a domain error)
+ * does so before it writes, or inside `tx.atomically`: the rest of its batch commits, and with it
+ * whatever the operation wrote before throwing.
+ */
 export interface Operation<T> {
   /** The lock name it works on first, if one: a batch runs its operations in name order. */
   key?: string;

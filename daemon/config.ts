@@ -3,6 +3,9 @@
  * Every option is declared once below; the environment name and flag name derive from it.
  */
 import { readFileSync } from 'node:fs';
+import { DEFAULT_NATS_URL } from '../shared/connect';
+import { DEFAULT_EVENTS_STREAM } from '../shared/events';
+import { DEFAULT_PREFIX } from '../shared/protocol';
 import { maskNatsUrls } from '../shared/nats-url';
 import { maskDatabaseUrl } from './store';
 import { LOG_LEVELS } from './logger';
@@ -18,9 +21,9 @@ interface OptionSpec {
 }
 
 export const OPTIONS = {
-  natsUrl: { kind: 'string', default: 'nats://127.0.0.1:4222', describe: 'NATS server URL(s), comma-separated', secret: true },
+  natsUrl: { kind: 'string', default: DEFAULT_NATS_URL, describe: 'NATS server URL(s), comma-separated', secret: true },
   natsCreds: { kind: 'string', default: '', describe: 'NATS credentials file (.creds), if the server needs one' },
-  prefix: { kind: 'string', default: 'lock', describe: 'Subject prefix P: requests on P.set, P.get...; events on P.events.>' },
+  prefix: { kind: 'string', default: DEFAULT_PREFIX, describe: 'Subject prefix P: requests on P.set, P.get...; events on P.events.>' },
   db: { kind: 'string', default: './data/lockmgr.sqlite', describe: 'SQLite file path, or a postgres:// URL', secret: true },
   dbPoolSize: { kind: 'number', default: 4, min: 1, describe: 'PostgreSQL connections per daemon' },
   sqliteSynchronous: { kind: 'enum', default: 'NORMAL', choices: ['NORMAL', 'FULL'], describe: 'SQLite synchronous pragma: NORMAL survives a killed daemon, FULL also power loss (one fsync per commit)' },
@@ -32,7 +35,7 @@ export const OPTIONS = {
   sweepInterval: { kind: 'number', default: 0.5, min: 0.05, describe: 'Seconds between sweeps for expired locks' },
   drainTimeout: { kind: 'number', default: 10, min: 0, describe: 'Seconds a graceful stop may take before it is forced' },
   eventsJetstream: { kind: 'enum', default: 'auto', choices: ['auto', 'off'], describe: 'Deliver events to JetStream (auto) or core NATS only (off)' },
-  eventsStream: { kind: 'string', default: 'LOCKMGR_EVENTS', describe: 'JetStream stream that stores events (created if missing)' },
+  eventsStream: { kind: 'string', default: DEFAULT_EVENTS_STREAM, describe: 'JetStream stream that stores events (created if missing)' },
   eventsRetention: { kind: 'enum', default: 'limits', choices: ['limits', 'interest', 'workqueue'], describe: 'Retention policy of the events stream' },
   eventsReplicas: { kind: 'number', default: 1, min: 1, describe: 'Replicas of the events stream' },
   eventsMaxAge: { kind: 'number', default: 0, min: 0, describe: 'Seconds events are kept in the stream (0: forever)' },

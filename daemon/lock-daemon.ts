@@ -54,7 +54,6 @@ export class LockDaemon {
   readonly id = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
   private readonly clock: Clock;
   private db?: Store;
-  private batcher?: Batcher;
   private nc?: NatsConnection;
   private ownsConnection = true;
   private service?: Service;
@@ -124,7 +123,6 @@ export class LockDaemon {
     this.logger.info('store ready', { store: store.describe(), dialect: store.kind });
 
     const batcher = new Batcher(store, { maxBatch: c.maxBatch, onCommit: (events) => this.committed(events) });
-    this.batcher = batcher;
 
     if (this.options.nc) {
       this.nc = this.options.nc;

@@ -51,7 +51,10 @@ export class WaitQueue {
     if (!f) {
       f = { followers: 0, releases: 0, ready: Promise.resolve() };
       this.followed.set(name, f);
-      f.ready = Promise.resolve(this.hooks?.watch(name)).catch(() => undefined);
+      // A hook that fails (even synchronously) leaves the name followed, woken by its timers.
+      f.ready = Promise.resolve()
+        .then(() => this.hooks?.watch(name))
+        .catch(() => undefined);
     }
     f.followers += 1;
     await f.ready;

@@ -45,6 +45,9 @@ export interface LockEvent {
   at: string;
 }
 
+/** The JetStream stream daemons deliver events to unless configured otherwise. */
+export const DEFAULT_EVENTS_STREAM = 'LOCKMGR_EVENTS';
+
 /** Header naming the daemon that made a change, so that it can skip its own events cheaply. */
 export const DAEMON_HEADER = 'Lockmgr-Daemon';
 

@@ -261,12 +261,18 @@ export class EventRelay {
         this.recovered();
         if (events.length < limit) break;
         if (this.flushing === 0) await sleep(this.clock, (performance.now() - started) / 2);
+        if (this.halted()) return;
       }
       this.recovered();
       if (!this.store.soleWriter) this.schedule(this.pollIntervalMs);
     } catch (err) {
       this.failed(err);
     }
+  }
+
+  /** A stop or a disconnect ends a round between its pages. */
+  private halted(): boolean {
+    return this.mode === 'stopped' || this.mode === 'offline';
   }
 
   /** True if this daemon relays, trying to take the lease when due. */

@@ -3,10 +3,9 @@
  * between outbox rows and events. Events are written in the transaction of the change they
  * record and stay until the relay has them acknowledged.
  */
-import { randomUUID } from 'node:crypto';
 import type { EventType } from '../../shared/events';
-import type { PendingEvent, Row } from './sql-tx';
-import type { CommittedEvent, OutboxEvent } from './store';
+import type { Row } from './sql-tx';
+import type { OutboxEvent } from './store';
 
 export const OUTBOX_COLUMNS = 'seq, event_id, type, name, lock, cause, daemon, at';
 
@@ -42,20 +41,4 @@ export function toOutboxEvent(row: Row): OutboxEvent {
     daemon: String(row.daemon),
     at: Number(row.at),
   };
-}
-
-/** A transaction's events, ready for the outbox; `seq` is filled in by the backend. */
-export function toCommittedEvents(pending: readonly PendingEvent[], daemon: string, at: number): CommittedEvent[] {
-  return pending.map((e) => ({
-    seq: 0,
-    id: randomUUID(),
-    type: e.type,
-    name: e.lock.name,
-    lock: e.lock,
-    cause: e.cause,
-    lockJson: JSON.stringify(e.lock),
-    causeJson: JSON.stringify(e.cause),
-    daemon,
-    at,
-  }));
 }

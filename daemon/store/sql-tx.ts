@@ -6,7 +6,8 @@
  */
 import type { EventCause, EventType } from '../../shared/events';
 import type { LockRecord } from '../../shared/protocol';
-import type { LockRow, Renewal, Requester, StoreTx } from './store';
+import { statementTracer } from '../diagnostics';
+import type { LockRow, PendingEvent, Renewal, Requester, StoreTx } from './store';
 
 export type Row = Record<string, unknown>;
 
@@ -15,6 +16,19 @@ export interface SqlConnection {
   query(sql: string, params?: readonly unknown[]): Promise<Row[]>;
   /** Statements without parameters, in one round trip where the driver allows. */
   exec(sql: string): Promise<void>;
+}
+
+/**
+ * `conn`, reporting each statement on the diagnostics channel when `trace` names a transaction
+ * someone follows (see diagnostics.ts); `conn` itself otherwise.
+ */
+export function tracedConnection(conn: SqlConnection, trace: object | undefined): SqlConnection {
+  const tracer = statementTracer(trace);
+  if (!tracer) return conn;
+  return {
+    query: (sql, params) => tracer(sql, () => conn.query(sql, params)),
+    exec: (sql) => tracer(sql, () => conn.exec(sql)),
+  };
 }
 
 export const LOCK_COLUMNS = 'name, locked_by, lock_process, locked_until, created_at, updated_at, token';
@@ -86,13 +100,6 @@ export function firstLockRow(rows: Row[]): LockRow | null {
   return row ? toLockRow(row) : null;
 }
 
-/** A change recorded by a transaction, for its backend to write into the outbox. */
-export interface PendingEvent {
-  type: EventType;
-  lock: LockRecord;
-  cause: EventCause;
-}
-
 /** The lock statements of one SQL transaction; the backend supplies the insert. */
 export abstract class SqlTx implements StoreTx {
   readonly events: PendingEvent[] = [];
@@ -139,7 +146,8 @@ export abstract class SqlTx implements StoreTx {
   async listLive(query: { prefix: string | null; after: string | null; limit: number }): Promise<LockRow[]> {
     const params: unknown[] = [this.now];
     if (query.after !== null) params.push(query.after);
-    if (query.prefix !== null) params.push(query.prefix.length, query.prefix);
+    // substr counts characters; a JavaScript string's length counts UTF-16 units.
+    if (query.prefix !== null) params.push([...query.prefix].length, query.prefix);
     params.push(query.limit);
     const sql = LIST_SQL[(query.after !== null ? 2 : 0) + (query.prefix !== null ? 1 : 0)]!;
     return (await this.conn.query(sql, params)).map(toLockRow);

@@ -9,6 +9,7 @@
  * events `work` emitted in the outbox of the same transaction, commits, and returns the result
  * with the committed events (numbered). What a transaction replies is what was committed.
  */
+import { randomUUID } from 'node:crypto';
 import type { EventCause, EventType } from '../../shared/events';
 import type { LockRecord } from '../../shared/protocol';
 
@@ -62,7 +63,7 @@ export interface LockTx {
   renew(name: string, renewal: Renewal, token: number | null): Promise<LockRow | null>;
   /** Delete `name`, expired or not (only the grant `token`, when given); returns the deleted row. */
   deleteLock(name: string, token: number | null): Promise<LockRow | null>;
-  /** Delete up to `limit` expired locks, soonest expired first. */
+  /** Delete up to `limit` expired locks: the soonest expired ones (the rows in any order). */
   deleteExpired(limit: number): Promise<LockRow[]>;
   /** Delete every lock. */
   deleteAll(): Promise<LockRow[]>;
@@ -101,6 +102,29 @@ export interface OutboxEvent {
 export interface CommittedEvent extends OutboxEvent {
   lock: LockRecord;
   cause: EventCause;
+}
+
+/** A change a transaction recorded (`LockTx.emit`), for the store to write into its outbox. */
+export interface PendingEvent {
+  type: EventType;
+  lock: LockRecord;
+  cause: EventCause;
+}
+
+/** A transaction's events as it commits them: ids drawn, JSON built; `seq` is the store's to fill in. */
+export function toCommittedEvents(pending: readonly PendingEvent[], daemon: string, at: number): CommittedEvent[] {
+  return pending.map((e) => ({
+    seq: 0,
+    id: randomUUID(),
+    type: e.type,
+    name: e.lock.name,
+    lock: e.lock,
+    cause: e.cause,
+    lockJson: JSON.stringify(e.lock),
+    causeJson: JSON.stringify(e.cause),
+    daemon,
+    at,
+  }));
 }
 
 export interface TransactionResult<T> {

@@ -10,12 +10,13 @@
  */
 import { Client, Pool, type PoolClient } from 'pg';
 import { Sequelize } from 'sequelize';
-import { statementTracer, type StatementTracer } from '../../diagnostics';
+import { statementTracer } from '../../diagnostics';
 import { applyMigrations } from '../migrate';
-import { OUTBOX_INSERT_CHUNK, OUTBOX_SQL, toCommittedEvents, toOutboxEvent } from '../sql-outbox';
-import { firstLockRow, SqlTx, type Row, type SqlConnection } from '../sql-tx';
+import { OUTBOX_INSERT_CHUNK, OUTBOX_SQL, toOutboxEvent } from '../sql-outbox';
+import { firstLockRow, SqlTx, tracedConnection, type Row, type SqlConnection } from '../sql-tx';
 import {
   StoreUnavailable,
+  toCommittedEvents,
   TransactionConflict,
   type CommittedEvent,
   type FirstStatement,
@@ -105,19 +106,6 @@ class PostgresConnection implements SqlConnection {
   }
 }
 
-class TracedConnection implements SqlConnection {
-  constructor(
-    private readonly inner: SqlConnection,
-    private readonly trace: StatementTracer,
-  ) {}
-  query(sql: string, params?: readonly unknown[]): Promise<Row[]> {
-    return this.trace(sql, () => this.inner.query(sql, params));
-  }
-  exec(sql: string): Promise<void> {
-    return this.trace(sql, () => this.inner.exec(sql));
-  }
-}
-
 class PostgresTx extends SqlTx {
   /** Rows of first statements the batch already ran, by name (see prefetch). */
   private prefetched?: Map<string, { kind: FirstStatement['kind']; rows: Row[] }>;
@@ -203,11 +191,13 @@ export class PostgresStore implements Store {
     try {
       // Daemons starting together must not apply the same migration twice.
       return await sequelize.transaction(async (transaction) => {
-        await sequelize.query(POSTGRES_SQL.migrationLock.replace('?', String(MIGRATION_LOCK_KEY)), { transaction });
+        await sequelize.query(POSTGRES_SQL.migrationLock, { replacements: [MIGRATION_LOCK_KEY], transaction });
         return applyMigrations(sequelize, POSTGRES_MIGRATIONS, options);
       });
     } catch (err) {
-      throw classify((err as { parent?: unknown }).parent ?? err, 'cannot migrate the database');
+      // Sequelize wraps the driver's error: the database being away is told apart by the original.
+      const failure = classify((err as { parent?: unknown }).parent ?? err, 'cannot migrate the database');
+      throw failure instanceof StoreUnavailable ? failure : err;
     } finally {
       await sequelize.close();
     }
@@ -216,8 +206,8 @@ export class PostgresStore implements Store {
   async transaction<T>(work: (tx: StoreTx) => Promise<T>, trace?: object): Promise<TransactionResult<T>> {
     const client = await this.connect();
     const pg = new PostgresConnection(client);
-    const tracer = trace ? statementTracer(trace) : undefined;
-    const conn: SqlConnection = tracer ? new TracedConnection(pg, tracer) : pg;
+    const conn = tracedConnection(pg, trace);
+    const tracer = statementTracer(trace);
     let open = true; // roll back on failure even if only part of BEGIN went through
     let broken: unknown;
     try {

@@ -16,10 +16,11 @@ import BetterSqlite3 from 'better-sqlite3';
 import { Sequelize } from 'sequelize';
 import { systemClock, type Cancel, type Clock } from '../../clock';
 import { applyMigrations } from '../migrate';
-import { OUTBOX_INSERT_CHUNK, OUTBOX_SQL, toCommittedEvents, toOutboxEvent } from '../sql-outbox';
-import { firstLockRow, SqlTx, type Row, type SqlConnection } from '../sql-tx';
+import { OUTBOX_INSERT_CHUNK, OUTBOX_SQL, toOutboxEvent } from '../sql-outbox';
+import { firstLockRow, SqlTx, tracedConnection, type Row, type SqlConnection } from '../sql-tx';
 import {
   StoreUnavailable,
+  toCommittedEvents,
   type CommittedEvent,
   type LockRow,
   type MigrateOptions,
@@ -34,7 +35,6 @@ import { Checkpointer } from './checkpointer';
 import { SQLITE_MIGRATIONS } from './migrations';
 import { SQLITE_PRAGMAS, SQLITE_SQL } from './sql';
 import { ReservedSeries } from './reserved-series';
-import { statementTracer, type StatementTracer } from '../../diagnostics';
 
 export interface SqliteStoreOptions {
   /** The database file (`sqlite:` prefix allowed). */
@@ -105,20 +105,6 @@ class SqliteConnection implements SqlConnection {
   close(): void {
     this.statements.clear();
     if (this.db.open) this.db.close();
-  }
-}
-
-/** A connection whose statements are reported to the diagnostics channel, for the bench. */
-class TracedConnection implements SqlConnection {
-  constructor(
-    private readonly inner: SqliteConnection,
-    private readonly trace: StatementTracer,
-  ) {}
-  query(sql: string, params?: readonly unknown[]): Promise<Row[]> {
-    return this.trace(sql, () => this.inner.query(sql, params));
-  }
-  exec(sql: string): Promise<void> {
-    return this.trace(sql, () => this.inner.exec(sql));
   }
 }
 
@@ -234,9 +220,7 @@ export class SqliteStore implements Store {
   private async transact<T>(work: (tx: StoreTx) => Promise<T>, trace?: object): Promise<TransactionResult<T>> {
     let open = false; // roll back on failure once BEGIN went through
     try {
-      const raw = this.connection();
-      const tracer = trace ? statementTracer(trace) : undefined;
-      const conn: SqlConnection = tracer ? new TracedConnection(raw, tracer) : raw;
+      const conn = tracedConnection(this.connection(), trace);
       await conn.exec(SQLITE_SQL.begin);
       open = true;
       const removal = this.removeUpTo > this.removedUpTo ? this.removeUpTo : 0;

@@ -1,0 +1,444 @@
+/**
+ * Store conformance: one suite for the contract of daemon/store/store.ts, run against the
+ * in-memory fake the unit tests use, SQLite (a fresh file) and PostgreSQL (a fresh database),
+ * so that the fake cannot drift from the real stores and the two backends agree.
+ *
+ * Expiry is decided by each transaction's `now` (the database's clock on PostgreSQL): rows that
+ * must be expired are inserted with `locked_until` at or before the `now` of the transaction
+ * that inserts them, and later transactions' clocks are never earlier.
+ */
+import { rmSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { toLockRecord } from '../../daemon/lock-records';
+import { PostgresStore } from '../../daemon/store/postgres/postgres-store';
+import { SqliteStore } from '../../daemon/store/sqlite/sqlite-store';
+import type { LockRow, Store, StoreTx } from '../../daemon/store/store';
+import type { EventCause } from '../../shared/events';
+import { createTestDatabase, type TestDatabase } from '../helpers/databases';
+import { MemoryStore } from '../helpers/memory-store';
+
+type Kind = 'memory' | 'sqlite' | 'postgres';
+const KINDS: Kind[] = ['memory', 'sqlite', 'postgres'];
+const DAEMON = 'contract-daemon';
+const who = { lockedBy: 'alice', process: 42, client: 'client-1' };
+const cause: EventCause = { locked_by: 'alice', process_id: 42, client: 'client-1', operation: 'test' };
+const MINUTE = 60_000;
+
+async function openStore(kind: Kind): Promise<{ store: Store; cleanup(): Promise<void> }> {
+  if (kind === 'memory') {
+    const store = new MemoryStore({ daemonId: DAEMON });
+    return { store, cleanup: () => store.close() };
+  }
+  const db: TestDatabase = await createTestDatabase(kind);
+  const store =
+    kind === 'sqlite'
+      ? new SqliteStore({ file: db.url, daemonId: DAEMON, checkpointIntervalMs: 0 })
+      : new PostgresStore({ url: db.url, daemonId: DAEMON, poolSize: 2 });
+  try {
+    await store.migrate();
+  } catch (err) {
+    await store.close();
+    await db.drop();
+    throw err;
+  }
+  return {
+    store,
+    cleanup: async () => {
+      await store.close();
+      await db.drop();
+      if (kind === 'sqlite') rmSync(dirname(db.url), { recursive: true, force: true });
+    },
+  };
+}
+
+const names = (rows: readonly LockRow[]) => rows.map((r) => r.name);
+const sorted = (items: readonly string[]) => [...items].sort();
+
+describe.each(KINDS)('Store contract: %s', (kind) => {
+  let store: Store;
+  let cleanup: () => Promise<void>;
+
+  beforeEach(async () => {
+    ({ store, cleanup } = await openStore(kind));
+  });
+  afterEach(async () => {
+    await cleanup();
+  });
+
+  /** The value of one committed transaction. */
+  const run = async <T>(work: (tx: StoreTx) => Promise<T>): Promise<T> => (await store.transaction(work)).value;
+  /** Insert `name` expiring `ms` after (or, negative, before) the transaction's clock; null: never. */
+  const grant = (name: string, ms: number | null) => run((tx) => tx.insertLock(name, ms === null ? null : tx.now + ms, who));
+
+  it('declares its capabilities', () => {
+    expect(store.kind).toBe(kind);
+    expect(store.concurrency).toBeGreaterThanOrEqual(1);
+    // Only PostgreSQL is shared between daemons.
+    expect(store.soleWriter).toBe(kind !== 'postgres');
+    if (store.soleWriter) expect(store.relayLease().held).toBe(true);
+  });
+
+  it('insertLock returns the new row with a token, and null while a row (even an expired one) has the name', async () => {
+    const { row, now } = await run(async (tx) => ({ row: await tx.insertLock('a', tx.now + MINUTE, who), now: tx.now }));
+    expect(row).toEqual({
+      name: 'a',
+      locked_by: 'alice',
+      lock_process: 42,
+      locked_until: now + MINUTE,
+      created_at: now,
+      updated_at: now,
+      token: expect.any(Number),
+    });
+    expect(row!.token).toBeGreaterThan(0);
+    expect(await grant('a', MINUTE)).toBeNull();
+    // The insert does not take over an expired row: deleteIfExpired must go first.
+    await grant('stale', -1);
+    expect(await grant('stale', MINUTE)).toBeNull();
+    const never = await grant('never', null);
+    expect(never?.locked_until).toBeNull();
+  });
+
+  it('fencing tokens grow strictly across grants and releases, within and across transactions', async () => {
+    const tokens: number[] = [];
+    const take = (row: LockRow | null) => tokens.push(row!.token);
+    take(await grant('a', MINUTE));
+    await run((tx) => tx.deleteLock('a', null));
+    take(await grant('a', MINUTE));
+    await run(async (tx) => {
+      take(await tx.insertLock('b', null, who));
+      await tx.deleteLock('b', null);
+      take(await tx.insertLock('b', null, who));
+      take(await tx.insertLock('c', null, who));
+    });
+    take(await grant('d', MINUTE));
+    expect(tokens).toHaveLength(6);
+    for (let i = 1; i < tokens.length; i++) expect(tokens[i]).toBeGreaterThan(tokens[i - 1]!);
+  });
+
+  it('deleteIfExpired deletes only a lock expired by the transaction clock (locked_until <= now)', async () => {
+    await run(async (tx) => {
+      await tx.insertLock('past', tx.now - 1, who);
+      await tx.insertLock('now', tx.now, who);
+      await tx.insertLock('future', tx.now + MINUTE, who);
+      await tx.insertLock('never', null, who);
+    });
+    const result = await run(async (tx) => ({
+      past: await tx.deleteIfExpired('past'),
+      now: await tx.deleteIfExpired('now'),
+      future: await tx.deleteIfExpired('future'),
+      never: await tx.deleteIfExpired('never'),
+      missing: await tx.deleteIfExpired('missing'),
+    }));
+    expect(result.past?.name).toBe('past');
+    expect(result.now?.name).toBe('now');
+    expect(result.future).toBeNull();
+    expect(result.never).toBeNull();
+    expect(result.missing).toBeNull();
+    // Deleted: the name can be taken again; the live ones cannot.
+    expect(await grant('past', MINUTE)).not.toBeNull();
+    expect(await grant('future', MINUTE)).toBeNull();
+    expect(await grant('never', MINUTE)).toBeNull();
+  });
+
+  it('selectLive returns live locks only', async () => {
+    const live = await run(async (tx) => {
+      await tx.insertLock('expired', tx.now - 1, who);
+      await tx.insertLock('boundary', tx.now, who);
+      const fresh = await tx.insertLock('fresh', tx.now + MINUTE, who);
+      const never = await tx.insertLock('never', null, who);
+      return {
+        fresh,
+        never,
+        seen: {
+          expired: await tx.selectLive('expired'),
+          boundary: await tx.selectLive('boundary'),
+          fresh: await tx.selectLive('fresh'),
+          never: await tx.selectLive('never'),
+          missing: await tx.selectLive('missing'),
+        },
+      };
+    });
+    expect(live.seen).toEqual({ expired: null, boundary: null, fresh: live.fresh, never: live.never, missing: null });
+    // Also from a later transaction (what it committed).
+    expect(await run((tx) => tx.selectLive('fresh'))).toEqual(live.fresh);
+    expect(await run((tx) => tx.selectLive('expired'))).toBeNull();
+  });
+
+  it('renew: forever, add and extend move the expiry, never shortening it', async () => {
+    const base = await run(async (tx) => {
+      for (const name of ['forever', 'add', 'addNever', 'extendLater', 'extendEarlier', 'extendNever'])
+        await tx.insertLock(name, name.endsWith('Never') ? null : tx.now + MINUTE, who);
+      await tx.insertLock('expired', tx.now - 1, who);
+      return tx.now;
+    });
+    const r = await run(async (tx) => ({
+      now: tx.now,
+      forever: await tx.renew('forever', { kind: 'forever' }, null),
+      add: await tx.renew('add', { kind: 'add', ms: 5000 }, null),
+      addNever: await tx.renew('addNever', { kind: 'add', ms: 5000 }, null),
+      extendLater: await tx.renew('extendLater', { kind: 'extend', until: base + 2 * MINUTE }, null),
+      extendEarlier: await tx.renew('extendEarlier', { kind: 'extend', until: base + 1000 }, null),
+      extendNever: await tx.renew('extendNever', { kind: 'extend', until: base + 2 * MINUTE }, null),
+      expired: await tx.renew('expired', { kind: 'forever' }, null),
+      missing: await tx.renew('missing', { kind: 'forever' }, null),
+    }));
+    expect(r.forever?.locked_until).toBeNull();
+    expect(r.add?.locked_until).toBe(base + MINUTE + 5000);
+    expect(r.addNever?.locked_until).toBeNull();
+    expect(r.extendLater?.locked_until).toBe(base + 2 * MINUTE);
+    expect(r.extendEarlier?.locked_until).toBe(base + MINUTE);
+    expect(r.extendNever?.locked_until).toBeNull();
+    // An expired lock is not renewed (a new grant is needed), nor a missing one.
+    expect(r.expired).toBeNull();
+    expect(r.missing).toBeNull();
+    for (const row of [r.forever, r.add, r.extendLater, r.extendEarlier]) {
+      expect(row?.updated_at).toBe(r.now);
+      expect(row?.created_at).toBe(base);
+    }
+    // Committed as returned.
+    expect(await run((tx) => tx.selectLive('add'))).toEqual(r.add);
+  });
+
+  it('renew and deleteLock with a token act only on that grant', async () => {
+    const row = (await grant('owned', MINUTE))!;
+    const other = row.token + 1000;
+    const r = await run(async (tx) => ({
+      renewWrong: await tx.renew('owned', { kind: 'forever' }, other),
+      deleteWrong: await tx.deleteLock('owned', other),
+      still: await tx.selectLive('owned'),
+    }));
+    expect(r.renewWrong).toBeNull();
+    expect(r.deleteWrong).toBeNull();
+    expect(r.still).toEqual(row);
+    const renewed = await run((tx) => tx.renew('owned', { kind: 'add', ms: 1000 }, row.token));
+    expect(renewed).toMatchObject({ token: row.token, locked_until: row.locked_until! + 1000 });
+    const deleted = await run((tx) => tx.deleteLock('owned', row.token));
+    expect(deleted).toEqual(renewed);
+    expect(await run((tx) => tx.selectLive('owned'))).toBeNull();
+    // Without a token, deleteLock takes the row expired or not.
+    await grant('old', -1);
+    expect((await run((tx) => tx.deleteLock('old', null)))?.name).toBe('old');
+    expect(await run((tx) => tx.deleteLock('old', null))).toBeNull();
+  });
+
+  it('deleteExpired(limit) deletes the soonest expired first, and only expired locks', async () => {
+    await run(async (tx) => {
+      // Inserted out of expiry order.
+      await tx.insertLock('e20', tx.now - 20_000, who);
+      await tx.insertLock('e40', tx.now - 40_000, who);
+      await tx.insertLock('e10', tx.now - 10_000, who);
+      await tx.insertLock('e30', tx.now - 30_000, who);
+      await tx.insertLock('live', tx.now + MINUTE, who);
+      await tx.insertLock('never', null, who);
+    });
+    // Which rows go is fixed (the soonest expired); the order they come back in is not promised.
+    expect(sorted(names(await run((tx) => tx.deleteExpired(2))))).toEqual(['e30', 'e40']);
+    expect(sorted(names(await run((tx) => tx.deleteExpired(100))))).toEqual(['e10', 'e20']);
+    expect(await run((tx) => tx.deleteExpired(100))).toEqual([]);
+    expect(names(await run((tx) => tx.listLive({ prefix: null, after: null, limit: 10 })))).toEqual(['live', 'never']);
+  });
+
+  it('deleteAll deletes every lock, expired or not, and returns them', async () => {
+    await run(async (tx) => {
+      await tx.insertLock('x', tx.now - 1, who);
+      await tx.insertLock('y', tx.now + MINUTE, who);
+      await tx.insertLock('z', null, who);
+    });
+    expect(sorted(names(await run((tx) => tx.deleteAll())))).toEqual(['x', 'y', 'z']);
+    expect(await run((tx) => tx.deleteAll())).toEqual([]);
+    // The names are free again, including the expired one.
+    for (const name of ['x', 'y', 'z']) expect(await grant(name, MINUTE)).not.toBeNull();
+  });
+
+  it('listLive lists live locks in name (byte) order, by prefix, after a name, up to a limit', async () => {
+    await run(async (tx) => {
+      for (const name of ['a/3', 'b/1', 'a/1', 'ab', 'a_x', 'B', 'a/2']) await tx.insertLock(name, tx.now + MINUTE, who);
+      await tx.insertLock('a/0-expired', tx.now - 1, who);
+    });
+    const list = (prefix: string | null, after: string | null, limit: number) =>
+      run(async (tx) => names(await tx.listLive({ prefix, after, limit })));
+    expect(await list(null, null, 100)).toEqual(['B', 'a/1', 'a/2', 'a/3', 'a_x', 'ab', 'b/1']);
+    expect(await list('a/', null, 100)).toEqual(['a/1', 'a/2', 'a/3']);
+    expect(await list('a/', 'a/1', 1)).toEqual(['a/2']);
+    expect(await list('a/', 'a/3', 10)).toEqual([]);
+    expect(await list(null, 'a/3', 2)).toEqual(['a_x', 'ab']);
+    // A prefix is a plain string, not a LIKE pattern.
+    expect(await list('a_', null, 10)).toEqual(['a_x']);
+    expect(await list(null, null, 0)).toEqual([]);
+  });
+
+  it('listLive matches a prefix by characters, also outside the Basic Multilingual Plane', async () => {
+    // '😀' is one character but two UTF-16 units: a prefix length counted in units misses it.
+    await run(async (tx) => {
+      for (const name of ['😀.a', '😀.b', 'é.c', 'x']) await tx.insertLock(name, tx.now + MINUTE, who);
+    });
+    expect(names(await run((tx) => tx.listLive({ prefix: '😀.', after: null, limit: 10 })))).toEqual(['😀.a', '😀.b']);
+    expect(names(await run((tx) => tx.listLive({ prefix: 'é', after: null, limit: 10 })))).toEqual(['é.c']);
+  });
+
+  it('emitted events are committed with growing seqs, their lock and cause as JSON, and the transaction time', async () => {
+    const first = await store.transaction(async (tx) => {
+      const a = await tx.insertLock('a', tx.now + MINUTE, who);
+      tx.emit('created', toLockRecord(a!), cause);
+      const b = await tx.insertLock('b', null, who);
+      tx.emit('created', toLockRecord(b!), { ...cause, operation: 'other' });
+      return { now: tx.now, a: a!, b: b! };
+    });
+    const second = await store.transaction(async (tx) => {
+      const gone = await tx.deleteLock('a', null);
+      tx.emit('released', toLockRecord(gone!), cause);
+      return tx.now;
+    });
+    const events = [...first.events, ...second.events];
+    expect(events.map((e) => [e.type, e.name])).toEqual([
+      ['created', 'a'],
+      ['created', 'b'],
+      ['released', 'a'],
+    ]);
+    for (let i = 1; i < events.length; i++) expect(events[i]!.seq).toBeGreaterThan(events[i - 1]!.seq);
+    expect(new Set(events.map((e) => e.id)).size).toBe(3);
+    const [a, b, released] = events;
+    expect(a!.lock).toEqual(toLockRecord(first.value.a));
+    expect(JSON.parse(a!.lockJson)).toEqual(toLockRecord(first.value.a));
+    expect(JSON.parse(b!.causeJson)).toEqual({ ...cause, operation: 'other' });
+    expect(a!.cause).toEqual(cause);
+    expect(a!.at).toBe(first.value.now);
+    expect(released!.at).toBe(second.value);
+    expect(events.every((e) => e.daemon === DAEMON)).toBe(true);
+    // The outbox holds them as committed.
+    const lease = store.relayLease();
+    expect(await lease.acquire()).toBe(true);
+    const rows = await lease.read(0, 10);
+    expect(rows).toEqual(
+      events.map(({ seq, id, type, name, lockJson, causeJson, daemon, at }) => ({ seq, id, type, name, lockJson, causeJson, daemon, at })),
+    );
+    await lease.release();
+  });
+
+  it('a work that throws commits nothing; tokens still grow past every committed one', async () => {
+    const before = (await grant('before', MINUTE))!;
+    const boom = new Error('boom');
+    let seen: LockRow | null = null;
+    await expect(
+      store.transaction(async (tx) => {
+        seen = await tx.insertLock('doomed', null, who);
+        tx.emit('created', toLockRecord(seen!), cause);
+        await tx.deleteLock('before', null);
+        throw boom;
+      }),
+    ).rejects.toBe(boom);
+    expect(seen).not.toBeNull();
+    expect(await run((tx) => tx.selectLive('doomed'))).toBeNull();
+    expect(await run((tx) => tx.selectLive('before'))).toEqual(before);
+    expect(await store.countOutbox()).toBe(0);
+    const after = (await grant('after', MINUTE))!;
+    expect(after.token).toBeGreaterThan(before.token);
+    // A domain error (a result, not a failure) rolls back just the same.
+    const refused = Object.assign(new Error('refused'), { domain: true });
+    await expect(
+      store.transaction(async (tx) => {
+        await tx.insertLock('refused', null, who);
+        throw refused;
+      }),
+    ).rejects.toBe(refused);
+    expect(await run((tx) => tx.selectLive('refused'))).toBeNull();
+  });
+
+  it('atomically undoes only its own writes and events when it throws', async () => {
+    const { value, events } = await store.transaction(async (tx) => {
+      const keep = await tx.insertLock('keep', null, who);
+      tx.emit('created', toLockRecord(keep!), cause);
+      await tx.insertLock('victim', null, who);
+      const undone = await tx
+        .atomically(async () => {
+          const lost = await tx.insertLock('lost', null, who);
+          tx.emit('created', toLockRecord(lost!), cause);
+          await tx.deleteLock('victim', null);
+          await tx.renew('keep', { kind: 'add', ms: 1 }, null);
+          throw new Error('undo');
+        })
+        .catch((err: Error) => err.message);
+      // Inside the transaction, the undone writes are gone already.
+      const inside = { lost: await tx.selectLive('lost'), victim: await tx.selectLive('victim') };
+      // A nested savepoint that fails inside one that succeeds: only the inner part goes.
+      await tx.atomically(async () => {
+        const kept = await tx.insertLock('outer', null, who);
+        tx.emit('created', toLockRecord(kept!), cause);
+        await tx
+          .atomically(async () => {
+            await tx.insertLock('inner', null, who);
+            tx.emit('created', toLockRecord((await tx.selectLive('inner'))!), cause);
+            throw new Error('inner');
+          })
+          .catch(() => undefined);
+      });
+      const after = await tx.insertLock('after', null, who);
+      tx.emit('created', toLockRecord(after!), cause);
+      return { undone, inside };
+    });
+    expect(value.undone).toBe('undo');
+    expect(value.inside.lost).toBeNull();
+    expect(value.inside.victim?.name).toBe('victim');
+    expect(events.map((e) => e.name)).toEqual(['keep', 'outer', 'after']);
+    const live = await run((tx) => tx.listLive({ prefix: null, after: null, limit: 10 }));
+    expect(names(live)).toEqual(['after', 'keep', 'outer', 'victim']);
+    expect(live.find((r) => r.name === 'keep')?.locked_until).toBeNull();
+    // A savepoint that succeeds keeps its writes and returns its value.
+    expect(await run((tx) => tx.atomically(async () => (await tx.insertLock('saved', null, who))?.name))).toBe('saved');
+    expect(await run((tx) => tx.selectLive('saved'))).not.toBeNull();
+  });
+
+  it('countOutbox counts waiting events up to a seq', async () => {
+    expect(await store.countOutbox()).toBe(0);
+    const { events } = await store.transaction(async (tx) => {
+      for (const name of ['a', 'b', 'c']) tx.emit('created', toLockRecord((await tx.insertLock(name, null, who))!), cause);
+    });
+    const seqs = events.map((e) => e.seq);
+    expect(await store.countOutbox()).toBe(3);
+    expect(await store.countOutbox(seqs[1])).toBe(2);
+    expect(await store.countOutbox(seqs[0]! - 1)).toBe(0);
+    // A transaction without events adds none.
+    await grant('quiet', null);
+    expect(await store.countOutbox()).toBe(3);
+  });
+
+  it('relay lease: read oldest first (after, limit, before), remove and removeThrough', async () => {
+    const lease = store.relayLease();
+    // PostgreSQL: reading needs the lease, held on a connection of its own.
+    expect(await lease.acquire()).toBe(true);
+    expect(lease.held).toBe(true);
+    const committed: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const { events } = await store.transaction(async (tx) => {
+        for (const n of [`n${i}a`, `n${i}b`]) tx.emit('created', toLockRecord((await tx.insertLock(n, null, who))!), cause);
+      });
+      committed.push(...events.map((e) => e.seq));
+    }
+    const [s1, s2, s3, s4, s5, s6] = committed as [number, number, number, number, number, number];
+    const seqs = async (after: number, limit: number, before?: number) => (await lease.read(after, limit, before)).map((e) => e.seq);
+    expect(await seqs(0, 100)).toEqual(committed);
+    expect(await seqs(0, 2)).toEqual([s1, s2]);
+    expect(await seqs(s2, 2)).toEqual([s3, s4]);
+    expect(await seqs(s1, 100, s4)).toEqual([s2, s3]);
+    expect(await seqs(s6, 100)).toEqual([]);
+    await lease.remove([s2, s4]);
+    expect(await seqs(0, 100)).toEqual([s1, s3, s5, s6]);
+    expect(await store.countOutbox()).toBe(4);
+    // removeThrough may be deferred (SQLite: to the next transaction, or ~20 ms); countOutbox
+    // sees through the deferral, and a later transaction has applied it.
+    await lease.removeThrough(s3);
+    expect(await store.countOutbox()).toBe(2);
+    await lease.removeThrough(s5);
+    await run(async () => undefined);
+    expect(await seqs(0, 100)).toEqual([s6]);
+    expect(await store.countOutbox()).toBe(1);
+    // Seqs keep growing after removals: never reused.
+    const { events } = await store.transaction(async (tx) =>
+      tx.emit('created', toLockRecord((await tx.insertLock('late', null, who))!), cause),
+    );
+    expect(events[0]!.seq).toBeGreaterThan(s6);
+    await lease.release();
+    if (store.soleWriter) expect(lease.held).toBe(true);
+    else expect(lease.held).toBe(false);
+  });
+});
