@@ -110,16 +110,22 @@ describe('Dockerfile', () => {
     .map((l) => l.trim())
     .filter((l) => l && !l.startsWith('#'));
 
-  it('builds on node:20 with npm ci and runs `lockmgr daemon` with a ping healthcheck', () => {
+  it('builds on node:20, installs the packed daemon package and runs `lockmgr daemon` with a ping healthcheck', () => {
     const froms = lines.filter((l) => l.startsWith('FROM '));
     expect(froms.length).toBeGreaterThanOrEqual(1);
     for (const f of froms) expect(f).toMatch(/^FROM node:20[-\w]*( AS \w+)?$/);
-    expect(lines.some((l) => /^RUN npm ci\b/.test(l))).toBe(true);
-    expect(JSON.parse(read('package.json')).scripts.prepare).toBe('npm run build');
+    const build = lines.join(' ');
+    expect(build).toMatch(/RUN npm ci\b/);
+    // The image holds the daemon package as published: packed, then installed without dev tools.
+    const daemon = JSON.parse(read('daemon/package.json')) as { name: string; bin: Record<string, string>; scripts: Record<string, string> };
+    expect(build).toContain('npm pack -w daemon');
+    expect(daemon.scripts.prepack).toBe('npm run build');
+    expect(build).toMatch(new RegExp(`npm install --omit=dev .*${daemon.name}-\\*\\.tgz`));
     expect(lines).toContain('ENTRYPOINT ["lockmgr"]');
     expect(lines).toContain('CMD ["daemon"]');
     expect(lines.find((l) => l.startsWith('HEALTHCHECK'))).toContain('CMD ["lockmgr", "ping", "--local"]');
-    expect(lines.some((l) => l.includes('/usr/local/bin/lockmgr') && l.includes('dist/cli/main.js'))).toBe(true);
+    const link = lines.find((l) => l.includes('/usr/local/bin/lockmgr'));
+    expect(link).toContain(`node_modules/${daemon.name}/${daemon.bin.lockmgr}`);
   });
 
   it('copies every source folder the build compiles', () => {
