@@ -11,9 +11,10 @@
  * Groups: floors, cycle, multi, handoff, diag, scale, breakdown, micro.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { cpSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, hostname, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
 import sqlite3 from 'sqlite3';
 import { OPTIONS } from '../daemon/config';
 import { Bench, type Args, type Store } from './lib/context';
@@ -114,12 +115,17 @@ function sh(cmd: string, args: string[]): string {
   }
 }
 
+/** The version of an installed package, from its package.json. */
+function packageVersion(name: string): string {
+  return (JSON.parse(readFileSync(join(ROOT, 'node_modules', name, 'package.json'), 'utf8')) as { version: string }).version;
+}
+
 function sqliteVersions(): Record<string, string> {
   const out: Record<string, string> = { sqlite3: (sqlite3 as unknown as { VERSION: string }).VERSION };
   try {
-    const Better = require('better-sqlite3') as new (file: string) => { prepare(sql: string): { get(): { v: string } }; close(): void };
-    const db = new Better(':memory:');
-    out['better-sqlite3'] = `${db.prepare('SELECT sqlite_version() AS v').get().v} (better-sqlite3 ${require('better-sqlite3/package.json').version})`;
+    const db = new BetterSqlite3(':memory:');
+    const { v } = db.prepare('SELECT sqlite_version() AS v').get() as { v: string };
+    out['better-sqlite3'] = `${v} (better-sqlite3 ${packageVersion('better-sqlite3')})`;
     db.close();
   } catch {
     // not installed
@@ -128,7 +134,7 @@ function sqliteVersions(): Record<string, string> {
 }
 
 async function machine(a: Args): Promise<Record<string, unknown>> {
-  const natsPkg = require(join(ROOT, 'node_modules', 'nats', 'package.json')) as { version: string };
+  const natsPkg = { version: packageVersion('nats') };
   const m: Record<string, unknown> = {
     host: hostname(),
     nproc: cpus().length,

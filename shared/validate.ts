@@ -6,7 +6,7 @@
 import {
   DEFAULT_EXPIRES,
   DEFAULT_LIST_LIMIT,
-  Endpoint,
+  type Endpoint,
   MAX_LIST_LIMIT,
   MAX_NAME_LENGTH,
   MAX_NAMES_PER_SET,
@@ -27,6 +27,7 @@ export class RequestInvalid extends Error {
 
 const NAME_TOKEN = /^[^\s*>.]+$/;
 // Control characters: PostgreSQL refuses NUL in text, and a name is also a NATS subject token.
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
 const CONTROL = /[\u0000-\u001f\u007f]/;
 
 /** Why `name` is not a valid lock name, or null when it is. */

@@ -136,15 +136,16 @@ export async function closedLoop(opts: LoadOptions, op: (worker: number, i: numb
     if (!last) opts.onWindow?.(false);
     return (last ??= open().then((f) => snapshot(watch, f.pids)));
   };
-  const startTimer = setTimeout(open, opts.warmupMs);
-  const endTimer = setTimeout(close, opts.warmupMs + opts.durationMs);
+  const startTimer = setTimeout(() => void open(), opts.warmupMs);
+  const endTimer = setTimeout(() => void close(), opts.warmupMs + opts.durationMs);
 
   const worker = async (w: number) => {
     for (let i = 0; ; i++) {
       const s = performance.now();
-      if (s >= measureStart) open();
+      // The window's CPU snapshots are awaited below, after the workers.
+      if (s >= measureStart) void open();
       if (s >= measureEnd) {
-        close();
+        void close();
         return;
       }
       try {
@@ -157,7 +158,7 @@ export async function closedLoop(opts: LoadOptions, op: (worker: number, i: numb
       } catch (err) {
         errors += 1;
         firstError ??= (err as Error).message ?? String(err);
-        if (errors > 10_000) throw new Error(`too many errors (first: ${firstError})`);
+        if (errors > 10_000) throw new Error(`too many errors (first: ${firstError})`, { cause: err });
         await sleep(errors > 100 ? 10 : 0);
       }
     }

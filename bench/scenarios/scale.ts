@@ -123,7 +123,7 @@ export async function scale(bench: Bench, store: Store): Promise<void> {
       await d.client.setLock(name);
       await d.client.unlock(name);
     });
-    let result: Record<string, unknown> = {};
+    let result: Record<string, unknown>;
     try {
       await sleep(a.warmupMs);
       const baselineStart = clock();

@@ -75,7 +75,7 @@ describe('lockmgr events and the auditor example (built programs, real daemon)',
     );
     const released = stored[3]!.event;
     expect(lines[3]).toBe(`${released.at} #${released.seq} released cli.b  by ${HOST} pid=- token=${released.lock.token} holder=web-1 op=unlock stream=4`);
-    expect(lines[4]).toMatch(/ created  orders\.1  by .* until=never op=get stream=5$/);
+    expect(lines[4]).toMatch(/ created {2}orders\.1 {2}by .* until=never op=get stream=5$/);
   });
 
   it('--since-seq replays exactly the tail; --since-time from a time; --type and --name filter', async () => {

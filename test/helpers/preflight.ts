@@ -19,6 +19,7 @@ export default async function preflight(): Promise<void> {
   } catch (err) {
     throw new Error(
       `PostgreSQL is not reachable at ${PG_ADMIN_URL} (${(err as Error).message}): start it (pg_ctlcluster 15 main start) or set LOCKMGR_TEST_PG_URL; .ci/run starts it`,
+      { cause: err },
     );
   } finally {
     await c.end().catch(() => undefined);

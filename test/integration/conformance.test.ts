@@ -15,7 +15,7 @@ import {
   InvalidRequest,
   isLocked as defaultIsLocked,
   Lock,
-  LockClient,
+  type LockClient,
   Locked,
   LockFail,
   LockNotFound,
