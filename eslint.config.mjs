@@ -44,16 +44,24 @@ export default tseslint.config(
       { group: DAEMON_ONLY_PACKAGES, message: 'the client package depends on nats only.' },
     ],
   ),
-  boundary(['shared/**/*.ts'], [{ regex: into('client', 'daemon', 'cli'), message: 'shared/ is the protocol: it imports nothing of ours.' }]),
+  boundary(
+    ['shared/**/*.ts'],
+    [{ regex: into('client', 'daemon', 'cli'), message: 'shared/ is the protocol: it imports nothing of ours.' }],
+  ),
   // The daemon serves the protocol; it never uses the client (the CLI may use both).
-  boundary(['daemon/**/*.ts'], [
-    { regex: into('client'), message: 'the daemon does not use the client; put what both need in shared/.' },
-    { regex: '^lockmgr(/|$)', message: 'the daemon does not use the client package.' },
-  ]),
+  boundary(
+    ['daemon/**/*.ts'],
+    [
+      { regex: into('client'), message: 'the daemon does not use the client; put what both need in shared/.' },
+      { regex: '^lockmgr(/|$)', message: 'the daemon does not use the client package.' },
+    ],
+  ),
   {
     files: ['**/*.js', '**/*.mjs'],
     extends: [tseslint.configs.disableTypeChecked],
-    languageOptions: { globals: { require: 'readonly', module: 'writable', __dirname: 'readonly', process: 'readonly', console: 'readonly' } },
+    languageOptions: {
+      globals: { require: 'readonly', module: 'writable', __dirname: 'readonly', process: 'readonly', console: 'readonly' },
+    },
     rules: { '@typescript-eslint/no-require-imports': 'off' },
   },
 );

@@ -26,7 +26,21 @@ import { createLogger } from '../daemon/logger';
 const hr = () => Number(process.hrtime.bigint()) / 1e3;
 
 /** Column order of a request row sent to the bench. */
-export const ROW_FIELDS = ['id', 'endpoint', 't0', 'tHandle', 'tEnqueue', 'tTxStart', 'tOpStart', 'tOpEnd', 'tTxEnd', 'tRespond', 'tResponded', 'batch', 'tx'] as const;
+export const ROW_FIELDS = [
+  'id',
+  'endpoint',
+  't0',
+  'tHandle',
+  'tEnqueue',
+  'tTxStart',
+  'tOpStart',
+  'tOpEnd',
+  'tTxEnd',
+  'tRespond',
+  'tResponded',
+  'batch',
+  'tx',
+] as const;
 
 interface ReqRec {
   id: number;
@@ -96,7 +110,17 @@ function instrument(): void {
     if (m.phase === 'received') {
       const id = recording ? Number(m.msg.headers?.get('Bench-Id') || 0) : 0;
       if (!id) return;
-      const rec: ReqRec = { id, endpoint: m.endpoint, t0: Number(m.msg.headers?.get('Bench-T0')), tHandle: t, tEnqueue: NaN, tOpStart: NaN, tOpEnd: NaN, tRespond: NaN, tResponded: NaN };
+      const rec: ReqRec = {
+        id,
+        endpoint: m.endpoint,
+        t0: Number(m.msg.headers?.get('Bench-T0')),
+        tHandle: t,
+        tEnqueue: NaN,
+        tOpStart: NaN,
+        tOpEnd: NaN,
+        tRespond: NaN,
+        tResponded: NaN,
+      };
       rows.push(rec);
       requests.set(m.msg, rec);
       return;
@@ -217,7 +241,19 @@ process.on('message', (m: { cmd: string; config?: Record<string, unknown>; on?: 
         }
       } else if (m.cmd === 'report') {
         const out = rows.map((r) => [
-          r.id, r.endpoint, r.t0, r.tHandle, r.tEnqueue, r.tx?.start ?? NaN, r.tOpStart, r.tOpEnd, r.tx?.end ?? NaN, r.tRespond, r.tResponded, r.tx?.size ?? NaN, r.tx?.id ?? NaN,
+          r.id,
+          r.endpoint,
+          r.t0,
+          r.tHandle,
+          r.tEnqueue,
+          r.tx?.start ?? NaN,
+          r.tOpStart,
+          r.tOpEnd,
+          r.tx?.end ?? NaN,
+          r.tRespond,
+          r.tResponded,
+          r.tx?.size ?? NaN,
+          r.tx?.id ?? NaN,
         ]);
         process.send!({ type: 'report', rows: out, txs, outside, relay, natsWrites, elu, gcMs, hooks });
       } else if (m.cmd === 'stop') {

@@ -84,7 +84,12 @@ export function summarizeProfile(file: string, topN = 25): ProfileSummary {
   const frameName = (id: number | undefined) => {
     const f = id === undefined ? undefined : byId.get(id)?.callFrame;
     if (!f) return '(none)';
-    const where = f.url ? ` ${f.url.replace(/\/\.bench-dist-\d+\//, '/dist/').replace(/^.*\/(node_modules|dist)\//, '$1/').replace(/^node:/, 'node:')}:${f.lineNumber + 1}` : '';
+    const where = f.url
+      ? ` ${f.url
+          .replace(/\/\.bench-dist-\d+\//, '/dist/')
+          .replace(/^.*\/(node_modules|dist)\//, '$1/')
+          .replace(/^node:/, 'node:')}:${f.lineNumber + 1}`
+      : '';
     return `${f.functionName || '(anonymous)'}${where}`;
   };
   let idle = 0;
@@ -98,7 +103,9 @@ export function summarizeProfile(file: string, topN = 25): ProfileSummary {
       continue;
     }
     areas.set(area, (areas.get(area) ?? 0) + us);
-    const where = node.callFrame.url ? `${node.callFrame.url.replace(/\/\.bench-dist-\d+\//, '/dist/').replace(/^.*\/(node_modules|dist)\//, '$1/')}:${node.callFrame.lineNumber + 1}` : '';
+    const where = node.callFrame.url
+      ? `${node.callFrame.url.replace(/\/\.bench-dist-\d+\//, '/dist/').replace(/^.*\/(node_modules|dist)\//, '$1/')}:${node.callFrame.lineNumber + 1}`
+      : '';
     const key = `${node.callFrame.functionName}@${where}`;
     const f = fns.get(key) ?? { fn: node.callFrame.functionName || '(anonymous)', where, area, us: 0, callers: new Map<string, number>() };
     f.us += us;
@@ -139,7 +146,9 @@ export function summarizeProfile(file: string, topN = 25): ProfileSummary {
 
 export function formatProfile(s: ProfileSummary): string {
   const lines: string[] = [];
-  lines.push(`main thread: ${Math.round(s.totalMs)} ms sampled, ${Math.round(s.busyMs)} ms busy (${Math.round((s.busyMs / s.totalMs) * 100)}%), ${Math.round(s.idleMs)} ms idle`);
+  lines.push(
+    `main thread: ${Math.round(s.totalMs)} ms sampled, ${Math.round(s.busyMs)} ms busy (${Math.round((s.busyMs / s.totalMs) * 100)}%), ${Math.round(s.idleMs)} ms idle`,
+  );
   lines.push('self time by area (% of busy):');
   for (const a of s.areas) lines.push(`  ${a.pctOfBusy.toFixed(1).padStart(5)}%  ${String(a.ms).padStart(8)} ms  ${a.area}`);
   lines.push('top functions by self time:');

@@ -118,7 +118,15 @@ export function targets(figs: Figure[]): Target[] {
   const get = (k: string) => figs.find((f) => f.key === k);
   const out: Target[] = [];
   const add = (scenario: string, target: string, value: number, limit: number, atLeast: boolean, measured: string, figures: string[]) => {
-    out.push({ scenario, target, measured, value: round(value), limit, met: Number.isFinite(value) ? (atLeast ? value >= limit : value <= limit) : null, figures });
+    out.push({
+      scenario,
+      target,
+      measured,
+      value: round(value),
+      limit,
+      met: Number.isFinite(value) ? (atLeast ? value >= limit : value <= limit) : null,
+      figures,
+    });
   };
   const x = (v: number) => `${round(v)}×`;
   /** Give the target just added its measured reason, if it was not met. */
@@ -129,21 +137,42 @@ export function targets(figs: Figure[]): Target[] {
   const cores = cpus().length;
   const cpuOf = (f: Figure | undefined) => Object.entries(f?.cpuUsPerOp ?? {}).filter(([name]) => name !== 'echo');
   const cpuTotal = (f: Figure | undefined) => Object.values(f?.cpuUsPerOp ?? {}).reduce((a, b) => a + b, 0);
-  const cpuList = (f: Figure | undefined) => cpuOf(f).map(([name, us]) => `${name === 'bench' ? 'client' : name} ${round(us)}`).join(', ');
+  const cpuList = (f: Figure | undefined) =>
+    cpuOf(f)
+      .map(([name, us]) => `${name === 'bench' ? 'client' : name} ${round(us)}`)
+      .join(', ');
   const c64 = get('cycle.sqlite.64');
   const f64 = get('floor.cycle.64');
   if (c64 && f64) {
-    add('lock cycle, SQLite, 64 in flight', '≥ 0.7 × bare NATS cycle throughput', c64.opsPerSec / f64.opsPerSec, 0.7, true, `${round(c64.opsPerSec)} vs ${round(f64.opsPerSec)} cycles/s = ${x(c64.opsPerSec / f64.opsPerSec)}`, [c64.key, f64.key]);
+    add(
+      'lock cycle, SQLite, 64 in flight',
+      '≥ 0.7 × bare NATS cycle throughput',
+      c64.opsPerSec / f64.opsPerSec,
+      0.7,
+      true,
+      `${round(c64.opsPerSec)} vs ${round(f64.opsPerSec)} cycles/s = ${x(c64.opsPerSec / f64.opsPerSec)}`,
+      [c64.key, f64.key],
+    );
     why(() => {
       const core = get('diag.sqlite.64.core-events');
-      const off = core ? `; events on core NATS (--events-jetstream off): ${x(core.opsPerSec / f64.opsPerSec)}, CPU µs per cycle ${cpuList(core)}` : '';
+      const off = core
+        ? `; events on core NATS (--events-jetstream off): ${x(core.opsPerSec / f64.opsPerSec)}, CPU µs per cycle ${cpuList(core)}`
+        : '';
       return `CPU µs per cycle ${cpuList(c64)} (bare cycle: ${round(cpuTotal(f64))} in all)${off}`;
     });
   }
   const c1 = get('cycle.sqlite.1');
   const f1 = get('floor.cycle.1');
   if (c1 && f1) {
-    add('lock cycle, SQLite, 1 in flight', 'p50 ≤ 1.5 × bare NATS cycle p50', c1.p50Ms / f1.p50Ms, 1.5, false, `${round(c1.p50Ms)} vs ${round(f1.p50Ms)} ms = ${x(c1.p50Ms / f1.p50Ms)}`, [c1.key, f1.key]);
+    add(
+      'lock cycle, SQLite, 1 in flight',
+      'p50 ≤ 1.5 × bare NATS cycle p50',
+      c1.p50Ms / f1.p50Ms,
+      1.5,
+      false,
+      `${round(c1.p50Ms)} vs ${round(f1.p50Ms)} ms = ${x(c1.p50Ms / f1.p50Ms)}`,
+      [c1.key, f1.key],
+    );
     why(() => {
       const core = get('diag.sqlite.1.core-events');
       const off = core ? `; --events-jetstream off: ${x(core.p50Ms / f1.p50Ms)}` : '';
@@ -153,7 +182,15 @@ export function targets(figs: Figure[]): Target[] {
   }
   const p64 = get('cycle.postgres.64');
   if (p64 && f64) {
-    add('lock cycle, PostgreSQL, 64 in flight', '≥ 0.5 × bare NATS cycle throughput', p64.opsPerSec / f64.opsPerSec, 0.5, true, `${round(p64.opsPerSec)} vs ${round(f64.opsPerSec)} cycles/s = ${x(p64.opsPerSec / f64.opsPerSec)}`, [p64.key, f64.key]);
+    add(
+      'lock cycle, PostgreSQL, 64 in flight',
+      '≥ 0.5 × bare NATS cycle throughput',
+      p64.opsPerSec / f64.opsPerSec,
+      0.5,
+      true,
+      `${round(p64.opsPerSec)} vs ${round(f64.opsPerSec)} cycles/s = ${x(p64.opsPerSec / f64.opsPerSec)}`,
+      [p64.key, f64.key],
+    );
     why(() => {
       const total = cpuTotal(p64);
       const budget = (cores * 1e6) / (0.5 * f64.opsPerSec);
@@ -164,9 +201,19 @@ export function targets(figs: Figure[]): Target[] {
     const multi = get(`multi.${store}`);
     const single = get(`single.${store}`);
     if (multi?.locksPerSec && single?.locksPerSec) {
-      add(`multi-lock, 100 names (${store})`, '≥ 20 × locks/s of single-name setLock', multi.locksPerSec / single.locksPerSec, 20, true, `${round(multi.locksPerSec)} vs ${round(single.locksPerSec)} locks/s = ${x(multi.locksPerSec / single.locksPerSec)}`, [multi.key, single.key]);
+      add(
+        `multi-lock, 100 names (${store})`,
+        '≥ 20 × locks/s of single-name setLock',
+        multi.locksPerSec / single.locksPerSec,
+        20,
+        true,
+        `${round(multi.locksPerSec)} vs ${round(single.locksPerSec)} locks/s = ${x(multi.locksPerSec / single.locksPerSec)}`,
+        [multi.key, single.key],
+      );
       why(() => {
-        const perLock = cpuOf(multi).map(([name, us]) => `${name === 'bench' ? 'client' : name} ${round(us / 100)}`).join(', ');
+        const perLock = cpuOf(multi)
+          .map(([name, us]) => `${name === 'bench' ? 'client' : name} ${round(us / 100)}`)
+          .join(', ');
         return `CPU µs per lock granted ${perLock}; 20× allows ${round(cpuTotal(single) / 20)} µs per lock in all (a single-name setLock: ${round(cpuTotal(single))})`;
       });
     }
@@ -174,14 +221,32 @@ export function targets(figs: Figure[]): Target[] {
   const rtt = get('floor.rtt.1');
   for (const store of ['sqlite', 'postgres']) {
     const h = get(`handoff.${store}`);
-    if (h && rtt) add(`handoff (${store})`, 'p50 ≤ 2 × one bare request/reply p50', h.p50Ms / rtt.p50Ms, 2, false, `${round(h.p50Ms)} vs ${round(rtt.p50Ms)} ms = ${x(h.p50Ms / rtt.p50Ms)}`, [h.key, rtt.key]);
+    if (h && rtt)
+      add(
+        `handoff (${store})`,
+        'p50 ≤ 2 × one bare request/reply p50',
+        h.p50Ms / rtt.p50Ms,
+        2,
+        false,
+        `${round(h.p50Ms)} vs ${round(rtt.p50Ms)} ms = ${x(h.p50Ms / rtt.p50Ms)}`,
+        [h.key, rtt.key],
+      );
   }
   for (const store of ['sqlite', 'postgres']) {
     const s = get(`scale.${store}.cycle`);
     const empty = get(`cycle.${store}.64`);
     if (s) {
       const held = (s.extra?.heldLocks as number | undefined)?.toLocaleString('en-US') ?? '?';
-      if (empty) add(`${held} held locks (${store})`, 'cycle throughput ≥ 0.8 × empty table', s.opsPerSec / empty.opsPerSec, 0.8, true, `${round(s.opsPerSec)} vs ${round(empty.opsPerSec)} cycles/s = ${x(s.opsPerSec / empty.opsPerSec)}`, [s.key, empty.key]);
+      if (empty)
+        add(
+          `${held} held locks (${store})`,
+          'cycle throughput ≥ 0.8 × empty table',
+          s.opsPerSec / empty.opsPerSec,
+          0.8,
+          true,
+          `${round(s.opsPerSec)} vs ${round(empty.opsPerSec)} cycles/s = ${x(s.opsPerSec / empty.opsPerSec)}`,
+          [s.key, empty.key],
+        );
       const rss = s.extra?.rssMb as number;
       const emptyRss = empty?.extra?.rssMb as number | undefined;
       add(
@@ -198,9 +263,25 @@ export function targets(figs: Figure[]): Target[] {
     if (e?.extra) {
       const ex = e.extra;
       const n = (ex.expired as number).toLocaleString('en-US');
-      add(`${n} simultaneous expiries (${store})`, 'cleared within 5 s', (ex.clearMs as number) / 1000, 5, false, `${round((ex.clearMs as number) / 1000)} s (events relayed after ${round((ex.outboxDrainedMs as number) / 1000)} s; daemon RSS then ${round(ex.rssMb as number)} MB, peak ${round(ex.rssPeakMb as number)} MB)`, [e.key]);
+      add(
+        `${n} simultaneous expiries (${store})`,
+        'cleared within 5 s',
+        (ex.clearMs as number) / 1000,
+        5,
+        false,
+        `${round((ex.clearMs as number) / 1000)} s (events relayed after ${round((ex.outboxDrainedMs as number) / 1000)} s; daemon RSS then ${round(ex.rssMb as number)} MB, peak ${round(ex.rssPeakMb as number)} MB)`,
+        [e.key],
+      );
       const ratio = (ex.duringP99Ms as number) / (ex.baselineP99Ms as number);
-      add(`${n} simultaneous expiries (${store})`, 'cycle p99 meanwhile ≤ 3 × p99 otherwise', ratio, 3, false, `${round(ex.duringP99Ms as number)} vs ${round(ex.baselineP99Ms as number)} ms = ${x(ratio)}`, [e.key]);
+      add(
+        `${n} simultaneous expiries (${store})`,
+        'cycle p99 meanwhile ≤ 3 × p99 otherwise',
+        ratio,
+        3,
+        false,
+        `${round(ex.duringP99Ms as number)} vs ${round(ex.baselineP99Ms as number)} ms = ${x(ratio)}`,
+        [e.key],
+      );
     }
   }
   return out;
@@ -220,7 +301,11 @@ export function formatFigures(figs: Figure[]): string {
   });
   const head = ['scenario', 'rate (median)', 'p50 ms', 'p99 ms', 'vs floor / reference', 'others/irq/steal %', 'reps', 'errors'];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (r: string[]) => r.map((c, i) => pad(c, widths[i]!, i >= 1 && i <= 3)).join('  ').trimEnd();
+  const line = (r: string[]) =>
+    r
+      .map((c, i) => pad(c, widths[i]!, i >= 1 && i <= 3))
+      .join('  ')
+      .trimEnd();
   return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
 
@@ -228,9 +313,15 @@ export function formatTargets(ts: Target[]): string {
   const rows = ts.map((t) => [t.scenario, t.target, t.measured, t.met === null ? 'n/a' : t.met ? 'met' : 'NOT MET']);
   const head = ['scenario', 'target', 'measured (medians)', 'result'];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (r: string[]) => r.map((c, i) => pad(c, widths[i]!)).join('  ').trimEnd();
+  const line = (r: string[]) =>
+    r
+      .map((c, i) => pad(c, widths[i]!))
+      .join('  ')
+      .trimEnd();
   const reasons = ts.filter((t) => t.why).map((t) => `  ${t.scenario}: ${t.why}`);
-  const why = reasons.length ? ['', 'measured in this run, for each target not met (reasons and remedies: docs/performance.md):', ...reasons] : [];
+  const why = reasons.length
+    ? ['', 'measured in this run, for each target not met (reasons and remedies: docs/performance.md):', ...reasons]
+    : [];
   return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line), ...why].join('\n');
 }
 
@@ -240,6 +331,10 @@ export function formatCpu(figs: Figure[]): string {
   const head = ['scenario (CPU µs per operation)', ...names];
   const rows = withCpu.map((f) => [f.label, ...names.map((n) => (f.cpuUsPerOp![n] === undefined ? '' : String(f.cpuUsPerOp![n])))]);
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (r: string[]) => r.map((c, i) => pad(c, widths[i]!, i > 0)).join('  ').trimEnd();
+  const line = (r: string[]) =>
+    r
+      .map((c, i) => pad(c, widths[i]!, i > 0))
+      .join('  ')
+      .trimEnd();
   return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }

@@ -65,7 +65,13 @@ function parseArgs(argv: string[]): Args {
     natsUrl: null,
     settleMs: 0,
   };
-  const list = (v: string) => new Set(v.split(',').map((s) => s.trim()).filter(Boolean));
+  const list = (v: string) =>
+    new Set(
+      v
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean),
+    );
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
     const value = () => {
@@ -79,20 +85,49 @@ function parseArgs(argv: string[]): Args {
       return n;
     };
     switch (flag) {
-      case '--repeat': a.repeat = Math.round(num()); break;
-      case '--duration': a.durationMs = num() * 1000; break;
-      case '--warmup': a.warmupMs = num() * 1000; break;
-      case '--only': a.only = list(value()); break;
-      case '--skip': a.skip = list(value()); break;
-      case '--no-postgres': a.postgres = false; break;
-      case '--all-stores': a.allStores = true; a.scaleStores = ['sqlite', 'postgres']; break;
-      case '--scale-postgres': a.scaleStores = [...new Set<Store>([...a.scaleStores, 'postgres'])]; break;
-      case '--scale-locks': a.scaleLocks = Math.round(num()); break;
-      case '--scale-expire': a.scaleExpire = Math.round(num()); break;
-      case '--out': a.out = resolve(value()); break;
-      case '--pg-url': a.pgUrl = value(); break;
-      case '--nats-url': a.natsUrl = value(); break;
-      case '--settle': a.settleMs = num() * 1000; break;
+      case '--repeat':
+        a.repeat = Math.round(num());
+        break;
+      case '--duration':
+        a.durationMs = num() * 1000;
+        break;
+      case '--warmup':
+        a.warmupMs = num() * 1000;
+        break;
+      case '--only':
+        a.only = list(value());
+        break;
+      case '--skip':
+        a.skip = list(value());
+        break;
+      case '--no-postgres':
+        a.postgres = false;
+        break;
+      case '--all-stores':
+        a.allStores = true;
+        a.scaleStores = ['sqlite', 'postgres'];
+        break;
+      case '--scale-postgres':
+        a.scaleStores = [...new Set<Store>([...a.scaleStores, 'postgres'])];
+        break;
+      case '--scale-locks':
+        a.scaleLocks = Math.round(num());
+        break;
+      case '--scale-expire':
+        a.scaleExpire = Math.round(num());
+        break;
+      case '--out':
+        a.out = resolve(value());
+        break;
+      case '--pg-url':
+        a.pgUrl = value();
+        break;
+      case '--nats-url':
+        a.natsUrl = value();
+        break;
+      case '--settle':
+        a.settleMs = num() * 1000;
+        break;
       case '--help':
       case '-h':
         process.stdout.write(USAGE);
@@ -102,7 +137,8 @@ function parseArgs(argv: string[]): Args {
         throw new Error(`unknown option ${flag} (see the top of bench/run.ts)`);
     }
   }
-  for (const g of [...(a.only ?? []), ...a.skip]) if (!GROUPS.includes(g)) throw new Error(`unknown group ${g}; groups: ${GROUPS.join(', ')}`);
+  for (const g of [...(a.only ?? []), ...a.skip])
+    if (!GROUPS.includes(g)) throw new Error(`unknown group ${g}; groups: ${GROUPS.join(', ')}`);
   if (!a.postgres) a.scaleStores = a.scaleStores.filter((s) => s !== 'postgres');
   return a;
 }
@@ -186,7 +222,6 @@ function runFromSnapshot(): void {
   });
 }
 
-
 async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2));
   settling.maxWaitMs = a.settleMs;
@@ -237,7 +272,8 @@ async function main(): Promise<void> {
         await attempt('storage floors', () => storageFloors(bench, rep));
       }
       if (bench.wants('cycle')) {
-        for (const store of stores) for (const n of CYCLE_IN_FLIGHT) await attempt(`lock cycle ${store} ${n}`, () => lockCycle(bench, store, n, rep));
+        for (const store of stores)
+          for (const n of CYCLE_IN_FLIGHT) await attempt(`lock cycle ${store} ${n}`, () => lockCycle(bench, store, n, rep));
       }
       if (bench.wants('multi')) for (const store of extraStores) await attempt(`multi-lock ${store}`, () => multiLock(bench, store, rep));
       if (bench.wants('handoff')) for (const store of extraStores) await attempt(`handoff ${store}`, () => handoff(bench, store, rep));
@@ -271,12 +307,19 @@ async function main(): Promise<void> {
       const variants: [Store, string, Parameters<typeof batchMicro>[3], number[]][] = [];
       for (const store of stores) variants.push([store, `${store}, empty table`, {}, [1, 8, 64, 256]]);
       variants.push(['sqlite', `sqlite, ${a.scaleLocks.toLocaleString('en-US')} held locks`, { heldLocks: a.scaleLocks }, [64]]);
-      variants.push(['sqlite', `sqlite, ${a.scaleLocks.toLocaleString('en-US')} held locks, PRAGMA cache_size=-65536 (64 MB)`, { heldLocks: a.scaleLocks, pragmas: 'PRAGMA cache_size=-65536' }, [64]]);
+      variants.push([
+        'sqlite',
+        `sqlite, ${a.scaleLocks.toLocaleString('en-US')} held locks, PRAGMA cache_size=-65536 (64 MB)`,
+        { heldLocks: a.scaleLocks, pragmas: 'PRAGMA cache_size=-65536' },
+        [64],
+      ]);
       for (const [store, label, opts, sizes] of variants) {
         await attempt(`micro: batches ${label}`, async () => {
           const b = await batchMicro(bench, store, sizes, { ...opts, label });
           micro.batches!.push(...b);
-          bench.progress(`micro: transactions without NATS, ${label}: ${b.map((x) => `batch ${x.batch}: ${x.txMs} ms/tx, ${x.usPerOp} µs/op, ${x.opsPerSec} ops/s`).join('; ')}`);
+          bench.progress(
+            `micro: transactions without NATS, ${label}: ${b.map((x) => `batch ${x.batch}: ${x.txMs} ms/tx, ${x.usPerOp} µs/op, ${x.opsPerSec} ops/s`).join('; ')}`,
+          );
         });
       }
     }
@@ -293,7 +336,9 @@ async function main(): Promise<void> {
   process.stdout.write(`\n== targets (issue 5)\n${formatTargets(tgts)}\n`);
   process.stdout.write(`\n== CPU per operation (µs; bench = the load-generating client process)\n${formatCpu(figures)}\n`);
   if (failures.length) process.stdout.write(`\n== FAILED\n${failures.join('\n')}\n`);
-  const waited = a.settleMs ? `; waited ${Math.round(settling.waitedMs / 1000)} s for a quiet machine (gave up ${settling.gaveUp} times)` : '';
+  const waited = a.settleMs
+    ? `; waited ${Math.round(settling.waitedMs / 1000)} s for a quiet machine (gave up ${settling.gaveUp} times)`
+    : '';
   process.stdout.write(`\nfinished in ${Math.round(seconds)} s${waited}; load average ${loadAverage().join(' ')}\n`);
 
   const json = {

@@ -77,7 +77,9 @@ export function withClientOptions<T>(y: Argv<T>, opts: { json?: boolean } = {}):
   if (withJson) {
     out = out.option('json', { type: 'boolean', default: false, describe: 'Machine-readable JSON on stdout (same exit codes)' });
   }
-  return out.group(withJson ? [...CONNECTION_FLAGS, 'json'] : CONNECTION_FLAGS, 'Connection and output:') as unknown as Argv<T & ClientArgs>;
+  return out.group(withJson ? [...CONNECTION_FLAGS, 'json'] : CONNECTION_FLAGS, 'Connection and output:') as unknown as Argv<
+    T & ClientArgs
+  >;
 }
 
 export interface Connection {
@@ -148,7 +150,11 @@ export function describeError(err: unknown): { exitCode: number; code: string; m
     };
   }
   if (err instanceof RequestTimeout) {
-    return { exitCode: EXIT.ERROR, code: err.code, message: `${err.message}: the daemon is overloaded or its database is slow; retry, or raise --timeout-ms` };
+    return {
+      exitCode: EXIT.ERROR,
+      code: err.code,
+      message: `${err.message}: the daemon is overloaded or its database is slow; retry, or raise --timeout-ms`,
+    };
   }
   if (err instanceof LockFail || err instanceof Locked) {
     return { exitCode: EXIT.LOCKED, code: err.code, message: err.message, lock: err.lock ?? undefined };

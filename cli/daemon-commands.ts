@@ -19,10 +19,13 @@ export async function daemonCommand(argv: Record<string, unknown>): Promise<void
       process.exit(130);
     }
     logger.info(`${signal} received: draining (send it again to exit at once)`);
-    const force = setTimeout(() => {
-      logger.error(`drain took longer than ${config.drainTimeout}s: exiting now`);
-      process.exit(1);
-    }, (config.drainTimeout + 5) * 1000);
+    const force = setTimeout(
+      () => {
+        logger.error(`drain took longer than ${config.drainTimeout}s: exiting now`);
+        process.exit(1);
+      },
+      (config.drainTimeout + 5) * 1000,
+    );
     force.unref();
     daemon.stop().then(
       () => process.exit(0),

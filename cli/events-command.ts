@@ -45,7 +45,10 @@ function payload(e: ReceivedLockEvent): object {
 
 function asList(v: unknown): string[] | undefined {
   if (v === undefined) return undefined;
-  return (Array.isArray(v) ? v : [v]).flatMap((x) => String(x).split(',')).map((x) => x.trim()).filter(Boolean);
+  return (Array.isArray(v) ? v : [v])
+    .flatMap((x) => String(x).split(','))
+    .map((x) => x.trim())
+    .filter(Boolean);
 }
 
 export const eventsCommand: CommandModule<object, EventsArgs> = {
@@ -53,20 +56,41 @@ export const eventsCommand: CommandModule<object, EventsArgs> = {
   describe: 'Print lock events: replay the stored history (from a sequence or a time) and/or follow live ones',
   builder: (y: Argv) =>
     withClientOptions(y)
-      .option('follow', { alias: 'f', type: 'boolean', describe: 'Keep printing new events (alone: live events only; with --since-*: after the replay)' })
-      .option('since-seq', { type: 'number', describe: 'Replay from this stream sequence (the stream= number of the output; 1 = the beginning)' })
+      .option('follow', {
+        alias: 'f',
+        type: 'boolean',
+        describe: 'Keep printing new events (alone: live events only; with --since-*: after the replay)',
+      })
+      .option('since-seq', {
+        type: 'number',
+        describe: 'Replay from this stream sequence (the stream= number of the output; 1 = the beginning)',
+      })
       .option('since-time', { type: 'string', describe: 'Replay from the first event stored at or after this time (ISO 8601)' })
-      .option('type', { type: 'string', array: true, describe: `Only these event types (repeatable or comma-separated: ${EVENT_TYPES.join(', ')})` })
-      .option('name', { type: 'string', array: true, describe: "Only locks matching this name pattern (NATS wildcards: 'orders.*', 'orders.>'; repeatable)" })
-      .option('stream', { type: 'string', describe: 'JetStream stream holding the events [env LOCKMGR_EVENTS_STREAM, default LOCKMGR_EVENTS]' })
+      .option('type', {
+        type: 'string',
+        array: true,
+        describe: `Only these event types (repeatable or comma-separated: ${EVENT_TYPES.join(', ')})`,
+      })
+      .option('name', {
+        type: 'string',
+        array: true,
+        describe: "Only locks matching this name pattern (NATS wildcards: 'orders.*', 'orders.>'; repeatable)",
+      })
+      .option('stream', {
+        type: 'string',
+        describe: 'JetStream stream holding the events [env LOCKMGR_EVENTS_STREAM, default LOCKMGR_EVENTS]',
+      })
       .conflicts('since-seq', 'since-time')
       .check((argv) => {
         const seq = argv['since-seq'];
-        if (seq !== undefined && !(Number.isInteger(seq) && seq >= 1)) throw new Error(`--since-seq must be a whole number >= 1, got ${String(seq)}`);
+        if (seq !== undefined && !(Number.isInteger(seq) && seq >= 1))
+          throw new Error(`--since-seq must be a whole number >= 1, got ${String(seq)}`);
         const time = argv['since-time'];
-        if (time !== undefined && Number.isNaN(new Date(time).getTime())) throw new Error(`--since-time must be an ISO 8601 time, got ${JSON.stringify(time)}`);
+        if (time !== undefined && Number.isNaN(new Date(time).getTime()))
+          throw new Error(`--since-time must be an ISO 8601 time, got ${JSON.stringify(time)}`);
         for (const t of asList(argv.type) ?? []) {
-          if (!(EVENT_TYPES as readonly string[]).includes(t)) throw new Error(`--type ${t}: not an event type (${EVENT_TYPES.join(', ')})`);
+          if (!(EVENT_TYPES as readonly string[]).includes(t))
+            throw new Error(`--type ${t}: not an event type (${EVENT_TYPES.join(', ')})`);
         }
         for (const n of asList(argv.name) ?? []) {
           const problem = namePatternProblem(n);
@@ -76,7 +100,10 @@ export const eventsCommand: CommandModule<object, EventsArgs> = {
       })
       .example('$0 events', 'every stored event, then exit')
       .example('$0 events --since-seq 120 --json', 'from stream sequence 120 on, as JSON lines')
-      .example("$0 events --follow --type released --type expired --name 'orders.>'", 'live releases and expiries of orders.* locks') as unknown as Argv<EventsArgs>,
+      .example(
+        "$0 events --follow --type released --type expired --name 'orders.>'",
+        'live releases and expiries of orders.* locks',
+      ) as unknown as Argv<EventsArgs>,
   handler: async (argv) => {
     let client: LockClient | undefined;
     let code: number = EXIT.OK;

@@ -21,7 +21,12 @@ export function buildCli(args: string[]) {
     .scriptName('lockmgr')
     .usage('$0 <command> [options]')
     .command('daemon', 'Run the lock daemon', (y) => withDaemonOptions(y), daemonCommand)
-    .command('config', 'Print the resolved configuration (secrets masked) and where each value came from', (y) => withDaemonOptions(y).option('json', { type: 'boolean', describe: 'JSON output' }), configCommand)
+    .command(
+      'config',
+      'Print the resolved configuration (secrets masked) and where each value came from',
+      (y) => withDaemonOptions(y).option('json', { type: 'boolean', describe: 'JSON output' }),
+      configCommand,
+    )
     .command('migrate', 'Apply pending schema migrations and exit', (y) => withDaemonOptions(y), migrateCommand)
     .command(setLockCommand)
     .command(clearLockCommand)
@@ -49,7 +54,7 @@ if (require.main === module) {
     .parseAsync()
     .catch((err: Error) => {
       // One line, no stack, unless LOCKMGR_DEBUG is set.
-      const text = process.env.LOCKMGR_DEBUG ? err.stack ?? String(err) : err?.message ?? String(err);
+      const text = process.env.LOCKMGR_DEBUG ? (err.stack ?? String(err)) : (err?.message ?? String(err));
       process.stderr.write(`lockmgr: ${err instanceof ConfigError ? err.message : text}\n`);
       process.exit(err instanceof ConfigError ? 78 : 1);
     });

@@ -28,4 +28,3 @@ export function flagsFrom(argv: Record<string, unknown>): Partial<Record<ConfigK
 export function resolveConfig(argv: Record<string, unknown>) {
   return loadConfig({ flags: flagsFrom(argv), file: argv.config as string | undefined });
 }
-

@@ -154,7 +154,10 @@ async function supervise(client: LockClient, lock: Lock, command: string[], expi
       if (!(await client.unlock(lock))) lost = 'it had expired before the command finished';
     } catch (err) {
       if (err instanceof NotOwner) lost = `it was granted to ${holderOf(err.lock)} before the command finished`;
-      else warn(`could not release lock "${lock.name}" (${describeError(err).message}); it expires on its own at ${pythonTime(lock.locked_until)}`);
+      else
+        warn(
+          `could not release lock "${lock.name}" (${describeError(err).message}); it expires on its own at ${pythonTime(lock.locked_until)}`,
+        );
     }
     if (lost !== undefined) warn(`lost lock "${lock.name}": ${lost}`);
   }
@@ -211,7 +214,12 @@ export const runCommand: CommandModule<object, RunArgs> = {
     withClientOptions(y.parserConfiguration({ 'populate--': true }), { json: false })
       .usage('$0 run <name> [options] -- <command> [args...]')
       .positional('name', { type: 'string', describe: 'Lock name' })
-      .option('wait', { alias: 'w', type: 'number', default: 0, describe: 'Seconds to wait for the lock if it is held (0: give up at once)' })
+      .option('wait', {
+        alias: 'w',
+        type: 'number',
+        default: 0,
+        describe: 'Seconds to wait for the lock if it is held (0: give up at once)',
+      })
       .option('timeout', {
         alias: 't',
         type: 'number',
@@ -224,16 +232,18 @@ export const runCommand: CommandModule<object, RunArgs> = {
       .check((argv) => {
         for (const key of ['wait', 'timeout', 'grace'] as const) {
           const v = argv[key];
-          if (!(typeof v === 'number' && Number.isFinite(v) && v >= 0)) throw new Error(`--${key} must be a non-negative number of seconds, got ${String(v)}`);
+          if (!(typeof v === 'number' && Number.isFinite(v) && v >= 0))
+            throw new Error(`--${key} must be a non-negative number of seconds, got ${String(v)}`);
         }
         const c = argv['conflict-exit-code'];
-        if (!(Number.isInteger(c) && c >= 0 && c <= 255)) throw new Error(`--conflict-exit-code must be an integer 0-255, got ${String(c)}`);
+        if (!(Number.isInteger(c) && c >= 0 && c <= 255))
+          throw new Error(`--conflict-exit-code must be an integer 0-255, got ${String(c)}`);
         return true;
       })
       .example('$0 run nightly-report -- ./report.sh --full', 'skip (exit 2) if another run holds the lock')
       .example('$0 run -w 300 -t 30 db-migrate -- npm run migrate', 'wait up to 5 min for the lock; 30 s lifetime, renewed')
       .epilogue(
-        'Exit status: the command\'s own (128+n if killed by signal n); 2 (or --conflict-exit-code) if the lock is held; ' +
+        "Exit status: the command's own (128+n if killed by signal n); 2 (or --conflict-exit-code) if the lock is held; " +
           '3 if the lock was lost while the command ran; 127/126 if the command cannot be run; 69 if NATS or the daemon is unreachable. ' +
           'The command sees LOCKMGR_LOCK_NAME and LOCKMGR_LOCK_TOKEN (the fencing token) in its environment.',
       ) as unknown as Argv<RunArgs>,

@@ -80,7 +80,8 @@ export const setLockCommand: CommandModule<object, SetLockArgs> = {
       .option('locked-by', { type: 'string', describe: 'Custom "locked_by" (default: this machine\'s hostname)' })
       .option('pid', { alias: 'process-id', type: 'number', describe: 'Custom "lock_process" integer (default: none)' })
       .check((argv) => {
-        if (!(Number.isFinite(argv.timeout) && argv.timeout >= 0)) throw new Error(`--timeout must be a non-negative number of seconds, got ${argv.timeout}`);
+        if (!(Number.isFinite(argv.timeout) && argv.timeout >= 0))
+          throw new Error(`--timeout must be a non-negative number of seconds, got ${argv.timeout}`);
         if (argv.pid !== undefined && !Number.isSafeInteger(argv.pid)) throw new Error(`--pid must be an integer, got ${argv.pid}`);
         return true;
       })

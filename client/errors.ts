@@ -7,12 +7,7 @@ import type { FieldProblem } from '../shared/validate';
 import type { WireError } from '../shared/protocol';
 import { Lock } from './lock';
 
-export type ClientErrorCode =
-  | WireError['code']
-  | 'NO_DAEMON'
-  | 'REQUEST_TIMEOUT'
-  | 'PROTOCOL_MISMATCH'
-  | 'EVENTS_UNAVAILABLE';
+export type ClientErrorCode = WireError['code'] | 'NO_DAEMON' | 'REQUEST_TIMEOUT' | 'PROTOCOL_MISMATCH' | 'EVENTS_UNAVAILABLE';
 
 export class LockError extends Error {
   constructor(

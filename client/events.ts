@@ -86,7 +86,8 @@ interface Plan {
 export function eventsPlan(prefix: string, types?: readonly EventType[], names?: string | readonly string[]): Plan {
   const typeList = types && types.length > 0 ? [...new Set(types)] : null;
   const nameList = names === undefined ? null : [...new Set(typeof names === 'string' ? [names] : names)];
-  if (nameList && nameList.length === 0) throw new InvalidRequest('names must not be empty', [{ field: 'names', problem: 'must not be empty' }]);
+  if (nameList && nameList.length === 0)
+    throw new InvalidRequest('names must not be empty', [{ field: 'names', problem: 'must not be empty' }]);
   for (const t of typeList ?? []) {
     if (!EVENT_TYPES.includes(t)) {
       throw new InvalidRequest(`unknown event type ${JSON.stringify(t)} (known: ${EVENT_TYPES.join(', ')})`, [
@@ -114,14 +115,18 @@ type ReplayStart = { opt_start_seq: number } | { deliver_policy: DeliverPolicy; 
 function replayStart(since: NonNullable<EventsOptions['since']>): ReplayStart {
   if (typeof since === 'object' && since !== null && 'seq' in since) {
     if (!Number.isInteger(since.seq) || since.seq < 1) {
-      throw new InvalidRequest(`since.seq must be a whole number >= 1, got ${since.seq}`, [{ field: 'since', problem: 'seq must be >= 1' }]);
+      throw new InvalidRequest(`since.seq must be a whole number >= 1, got ${since.seq}`, [
+        { field: 'since', problem: 'seq must be >= 1' },
+      ]);
     }
     return { opt_start_seq: since.seq };
   }
   const raw = (since as { time?: unknown })?.time;
   const time = raw instanceof Date ? raw : new Date(String(raw));
   if (raw === undefined || Number.isNaN(time.getTime())) {
-    throw new InvalidRequest(`since must be {seq} or {time}; ${JSON.stringify(since)} is neither`, [{ field: 'since', problem: 'must be {seq: n >= 1} or {time: a date}' }]);
+    throw new InvalidRequest(`since must be {seq} or {time}; ${JSON.stringify(since)} is neither`, [
+      { field: 'since', problem: 'must be {seq: n >= 1} or {time: a date}' },
+    ]);
   }
   return { deliver_policy: DeliverPolicy.StartTime, opt_start_time: time.toISOString() };
 }
@@ -163,7 +168,9 @@ export class LockEventStream implements AsyncIterable<ReceivedLockEvent> {
     void nc.closed().then((err) => this.finish(err ?? undefined));
     if (options.since === undefined) {
       if (options.follow === false) {
-        throw new InvalidRequest('follow: false needs since: live events always follow', [{ field: 'follow', problem: 'false needs since' }]);
+        throw new InvalidRequest('follow: false needs since: live events always follow', [
+          { field: 'follow', problem: 'false needs since' },
+        ]);
       }
       this.sub = nc.subscribe(plan.subject, {
         callback: (err, msg) => {
@@ -202,16 +209,21 @@ export class LockEventStream implements AsyncIterable<ReceivedLockEvent> {
       );
     } catch (err) {
       const code = String((err as { code?: unknown }).code ?? '');
-      if (code === '503') throw new EventsUnavailable('JetStream is not enabled on the NATS server: there is no stored history to replay', { cause: err });
+      if (code === '503')
+        throw new EventsUnavailable('JetStream is not enabled on the NATS server: there is no stored history to replay', { cause: err });
       if (/stream not found/i.test((err as Error).message)) {
-        throw new EventsUnavailable(`no events stream ${streamName} on this NATS server: is a daemon running with JetStream, and is the stream name right?`, { cause: err });
+        throw new EventsUnavailable(
+          `no events stream ${streamName} on this NATS server: is a daemon running with JetStream, and is the stream name right?`,
+          { cause: err },
+        );
       }
       throw err;
     }
     if (this.ended) return;
     if (!options.follow) {
       const nothing =
-        last === null || ('opt_start_seq' in start ? last.seq < start.opt_start_seq : last.time.getTime() < Date.parse(start.opt_start_time));
+        last === null ||
+        ('opt_start_seq' in start ? last.seq < start.opt_start_seq : last.time.getTime() < Date.parse(start.opt_start_time));
       if (nothing) return this.finish();
     }
     const consumer = await js.consumers.get(streamName, { filterSubjects: plan.subject, ...start });

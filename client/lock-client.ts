@@ -175,15 +175,18 @@ export class LockClient {
     const last = args[args.length - 1];
     const options: SetLockOptions = typeof last === 'object' && last !== null && !Array.isArray(last) ? (args.pop() as SetLockOptions) : {};
     const names = (args as (string | string[])[]).flat().map(checkName);
-    const result = await this.call('set', compact({
-      locks: names,
-      timeout: options.timeout === undefined ? DEFAULT_EXPIRES : options.timeout,
-      fail: options.fail,
-      renew: options.renew,
-      create: options.create,
-      locked_by: options.locked_by ?? this.lockedBy,
-      process_id: options.process_id,
-    }));
+    const result = await this.call(
+      'set',
+      compact({
+        locks: names,
+        timeout: options.timeout === undefined ? DEFAULT_EXPIRES : options.timeout,
+        fail: options.fail,
+        renew: options.renew,
+        create: options.create,
+        locked_by: options.locked_by ?? this.lockedBy,
+        process_id: options.process_id,
+      }),
+    );
     return new LockSetResult(result);
   }
 
@@ -312,4 +315,3 @@ export class LockClient {
     if (this.ownsConnection && !this.nc.isClosed()) await this.nc.drain();
   }
 }
-

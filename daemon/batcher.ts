@@ -4,7 +4,15 @@
  * then serves many requests, and a reply still means "committed".
  */
 import { operationChannel, transactionChannel } from './diagnostics';
-import { isDomainError, StoreUnavailable, TransactionConflict, type CommittedEvent, type FirstStatement, type Store, type StoreTx } from './store/store';
+import {
+  isDomainError,
+  StoreUnavailable,
+  TransactionConflict,
+  type CommittedEvent,
+  type FirstStatement,
+  type Store,
+  type StoreTx,
+} from './store/store';
 
 /**
  * One unit of work for a transaction. An operation that refuses a request (throws a domain error)

@@ -26,17 +26,42 @@ export const OPTIONS = {
   prefix: { kind: 'string', default: DEFAULT_PREFIX, describe: 'Subject prefix P: requests on P.set, P.get...; events on P.events.>' },
   db: { kind: 'string', default: './data/lockmgr.sqlite', describe: 'SQLite file path, or a postgres:// URL', secret: true },
   dbPoolSize: { kind: 'number', default: 4, min: 1, describe: 'PostgreSQL connections per daemon' },
-  sqliteSynchronous: { kind: 'enum', default: 'NORMAL', choices: ['NORMAL', 'FULL'], describe: 'SQLite synchronous pragma: NORMAL survives a killed daemon, FULL also power loss (one fsync per commit)' },
-  sqliteCheckpointInterval: { kind: 'number', default: 100, min: 0, describe: 'SQLite: ms between WAL checkpoints run by a worker thread (0: SQLite checkpoints inside commits)' },
+  sqliteSynchronous: {
+    kind: 'enum',
+    default: 'NORMAL',
+    choices: ['NORMAL', 'FULL'],
+    describe: 'SQLite synchronous pragma: NORMAL survives a killed daemon, FULL also power loss (one fsync per commit)',
+  },
+  sqliteCheckpointInterval: {
+    kind: 'number',
+    default: 100,
+    min: 0,
+    describe: 'SQLite: ms between WAL checkpoints run by a worker thread (0: SQLite checkpoints inside commits)',
+  },
   migrate: { kind: 'boolean', default: true, describe: 'Apply pending schema migrations at start' },
   logLevel: { kind: 'enum', default: 'info', choices: LOG_LEVELS, describe: 'Log level' },
-  logFormat: { kind: 'enum', default: 'auto', choices: ['auto', 'json', 'pretty'], describe: 'Log format (auto: pretty on a terminal, JSON otherwise)' },
+  logFormat: {
+    kind: 'enum',
+    default: 'auto',
+    choices: ['auto', 'json', 'pretty'],
+    describe: 'Log format (auto: pretty on a terminal, JSON otherwise)',
+  },
   maxBatch: { kind: 'number', default: 256, min: 1, describe: 'Most requests committed in one transaction' },
   sweepInterval: { kind: 'number', default: 0.5, min: 0.05, describe: 'Seconds between sweeps for expired locks' },
   drainTimeout: { kind: 'number', default: 10, min: 0, describe: 'Seconds a graceful stop may take before it is forced' },
-  eventsJetstream: { kind: 'enum', default: 'auto', choices: ['auto', 'off'], describe: 'Deliver events to JetStream (auto) or core NATS only (off)' },
+  eventsJetstream: {
+    kind: 'enum',
+    default: 'auto',
+    choices: ['auto', 'off'],
+    describe: 'Deliver events to JetStream (auto) or core NATS only (off)',
+  },
   eventsStream: { kind: 'string', default: DEFAULT_EVENTS_STREAM, describe: 'JetStream stream that stores events (created if missing)' },
-  eventsRetention: { kind: 'enum', default: 'limits', choices: ['limits', 'interest', 'workqueue'], describe: 'Retention policy of the events stream' },
+  eventsRetention: {
+    kind: 'enum',
+    default: 'limits',
+    choices: ['limits', 'interest', 'workqueue'],
+    describe: 'Retention policy of the events stream',
+  },
   eventsReplicas: { kind: 'number', default: 1, min: 1, describe: 'Replicas of the events stream' },
   eventsMaxAge: { kind: 'number', default: 0, min: 0, describe: 'Seconds events are kept in the stream (0: forever)' },
   eventsDuplicateWindow: { kind: 'number', default: 600, min: 1, describe: 'Seconds JetStream remembers event ids to drop re-sends' },
@@ -72,7 +97,8 @@ function coerce(key: ConfigKey, raw: unknown, origin: string): string | number |
   switch (spec.kind) {
     case 'number': {
       const n = typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : raw;
-      if (typeof n !== 'number' || !Number.isFinite(n)) throw new ConfigError(`${origin}: ${key} must be a number, got ${JSON.stringify(raw)}`);
+      if (typeof n !== 'number' || !Number.isFinite(n))
+        throw new ConfigError(`${origin}: ${key} must be a number, got ${JSON.stringify(raw)}`);
       if (spec.min !== undefined && n < spec.min) throw new ConfigError(`${origin}: ${key} must be at least ${spec.min}, got ${n}`);
       return n;
     }
@@ -89,7 +115,7 @@ function coerce(key: ConfigKey, raw: unknown, origin: string): string | number |
       return raw;
     }
     default:
-      if (typeof raw !== 'string' || raw === '' && key !== 'natsCreds') {
+      if (typeof raw !== 'string' || (raw === '' && key !== 'natsCreds')) {
         throw new ConfigError(`${origin}: ${key} must be a non-empty string, got ${JSON.stringify(raw)}`);
       }
       return raw;

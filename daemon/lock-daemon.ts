@@ -254,7 +254,13 @@ export class LockDaemon {
     const within = <T>(p: Promise<T>) => Promise.race([p, new Promise<void>((r) => setTimeout(r, remaining()).unref())]);
     this.logger.info('stopping: no new requests; finishing those in flight', { inFlight: this.lockService?.inFlight ?? 0 });
     const sweeping = this.sweeper?.stop();
-    if (this.service) await within(this.service.stop().then(() => undefined).catch(() => undefined));
+    if (this.service)
+      await within(
+        this.service
+          .stop()
+          .then(() => undefined)
+          .catch(() => undefined),
+      );
     // Waiting `get`s answer LOCKED now rather than hold up the stop.
     this.waiters.close();
     if (this.lockService) await within(this.lockService.idle());

@@ -40,7 +40,13 @@ export type AcquireResult = { granted: LockRow } | { held: LockRow };
  * Insert the lock if the name is free or its holder has expired. Exactly one of any number of
  * concurrent callers wins: the primary key decides, never a read followed by a write.
  */
-export async function acquire(tx: LockTx, name: string, expiresMs: number | null, who: Requester, operation: string): Promise<AcquireResult> {
+export async function acquire(
+  tx: LockTx,
+  name: string,
+  expiresMs: number | null,
+  who: Requester,
+  operation: string,
+): Promise<AcquireResult> {
   const until = expiresMs === null ? null : tx.now + expiresMs;
   for (let attempt = 0; attempt < SETTLE_ATTEMPTS; attempt++) {
     let granted = await tx.insertLock(name, until, who);
@@ -67,7 +73,11 @@ export function lockedError(held: LockRow): LockRuleError {
 }
 
 function notOwner(name: string, live: LockRow, token: number): LockRuleError {
-  return new LockRuleError(ErrorCode.NOT_OWNER, `Lock ${name} is now held by another grant (token ${live.token}), not token ${token}.`, toLockRecord(live));
+  return new LockRuleError(
+    ErrorCode.NOT_OWNER,
+    `Lock ${name} is now held by another grant (token ${live.token}), not token ${token}.`,
+    toLockRecord(live),
+  );
 }
 
 function renewal(expiresMs: number | null, addTime: boolean, now: number): Renewal {

@@ -4,7 +4,16 @@
  * service error headers set.
  */
 import type { Msg, MsgHdrs } from 'nats';
-import { CLIENT_HEADER, ERROR_STATUS, ErrorCode, MAX_PAYLOAD_BYTES, type Api, type Endpoint, type Reply, type WireError } from '../shared/protocol';
+import {
+  CLIENT_HEADER,
+  ERROR_STATUS,
+  ErrorCode,
+  MAX_PAYLOAD_BYTES,
+  type Api,
+  type Endpoint,
+  type Reply,
+  type WireError,
+} from '../shared/protocol';
 import { RequestInvalid, validateRequest } from '../shared/validate';
 import { requestChannel } from './diagnostics';
 import { requesterOf, type Handlers } from './handlers';
@@ -68,21 +77,33 @@ export class LockService {
   private async process<E extends Endpoint>(endpoint: E, msg: Responder, tag: object): Promise<void> {
     if (msg.data.length > MAX_PAYLOAD_BYTES) {
       const problem = `is ${msg.data.length} bytes; the limit is ${MAX_PAYLOAD_BYTES}`;
-      return this.fail(msg, { code: ErrorCode.INVALID_REQUEST, message: `request body ${problem}`, details: [{ field: '(body)', problem }] });
+      return this.fail(msg, {
+        code: ErrorCode.INVALID_REQUEST,
+        message: `request body ${problem}`,
+        details: [{ field: '(body)', problem }],
+      });
     }
     let body: unknown;
     try {
       body = msg.data.length === 0 ? {} : JSON.parse(decoder.decode(msg.data));
     } catch (err) {
       const problem = `is not JSON: ${(err as Error).message}`;
-      return this.fail(msg, { code: ErrorCode.INVALID_REQUEST, message: `request body ${problem}`, details: [{ field: '(body)', problem }] });
+      return this.fail(msg, {
+        code: ErrorCode.INVALID_REQUEST,
+        message: `request body ${problem}`,
+        details: [{ field: '(body)', problem }],
+      });
     }
     let req;
     try {
       req = validateRequest(endpoint, body);
     } catch (err) {
       if (!(err instanceof RequestInvalid)) throw err;
-      return this.fail(msg, { code: ErrorCode.INVALID_REQUEST, message: `invalid ${endpoint} request: ${err.message}`, details: err.details });
+      return this.fail(msg, {
+        code: ErrorCode.INVALID_REQUEST,
+        message: `invalid ${endpoint} request: ${err.message}`,
+        details: err.details,
+      });
     }
     const handler: Handlers[E] = this.handlers[endpoint];
     try {
@@ -96,7 +117,10 @@ export class LockService {
       }
       if (err instanceof StoreUnavailable) {
         this.logger.error(`store unavailable: ${err.message}`);
-        return this.fail(msg, { code: ErrorCode.STORE_UNAVAILABLE, message: `the lock database is unavailable, try again: ${err.message}` });
+        return this.fail(msg, {
+          code: ErrorCode.STORE_UNAVAILABLE,
+          message: `the lock database is unavailable, try again: ${err.message}`,
+        });
       }
       this.logger.error(`${endpoint} failed: ${(err as Error).stack ?? String(err)}`);
       return this.fail(msg, { code: ErrorCode.INTERNAL, message: `internal error: ${(err as Error).message}` });

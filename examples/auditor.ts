@@ -38,16 +38,21 @@ class EventTable {
     switch (e.type) {
       case 'created':
         if (held) this.anomalies.push(`${name}: created with token ${e.lock.token} while token ${held.token} still held it (#${e.seq})`);
-        if ((this.lastToken.get(name) ?? 0) >= e.lock.token) this.anomalies.push(`${name}: token ${e.lock.token} is not larger than an earlier grant's (#${e.seq})`);
+        if ((this.lastToken.get(name) ?? 0) >= e.lock.token)
+          this.anomalies.push(`${name}: token ${e.lock.token} is not larger than an earlier grant's (#${e.seq})`);
         this.lastToken.set(name, e.lock.token);
         this.locks.set(name, e.lock);
         break;
       case 'renewed':
-        if (!held || held.token !== e.lock.token) this.anomalies.push(`${name}: renewed token ${e.lock.token} but ${held ? `token ${held.token}` : 'nobody'} held it (#${e.seq})`);
+        if (!held || held.token !== e.lock.token)
+          this.anomalies.push(`${name}: renewed token ${e.lock.token} but ${held ? `token ${held.token}` : 'nobody'} held it (#${e.seq})`);
         this.locks.set(name, e.lock);
         break;
       default: // released, expired, reset
-        if (!held || held.token !== e.lock.token) this.anomalies.push(`${name}: ${e.type} token ${e.lock.token} but ${held ? `token ${held.token}` : 'nobody'} held it (#${e.seq})`);
+        if (!held || held.token !== e.lock.token)
+          this.anomalies.push(
+            `${name}: ${e.type} token ${e.lock.token} but ${held ? `token ${held.token}` : 'nobody'} held it (#${e.seq})`,
+          );
         this.locks.delete(name);
     }
   }
@@ -67,7 +72,8 @@ function differences(table: EventTable, listed: LockRecord[], now: number): stri
       continue;
     }
     for (const f of FIELDS) {
-      if (live[f] !== rebuilt[f]) out.push(`${name}: ${f} is ${JSON.stringify(live[f])} in the daemon, ${JSON.stringify(rebuilt[f])} according to the events`);
+      if (live[f] !== rebuilt[f])
+        out.push(`${name}: ${f} is ${JSON.stringify(live[f])} in the daemon, ${JSON.stringify(rebuilt[f])} according to the events`);
     }
   }
   for (const live of listed) {
@@ -78,7 +84,10 @@ function differences(table: EventTable, listed: LockRecord[], now: number): stri
 
 async function main(): Promise<number> {
   const stream = process.env.LOCKMGR_EVENTS_STREAM || 'LOCKMGR_EVENTS';
-  const client = await LockClient.connect({ servers: process.env.LOCKMGR_NATS_URL || 'nats://127.0.0.1:4222', prefix: process.env.LOCKMGR_PREFIX || undefined });
+  const client = await LockClient.connect({
+    servers: process.env.LOCKMGR_NATS_URL || 'nats://127.0.0.1:4222',
+    prefix: process.env.LOCKMGR_PREFIX || undefined,
+  });
   try {
     const table = new EventTable();
     // 1. The whole history, from the first event stored to the last one stored now.

@@ -25,7 +25,10 @@ function decode(s: string): string {
 /** Split a comma-separated server list and lift `user:pass@` or `token@` out of the URLs. */
 export function natsServerOptions(urls: string): NatsServerOptions {
   const out: NatsServerOptions = { servers: [] };
-  for (const raw of urls.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const raw of urls
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const m = CREDENTIALS.exec(raw);
     if (!m) {
       out.servers.push(raw);

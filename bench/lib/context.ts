@@ -166,8 +166,13 @@ export class Bench {
     this.measurements.push(full);
     if (!quiet) {
       const l = full.latency;
-      const rate = full.locksPerSec !== undefined ? `${round(full.locksPerSec)} locks/s (${round(full.opsPerSec)} ${full.unit})` : `${round(full.opsPerSec)} ${full.unit}`;
-      const cpu = full.cpu ? `  [cpu: others ${Math.round(full.cpu.othersPct)}%, irq ${Math.round(full.cpu.irqPct)}%, steal ${Math.round(full.cpu.stealPct)}%]` : '';
+      const rate =
+        full.locksPerSec !== undefined
+          ? `${round(full.locksPerSec)} locks/s (${round(full.opsPerSec)} ${full.unit})`
+          : `${round(full.opsPerSec)} ${full.unit}`;
+      const cpu = full.cpu
+        ? `  [cpu: others ${Math.round(full.cpu.othersPct)}%, irq ${Math.round(full.cpu.irqPct)}%, steal ${Math.round(full.cpu.stealPct)}%]`
+        : '';
       const err = full.errors ? `  ERRORS ${full.errors} (${full.firstError})` : '';
       this.progress(`${full.label} [rep ${full.rep}]: ${rate}  p50 ${round(l.p50Ms)} ms  p99 ${round(l.p99Ms)} ms${cpu}${err}`);
     }

@@ -68,7 +68,6 @@ export async function dropStaleBenchDatabases(adminUrl: string): Promise<string[
   });
 }
 
-
 export async function pgSetting(adminUrl: string, names: string[]): Promise<Record<string, string>> {
   return withPg(adminUrl, async (c) => {
     const out: Record<string, string> = {};

@@ -85,9 +85,11 @@ export async function startNatsServer(): Promise<NatsServerProc> {
   const dir = registerTemp(mkdtempSync(join(tmpdir(), 'lockmgr-bench-nats-')));
   const port = await freePort();
   let output = '';
-  const child = register(spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', join(dir, 'js')], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  }));
+  const child = register(
+    spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', join(dir, 'js')], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    }),
+  );
   child.stdout!.on('data', (d) => (output += d));
   child.stderr!.on('data', (d) => (output += d));
   child.on('error', (err) => (output += `\n${err.message} (is nats-server on PATH?)`));
@@ -133,7 +135,13 @@ async function stopChild(child: ChildProcess, exited: Promise<void>, graceMs: nu
 }
 
 /** Resolves once `subject` answers a request (the responder behind it is subscribed). */
-export async function waitForResponder(nc: NatsConnection, subject: string, payload: string, child: ChildProc, timeoutMs = 30_000): Promise<void> {
+export async function waitForResponder(
+  nc: NatsConnection,
+  subject: string,
+  payload: string,
+  child: ChildProc,
+  timeoutMs = 30_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (child.child.exitCode !== null) throw new Error(`process exited with ${child.child.exitCode}:\n${child.output()}`);
@@ -163,12 +171,18 @@ export async function startDaemon(spec: DaemonSpec, probe: NatsConnection): Prom
   const args = [
     CLI,
     'daemon',
-    '--nats-url', spec.natsUrl,
-    '--db', spec.db,
-    '--prefix', spec.prefix,
-    '--events-stream', `EV_${spec.prefix}`,
-    '--log-level', 'warn',
-    '--log-format', 'json',
+    '--nats-url',
+    spec.natsUrl,
+    '--db',
+    spec.db,
+    '--prefix',
+    spec.prefix,
+    '--events-stream',
+    `EV_${spec.prefix}`,
+    '--log-level',
+    'warn',
+    '--log-format',
+    'json',
     ...(spec.args ?? []),
   ];
   const child = register(spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], cwd: ROOT }));
@@ -184,7 +198,12 @@ export async function startDaemon(spec: DaemonSpec, probe: NatsConnection): Prom
 }
 
 /** The bare NATS responder (bench/echo-responder.ts) in its own process. */
-export async function startEcho(natsUrl: string, prefix: string, replySizes: Record<string, number>, probe: NatsConnection): Promise<ChildProc> {
+export async function startEcho(
+  natsUrl: string,
+  prefix: string,
+  replySizes: Record<string, number>,
+  probe: NatsConnection,
+): Promise<ChildProc> {
   const child = register(
     spawn(process.execPath, [join(__dirname, '..', 'echo-responder.js'), natsUrl, prefix, JSON.stringify(replySizes)], {
       stdio: ['ignore', 'pipe', 'pipe'],

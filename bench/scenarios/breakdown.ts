@@ -26,8 +26,8 @@ export const SEGMENTS = [
   ['natsIn', 'client send -> daemon handler (client encode, NATS, services framework)'],
   ['decode', 'decode + validate (JSON.parse, validateRequest)'],
   ['batchWait', 'wait for the batch (setImmediate + the transaction before)'],
-  ['ownOp', 'transaction: this request\'s own statements'],
-  ['restOfTx', 'transaction: BEGIN, token, outbox, COMMIT and batch-mates\' statements'],
+  ['ownOp', "transaction: this request's own statements"],
+  ['restOfTx', "transaction: BEGIN, token, outbox, COMMIT and batch-mates' statements"],
   ['toRespond', 'commit -> reply handed to NATS (promise hops, encode JSON)'],
   ['respond', 'msg.respond() call'],
   ['natsOut', 'reply -> client (NATS, client parse)'],
@@ -111,7 +111,12 @@ export type BreakdownKind = 'cycle' | 'multi';
  * `cycle`: setLock(name) + unlock(name) per worker, like the lock-cycle scenario.
  * `multi`: setLock of 100 fresh names per request, like the multi-lock scenario.
  */
-export async function breakdown(bench: Bench, store: Store, inFlight: number, opts: { profile?: boolean; kind?: BreakdownKind } = {}): Promise<Breakdown> {
+export async function breakdown(
+  bench: Bench,
+  store: Store,
+  inFlight: number,
+  opts: { profile?: boolean; kind?: BreakdownKind } = {},
+): Promise<Breakdown> {
   const kind = opts.kind ?? 'cycle';
   const a = bench.args;
   const db = await bench.freshDatabase(store);
@@ -151,7 +156,11 @@ export async function breakdown(bench: Bench, store: Store, inFlight: number, op
     };
     const done = new Map<number, number>();
 
-    const watch = { daemon: () => [child.pid!], ...(bench.nats.pid ? { 'nats-server': () => [bench.nats.pid!] } : {}), ...(db.pg ? { postgres: () => db.pg!.backendPids() } : {}) };
+    const watch = {
+      daemon: () => [child.pid!],
+      ...(bench.nats.pid ? { 'nats-server': () => [bench.nats.pid!] } : {}),
+      ...(db.pg ? { postgres: () => db.pg!.backendPids() } : {}),
+    };
     const onWindow = (on: boolean) => send(child, { cmd: 'window', on });
     const r = await closedLoop({ workers: inFlight, warmupMs: a.warmupMs, durationMs: a.durationMs, watch, onWindow }, async (w, i) => {
       if (kind === 'multi') {
@@ -179,7 +188,17 @@ export async function breakdown(bench: Bench, store: Store, inFlight: number, op
     const bySeg: Record<string, Record<string, number[]>> = {};
     for (const row of rows) {
       const [id, endpoint, t0, tH, tEnq, tTx0, tOp0, tOp1, tTx1, tR0, tR1] = row.map((v) => (v === null ? NaN : v)) as [
-        number, string, number, number, number, number, number, number, number, number, number,
+        number,
+        string,
+        number,
+        number,
+        number,
+        number,
+        number,
+        number,
+        number,
+        number,
+        number,
       ];
       const tRecv = received.get(id);
       const tDone = done.get(id);
@@ -281,17 +300,30 @@ export function formatBreakdown(b: Breakdown): string {
   lines.push(`${what}, ${b.store}, ${b.inFlight} in flight: ${b.opsPerSec} ${unit}, p50 ${b.opP50Ms} ms, p99 ${b.opP99Ms} ms`);
   const eps = Object.keys(b.endpoints);
   lines.push(`  ${'mean µs per request'.padEnd(78)}${eps.map((e) => e.padStart(10)).join('')}`);
-  for (const [k, label] of SEGMENTS) lines.push(`  ${label.padEnd(78)}${eps.map((e) => String(b.endpoints[e]!.meanUs[k]).padStart(10)).join('')}`);
-  lines.push(`  ${'total (client send -> LockClient returns)'.padEnd(78)}${eps.map((e) => String(b.endpoints[e]!.meanUs.total).padStart(10)).join('')}`);
+  for (const [k, label] of SEGMENTS)
+    lines.push(`  ${label.padEnd(78)}${eps.map((e) => String(b.endpoints[e]!.meanUs[k]).padStart(10)).join('')}`);
+  lines.push(
+    `  ${'total (client send -> LockClient returns)'.padEnd(78)}${eps.map((e) => String(b.endpoints[e]!.meanUs.total).padStart(10)).join('')}`,
+  );
   const t = b.transactions;
   lines.push(
     `  transactions: ${t.perSec}/s (${t.requestTxs} with requests, ${t.backgroundTxs} relay/sweeper only), ${t.meanSize} operations each, ${t.meanMs} ms each`,
   );
-  lines.push(`  per request transaction, mean µs by statement: ${Object.entries(t.stmtUsPerTx).map(([k, v]) => `${k} ${v} (x${t.stmtCountPerTx[k]})`).join(', ')}`);
-  lines.push(`  event relay: ${b.relay.calls} publish calls for ${b.relay.events} events, ${b.relay.msPerCall} ms each (until acknowledged)`);
-  lines.push(`  socket writes to NATS: ${b.natsWritesPerRequest} per request, ${b.natsBytesPerWrite} bytes each (${round(b.natsWritesPerRequest * b.natsBytesPerWrite)} bytes per request)`);
+  lines.push(
+    `  per request transaction, mean µs by statement: ${Object.entries(t.stmtUsPerTx)
+      .map(([k, v]) => `${k} ${v} (x${t.stmtCountPerTx[k]})`)
+      .join(', ')}`,
+  );
+  lines.push(
+    `  event relay: ${b.relay.calls} publish calls for ${b.relay.events} events, ${b.relay.msPerCall} ms each (until acknowledged)`,
+  );
+  lines.push(
+    `  socket writes to NATS: ${b.natsWritesPerRequest} per request, ${b.natsBytesPerWrite} bytes each (${round(b.natsWritesPerRequest * b.natsBytesPerWrite)} bytes per request)`,
+  );
   if (Object.keys(b.outsideMs).length) lines.push(`  statements outside the batcher (total ms): ${JSON.stringify(b.outsideMs)}`);
-  lines.push(`  daemon event loop utilisation ${b.eventLoopUtilization}, GC ${b.gcMs} ms; CPU µs per ${b.kind === 'multi' ? 'request' : 'cycle'}: ${JSON.stringify(b.cpu)}`);
+  lines.push(
+    `  daemon event loop utilisation ${b.eventLoopUtilization}, GC ${b.gcMs} ms; CPU µs per ${b.kind === 'multi' ? 'request' : 'cycle'}: ${JSON.stringify(b.cpu)}`,
+  );
   if (b.profile) lines.push(formatProfile(b.profile).replace(/^/gm, '  '));
   return lines.join('\n');
 }

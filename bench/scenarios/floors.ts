@@ -104,7 +104,12 @@ function sqliteRunner(file: string): { run: RunStatement; close(): Promise<void>
   db.pragma('journal_mode = WAL');
   db.pragma(`synchronous = ${SQLITE_SYNCHRONOUS}`);
   db.pragma('wal_autocheckpoint = 0');
-  const checkpointer = new Checkpointer(file, Number(OPTIONS.sqliteCheckpointInterval.default), () => undefined, () => undefined);
+  const checkpointer = new Checkpointer(
+    file,
+    Number(OPTIONS.sqliteCheckpointInterval.default),
+    () => undefined,
+    () => undefined,
+  );
   checkpointer.start();
   const prepared = new Map<string, BetterSqlite3.Statement>();
   return {

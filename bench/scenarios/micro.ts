@@ -47,7 +47,14 @@ export function cpuMicro(): Record<string, number> {
   const now = Date.now();
   const row = { name, locked_by: hostname(), lock_process: null, locked_until: now + 600_000, created_at: now, updated_at: now, token: 42 };
   const record = toLockRecord(row);
-  const setReply = { ok: true as const, result: { locks: [record], counts: { created: 1, renewed: 0, skip_create: 0, skip_renew: 0 }, statuses: [[name, { was_locked: false, status: 'create', locked: true }]] } };
+  const setReply = {
+    ok: true as const,
+    result: {
+      locks: [record],
+      counts: { created: 1, renewed: 0, skip_create: 0, skip_renew: 0 },
+      statuses: [[name, { was_locked: false, status: 'create', locked: true }]],
+    },
+  };
   const setReplyBytes = encodeReply(setReply);
   let sink: unknown;
   const out = {
@@ -57,7 +64,9 @@ export function cpuMicro(): Record<string, number> {
     'encode unlock reply': round(timeNs(() => (sink = encodeReply({ ok: true, result: { unlocked: true } })))),
     'row -> wire record (toLockRecord)': round(timeNs(() => (sink = toLockRecord(row)))),
     'client: parse set reply': round(timeNs(() => (sink = JSON.parse(dec.decode(setReplyBytes))))),
-    'event JSON (lock + cause) for the outbox': round(timeNs(() => (sink = [JSON.stringify(record), JSON.stringify({ locked_by: 'x', process_id: null, client: 'c', operation: 'set' })]))),
+    'event JSON (lock + cause) for the outbox': round(
+      timeNs(() => (sink = [JSON.stringify(record), JSON.stringify({ locked_by: 'x', process_id: null, client: 'c', operation: 'set' })])),
+    ),
   };
   microSink = sink;
   return out;
@@ -82,7 +91,9 @@ export async function batchMicro(
   const pragmas = opts.pragmas ? [opts.pragmas.replace(/^PRAGMA\s+/i, '')] : [];
   // One transaction at a time on both, so that each batch size is what it says.
   const db =
-    store === 'sqlite' ? new SqliteStore({ file: fresh.url, daemonId: 'bench', pragmas }) : new PostgresStore({ url: fresh.url, daemonId: 'bench', poolSize: 2 });
+    store === 'sqlite'
+      ? new SqliteStore({ file: fresh.url, daemonId: 'bench', pragmas })
+      : new PostgresStore({ url: fresh.url, daemonId: 'bench', poolSize: 2 });
   const out: MicroResult['batches'] = [];
   try {
     await db.migrate();
@@ -104,7 +115,14 @@ export async function batchMicro(
       while (performance.now() - start < msPerSize) await runOnce();
       const ms = performance.now() - start;
       const txMs = ms / txs;
-      out.push({ store, batch: size, txMs: round(txMs), usPerOp: round((txMs * 1000) / size), opsPerSec: round((size * txs) / (ms / 1000)), ...(opts.label ? { label: opts.label } : {}) });
+      out.push({
+        store,
+        batch: size,
+        txMs: round(txMs),
+        usPerOp: round((txMs * 1000) / size),
+        opsPerSec: round((size * txs) / (ms / 1000)),
+        ...(opts.label ? { label: opts.label } : {}),
+      });
       // Keep the outbox (no relay here) from growing without end.
       const lease = db.relayLease();
       if (await lease.acquire()) await lease.removeThrough(Number.MAX_SAFE_INTEGER);

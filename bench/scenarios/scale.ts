@@ -31,7 +31,9 @@ async function sqlFor(store: Store, url: string): Promise<Sql> {
     await sqliteExec(db, 'PRAGMA busy_timeout=30000;');
     return {
       query: (sql, params = []) =>
-        new Promise((resolve, reject) => db.all(sql, params, (err, rows) => (err ? reject(err) : resolve(rows as Record<string, unknown>[])))),
+        new Promise((resolve, reject) =>
+          db.all(sql, params, (err, rows) => (err ? reject(err) : resolve(rows as Record<string, unknown>[]))),
+        ),
       close: () => new Promise((resolve) => db.close(() => resolve())),
     };
   }
@@ -40,7 +42,12 @@ async function sqlFor(store: Store, url: string): Promise<Sql> {
   return {
     query: async (sql, params = []) => {
       let i = 0;
-      return (await c.query(sql.replace(/\?/g, () => `$${++i}`), params)).rows;
+      return (
+        await c.query(
+          sql.replace(/\?/g, () => `$${++i}`),
+          params,
+        )
+      ).rows;
     },
     close: () => c.end(),
   };
@@ -68,11 +75,13 @@ export async function preload(store: Store, url: string, total: number): Promise
           [until, started, started, from, to],
         );
       }
-      process.stdout.write(`     preload ${store}: ${(to + 1).toLocaleString('en-US')} / ${total.toLocaleString('en-US')} locks (${((Date.now() - started) / 1000).toFixed(1)} s)\n`);
+      process.stdout.write(
+        `     preload ${store}: ${(to + 1).toLocaleString('en-US')} / ${total.toLocaleString('en-US')} locks (${((Date.now() - started) / 1000).toFixed(1)} s)\n`,
+      );
     }
     if (store === 'sqlite') await sql.query(`UPDATE lockmgr_counters SET value = ? WHERE name = 'token'`, [total]);
     else {
-      await sql.query('SELECT setval(\'lockmgr_token_seq\', ?)', [total]);
+      await sql.query("SELECT setval('lockmgr_token_seq', ?)", [total]);
       await sql.query('ANALYZE lockmgr_locks');
     }
     const [row] = await sql.query('SELECT COUNT(*) AS n FROM lockmgr_locks');
@@ -112,7 +121,9 @@ export async function scale(bench: Bench, store: Store): Promise<void> {
       ...bench.fromRun(r),
       extra: { heldLocks: total, preloadSeconds, rssIdleMb: idle.rssMb, rssMb: afterCycle.rssMb, rssPeakMb: afterCycle.peakMb },
     });
-    bench.progress(`scale ${store}: daemon RSS ${round(idle.rssMb)} MB idle, ${round(afterCycle.rssMb)} MB after the cycle load (peak ${round(afterCycle.peakMb)} MB)`);
+    bench.progress(
+      `scale ${store}: daemon RSS ${round(idle.rssMb)} MB idle, ${round(afterCycle.rssMb)} MB after the cycle load (peak ${round(afterCycle.peakMb)} MB)`,
+    );
 
     // ---- simultaneous expiry, with the cycle load running ----
     await settle();
@@ -173,8 +184,7 @@ export async function scale(bench: Bench, store: Store): Promise<void> {
       const offset = performance.timeOrigin;
       // Cycles that ran during [from, to] (were in flight at some point of it), not only those
       // that ended in it: a cycle held up by a stall ends just after the stall.
-      const within = (from: number, to: number) =>
-        lats.filter((lat, i) => ends[i]! + offset >= from && ends[i]! + offset - lat <= to);
+      const within = (from: number, to: number) => lats.filter((lat, i) => ends[i]! + offset >= from && ends[i]! + offset - lat <= to);
       // Throughput: cycles that ended in the window.
       const rate = (from: number, to: number) => ends.filter((e) => e + offset >= from && e + offset <= to).length / ((to - from) / 1000);
       const baseline = summarize(within(baselineStart, updateStart));
@@ -183,13 +193,17 @@ export async function scale(bench: Bench, store: Store): Promise<void> {
       const relayOnly = summarize(within(clearedAt, outboxEmptyAt));
       const duringUpdate = summarize(within(updateStart, updateEnd));
       // The longest time no cycle completed, from the expiry instant until the events were relayed.
-      const endsAfter = ends.map((e) => e + offset).filter((e) => e >= expireAt && e <= outboxEmptyAt).sort((x, y) => x - y);
+      const endsAfter = ends
+        .map((e) => e + offset)
+        .filter((e) => e >= expireAt && e <= outboxEmptyAt)
+        .sort((x, y) => x - y);
       let pause = { ms: 0, fromMs: NaN, toMs: NaN };
       for (let i = 1; i < endsAfter.length; i++) {
         const gap = endsAfter[i]! - endsAfter[i - 1]!;
         if (gap > pause.ms) pause = { ms: gap, fromMs: endsAfter[i - 1]! - expireAt, toMs: endsAfter[i]! - expireAt };
       }
-      const stateAt = (ms: number) => timeline.reduce<[number, number, number] | undefined>((best, p) => (p[0] <= ms ? p : best), undefined);
+      const stateAt = (ms: number) =>
+        timeline.reduce<[number, number, number] | undefined>((best, p) => (p[0] <= ms ? p : best), undefined);
       const mem = processMemoryMb(d.proc.pid);
       result = {
         expired: expire,
@@ -225,19 +239,22 @@ export async function scale(bench: Bench, store: Store): Promise<void> {
         rssMb: mem.rssMb,
         rssPeakMb: mem.peakMb,
       };
-      bench.record({
-        key: `scale.${store}.expiry`,
-        label: `scale: ${expire.toLocaleString('en-US')} locks expire at once, ${store}, cycles during the sweep`,
-        group: 'scale',
-        store,
-        inFlight: SCALE_IN_FLIGHT,
-        unit: 'cycles/s',
-        opsPerSec: result.duringCyclesPerSec as number,
-        latency: during,
-        errors,
-        firstError,
-        extra: result,
-      }, true);
+      bench.record(
+        {
+          key: `scale.${store}.expiry`,
+          label: `scale: ${expire.toLocaleString('en-US')} locks expire at once, ${store}, cycles during the sweep`,
+          group: 'scale',
+          store,
+          inFlight: SCALE_IN_FLIGHT,
+          unit: 'cycles/s',
+          opsPerSec: result.duringCyclesPerSec as number,
+          latency: during,
+          errors,
+          firstError,
+          extra: result,
+        },
+        true,
+      );
       const describe = (p?: [number, number, number]) => (p ? `${p[1]} expired rows left, ${p[2]} events waiting` : '?');
       bench.progress(
         `scale ${store}: longest pause in cycle completions ${round(pause.ms)} ms, from ${round(pause.fromMs / 1000)} s to ${round(pause.toMs / 1000)} s after the expiry` +

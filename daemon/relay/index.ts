@@ -24,7 +24,13 @@ export interface RunningRelay {
   stop(): Promise<void>;
 }
 
-export async function startEventRelay(store: Store, nc: NatsConnection, config: EventRelayConfig, logger: Logger, clock?: Clock): Promise<RunningRelay> {
+export async function startEventRelay(
+  store: Store,
+  nc: NatsConnection,
+  config: EventRelayConfig,
+  logger: Logger,
+  clock?: Clock,
+): Promise<RunningRelay> {
   const timeoutMs = config.publishTimeoutMs ?? 5000;
   const stream = config.jetstream === 'off' ? null : new JetStreamPublisher(nc, { ...config, timeoutMs }, logger);
   let nudgeQueued = false;

@@ -8,7 +8,16 @@
  * event is stored only after every earlier one: a publish that failed or timed out can never be
  * overtaken by a later one.
  */
-import { headers, nanos, RetentionPolicy, StorageType, type JetStreamManager, type NatsConnection, type StreamConfig, type StreamInfo } from 'nats';
+import {
+  headers,
+  nanos,
+  RetentionPolicy,
+  StorageType,
+  type JetStreamManager,
+  type NatsConnection,
+  type StreamConfig,
+  type StreamInfo,
+} from 'nats';
 import { allEventsSubject, DAEMON_HEADER, eventSubject } from '../../shared/events';
 import { micros, publishChannel } from '../diagnostics';
 import { iso } from '../lock-records';
@@ -134,7 +143,8 @@ export class JetStreamPublisher implements StreamPublisher {
     });
     for (let i = 0; i < events.length && !error; i++) {
       const r = results[i];
-      if (r === undefined) error = new Error(`JetStream did not acknowledge every event within ${timeoutMs} ms, or the connection was lost`);
+      if (r === undefined)
+        error = new Error(`JetStream did not acknowledge every event within ${timeoutMs} ms, or the connection was lost`);
       else if (r && !isWrongLastMsgId(r)) error = r;
     }
     if (!error && chainBreak) {
@@ -170,7 +180,9 @@ export class JetStreamPublisher implements StreamPublisher {
       const config: Partial<StreamConfig> = {
         name: o.stream,
         subjects: [subject],
-        retention: { limits: RetentionPolicy.Limits, interest: RetentionPolicy.Interest, workqueue: RetentionPolicy.Workqueue }[o.retention],
+        retention: { limits: RetentionPolicy.Limits, interest: RetentionPolicy.Interest, workqueue: RetentionPolicy.Workqueue }[
+          o.retention
+        ],
         storage: StorageType.File,
         num_replicas: o.replicas,
         max_age: nanos(o.maxAgeSeconds * 1000),
@@ -180,7 +192,9 @@ export class JetStreamPublisher implements StreamPublisher {
       this.notes.info('created events stream', { stream: o.stream, subjects: subject });
       return;
     }
-    const covered = (info.config.subjects ?? []).some((s) => s === '>' || s === subject || (s.endsWith('.>') && subject.startsWith(s.slice(0, -1))));
+    const covered = (info.config.subjects ?? []).some(
+      (s) => s === '>' || s === subject || (s.endsWith('.>') && subject.startsWith(s.slice(0, -1))),
+    );
     if (!covered) {
       // A stream of that name exists for other subjects (another prefix): add ours to it.
       await jsm.streams.update(o.stream, { ...info.config, subjects: [...(info.config.subjects ?? []), subject] });
@@ -237,12 +251,15 @@ export class CorePublisher implements Publisher {
   }
 
   private async publishAndFlush(events: readonly OutboxEvent[]): Promise<PublishResult> {
-    for (const e of events) this.nc.publish(eventSubject(this.prefix, e.type, e.name), encoder.encode(eventPayload(e)), { headers: eventHeaders(e) });
+    for (const e of events)
+      this.nc.publish(eventSubject(this.prefix, e.type, e.name), encoder.encode(eventPayload(e)), { headers: eventHeaders(e) });
     let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
         this.nc.flush(),
-        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('NATS did not confirm the events in time')), this.timeoutMs))),
+        new Promise(
+          (_, reject) => (timer = setTimeout(() => reject(new Error('NATS did not confirm the events in time')), this.timeoutMs)),
+        ),
       ]);
     } catch (error) {
       return { delivered: [], error };

@@ -302,7 +302,9 @@ export class EventRelay {
     if (this.publisher === stream) {
       // Best effort (a work-queue stream, for one, may refuse the reading consumer): the stream's
       // duplicate window still drops re-sends.
-      await this.reconcile(stream).catch((err: unknown) => this.logger.debug(`could not compare the outbox with the stream: ${(err as Error).message}`));
+      await this.reconcile(stream).catch((err: unknown) =>
+        this.logger.debug(`could not compare the outbox with the stream: ${(err as Error).message}`),
+      );
     }
     this.unsettled = false;
   }
@@ -340,7 +342,10 @@ export class EventRelay {
     let cancel: Cancel | undefined;
     const ids = await Promise.race([
       stream.storedIds(RECONCILE_TAIL),
-      new Promise<never>((_, reject) => (cancel = this.clock.schedule(() => reject(new Error('the stream did not answer in time')), this.reconcileTimeoutMs))),
+      new Promise<never>(
+        (_, reject) =>
+          (cancel = this.clock.schedule(() => reject(new Error('the stream did not answer in time')), this.reconcileTimeoutMs)),
+      ),
     ]).finally(() => cancel?.());
     if (ids.size === 0) return;
     const rows = await this.feed.oldest(RECONCILE_TAIL);

@@ -41,7 +41,11 @@ function umzugFor(sequelize: Sequelize, migrations: readonly Migration[]): Umzug
 }
 
 /** Apply the pending migrations of `migrations`; returns the names applied. */
-export async function applyMigrations(sequelize: Sequelize, migrations: readonly Migration[], options: MigrateOptions = {}): Promise<string[]> {
+export async function applyMigrations(
+  sequelize: Sequelize,
+  migrations: readonly Migration[],
+  options: MigrateOptions = {},
+): Promise<string[]> {
   const applied = await umzugFor(sequelize, migrations).up(options.upTo === undefined ? {} : { to: options.upTo });
   for (const m of applied) options.onApplied?.(m.name);
   return applied.map((m) => m.name);

@@ -46,8 +46,7 @@ export type Renewal =
  * (`StoreTx.prefetch`): the lock insert of a single-name `set` or `get`, or an `unlock`.
  */
 export type FirstStatement =
-  | { kind: 'insert'; name: string; expiresMs: number | null; who: Requester }
-  | { kind: 'unlock'; name: string; token: number | null };
+  { kind: 'insert'; name: string; expiresMs: number | null; who: Requester } | { kind: 'unlock'; name: string; token: number | null };
 
 /** The lock statements of one transaction. Each write is one conditional statement. */
 export interface LockTx {

@@ -94,14 +94,32 @@ describe('lockmgr binary surface', () => {
 
   describe('bad configuration: exit 78 with one clear line', () => {
     it.each([
-      ['a missing config file', ['daemon', '--config', '/nonexistent/lockmgr.json'], {}, /^lockmgr: cannot read config file \/nonexistent\/lockmgr\.json: ENOENT/],
+      [
+        'a missing config file',
+        ['daemon', '--config', '/nonexistent/lockmgr.json'],
+        {},
+        /^lockmgr: cannot read config file \/nonexistent\/lockmgr\.json: ENOENT/,
+      ],
       ['an unknown key in the file', ['daemon', '--config', '@FILE@'], {}, /unknown option "dbPool"/],
-      ['a bad environment value', ['daemon'], { LOCKMGR_LOG_LEVEL: 'loud' }, /^lockmgr: environment LOCKMGR_LOG_LEVEL: logLevel must be one of error, warn, info, debug, got "loud"\n$/],
-      ['a bad flag value', ['migrate', '--db-pool-size', '0'], {}, /^lockmgr: flag --db-pool-size: dbPoolSize must be at least 1, got 0\n$/],
+      [
+        'a bad environment value',
+        ['daemon'],
+        { LOCKMGR_LOG_LEVEL: 'loud' },
+        /^lockmgr: environment LOCKMGR_LOG_LEVEL: logLevel must be one of error, warn, info, debug, got "loud"\n$/,
+      ],
+      [
+        'a bad flag value',
+        ['migrate', '--db-pool-size', '0'],
+        {},
+        /^lockmgr: flag --db-pool-size: dbPoolSize must be at least 1, got 0\n$/,
+      ],
       ['bad client settings', ['list-locks'], { LOCKMGR_TIMEOUT_MS: 'soon' }, /^lockmgr: environment LOCKMGR_TIMEOUT_MS/],
     ] as [string, string[], Record<string, string>, RegExp][])('%s', async (_title, args, env, message) => {
       const file = tmpFile('bad.json', JSON.stringify({ dbPool: 3 }));
-      const r = await runCli(args.map((a) => (a === '@FILE@' ? file : a)), { env });
+      const r = await runCli(
+        args.map((a) => (a === '@FILE@' ? file : a)),
+        { env },
+      );
       expect(r.code).toBe(78);
       expect(r.stderr).toMatch(message);
       expect(r.stderr.trim().split('\n')).toHaveLength(1);

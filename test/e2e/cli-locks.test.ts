@@ -32,7 +32,8 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
       const r = await cli(['set-lock', 'hello', 'world']);
       expect(r.code).toBe(0);
       expect(r.stderr).toBe('');
-      const row = (n: string, was: string, now: string, st: string) => `\t\t${n.padEnd(20)}${was.padEnd(20)}${now.padEnd(20)}${st.padEnd(20)}\n`;
+      const row = (n: string, was: string, now: string, st: string) =>
+        `\t\t${n.padEnd(20)}${was.padEnd(20)}${now.padEnd(20)}${st.padEnd(20)}\n`;
       expect(r.stdout).toBe(
         'Finished creating / renewing 2 locks.\n\n' +
           '\n====================Status Report=====================\n\n' +
@@ -95,8 +96,12 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
       expect(r.stdout).toContain(`\n${'-'.repeat(75)}\n`);
       expect(r.stdout).toContain('Caught exception LockFail while creating/setting locks...\n');
       expect(r.stdout).toContain('The following existing lock was encountered:\n\n');
-      expect(r.stdout).toMatch(/\t<Lock name='example' locked_by='other\.host' locked_until='\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?\+00:00'>\n/);
-      expect(r.stdout).toContain(' >>> As you have set -e / --fail, this means that any lock creations or updates triggered during this run of set_lock should have been rolled back.\n');
+      expect(r.stdout).toMatch(
+        /\t<Lock name='example' locked_by='other\.host' locked_until='\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?\+00:00'>\n/,
+      );
+      expect(r.stdout).toContain(
+        ' >>> As you have set -e / --fail, this means that any lock creations or updates triggered during this run of set_lock should have been rolled back.\n',
+      );
       expect(r.stdout).toContain(' !!! Now exiting with return code 2...\n');
       expect(await stack.client.isLocked('hello')).toBe(false);
       expect(await stack.client.isLocked('world')).toBe(false);
@@ -150,7 +155,12 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
       await stack.client.setLock('a');
       const r = await cli(['clear-lock', 'a', 'b', '--json']);
       expect(r.code).toBe(0);
-      expect(JSON.parse(r.stdout)).toEqual({ locks: [{ name: 'a', unlocked: true }, { name: 'b', unlocked: false }] });
+      expect(JSON.parse(r.stdout)).toEqual({
+        locks: [
+          { name: 'a', unlocked: true },
+          { name: 'b', unlocked: false },
+        ],
+      });
     });
   });
 
@@ -164,7 +174,9 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
       expect(before).toBe('\nThere are currently 3 active locks using Privex Django-LockMgr\n');
       const lines = body!.trim().split('\n');
       expect(lines).toHaveLength(3);
-      expect(lines[0]).toMatch(/^<Lock name='hello' locked_by='example\.org' lock_process='None' locked_until='\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?\+00:00'>$/);
+      expect(lines[0]).toMatch(
+        /^<Lock name='hello' locked_by='example\.org' lock_process='None' locked_until='\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?\+00:00'>$/,
+      );
       expect(lines[1]).toBe("<Lock name='proc' locked_by='w1' lock_process='77' locked_until='None'>");
       expect(lines[2]).toMatch(/^<Lock name='world' /);
       expect(after).toBe('\n');
@@ -286,7 +298,9 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
       const env = await runCli(['list-locks', '--json'], { env: { LOCKMGR_NATS_URL: stack.nats.url, LOCKMGR_PREFIX: stack.prefix } });
       expect(env.code).toBe(0);
       expect(JSON.parse(env.stdout).locks.map((l: { name: string }) => l.name)).toEqual(['envlock']);
-      const wrongEnv = await runCli(['list-locks', '--prefix', stack.prefix], { env: { LOCKMGR_NATS_URL: stack.nats.url, LOCKMGR_PREFIX: 'nobody' } });
+      const wrongEnv = await runCli(['list-locks', '--prefix', stack.prefix], {
+        env: { LOCKMGR_NATS_URL: stack.nats.url, LOCKMGR_PREFIX: 'nobody' },
+      });
       expect(wrongEnv.code).toBe(0);
 
       const file = join(mkdtempSync(join(tmpdir(), 'lockmgr-cli-')), 'client.json');

@@ -110,8 +110,13 @@ describe('lockmgr run (built binary, real daemon)', () => {
   it('forwards SIGTERM to the command and releases the lock once it has exited', async () => {
     const marker = join(dir, 'term-trapped');
     const p = startCli([
-      'run', 'fwd', ...conn, '--',
-      NODE, '-e', `process.on('SIGTERM', () => { require('node:fs').writeFileSync(${JSON.stringify(marker)}, 'x'); process.exit(0); }); console.log('up'); setInterval(() => {}, 1000);`,
+      'run',
+      'fwd',
+      ...conn,
+      '--',
+      NODE,
+      '-e',
+      `process.on('SIGTERM', () => { require('node:fs').writeFileSync(${JSON.stringify(marker)}, 'x'); process.exit(0); }); console.log('up'); setInterval(() => {}, 1000);`,
     ]);
     await until(() => p.stdout().includes('up'), 5000, 'the command to start');
     p.child.kill('SIGTERM');
@@ -124,8 +129,15 @@ describe('lockmgr run (built binary, real daemon)', () => {
   it('stops the command with SIGTERM when clear-lock releases its lock from another process, and exits 3', async () => {
     const pidFile = join(dir, 'victim.pid');
     const p = startCli([
-      'run', 'victim', '--timeout', '1.5', ...conn, '--',
-      NODE, '-e', `require('node:fs').writeFileSync(${JSON.stringify(pidFile)}, String(process.pid)); setInterval(() => {}, 1000);`,
+      'run',
+      'victim',
+      '--timeout',
+      '1.5',
+      ...conn,
+      '--',
+      NODE,
+      '-e',
+      `require('node:fs').writeFileSync(${JSON.stringify(pidFile)}, String(process.pid)); setInterval(() => {}, 1000);`,
     ]);
     await until(() => existsSync(pidFile) && readFileSync(pidFile, 'utf8') !== '', 5000, 'the command to start');
     const pid = Number(readFileSync(pidFile, 'utf8'));
@@ -143,8 +155,17 @@ describe('lockmgr run (built binary, real daemon)', () => {
   it('SIGKILLs a command that ignores SIGTERM after --grace when the lock goes to someone else', async () => {
     const pidFile = join(dir, 'stubborn.pid');
     const p = startCli([
-      'run', 'stubborn', '--timeout', '1.5', '--grace', '0.5', ...conn, '--',
-      NODE, '-e', `process.on('SIGTERM', () => {}); require('node:fs').writeFileSync(${JSON.stringify(pidFile)}, String(process.pid)); setInterval(() => {}, 1000);`,
+      'run',
+      'stubborn',
+      '--timeout',
+      '1.5',
+      '--grace',
+      '0.5',
+      ...conn,
+      '--',
+      NODE,
+      '-e',
+      `process.on('SIGTERM', () => {}); require('node:fs').writeFileSync(${JSON.stringify(pidFile)}, String(process.pid)); setInterval(() => {}, 1000);`,
     ]);
     await until(() => existsSync(pidFile) && readFileSync(pidFile, 'utf8') !== '', 5000, 'the command to start');
     const pid = Number(readFileSync(pidFile, 'utf8'));

@@ -61,7 +61,12 @@ describe('lockmgr daemon lifecycle (built binary)', () => {
       // batches finish within one turn of the event loop, so the signal never falls inside one.
       await client.getLock('drain.held', { expires: 3600 });
       acknowledged.push('drain.held');
-      const waiting = Array.from({ length: 5 }, () => client.getLock('drain.held', { wait: 60 }).then(() => 'granted', (err: unknown) => err));
+      const waiting = Array.from({ length: 5 }, () =>
+        client.getLock('drain.held', { wait: 60 }).then(
+          () => 'granted',
+          (err: unknown) => err,
+        ),
+      );
       await new Promise((r) => setTimeout(r, 300));
       daemon.child.kill('SIGTERM');
       const code = await daemon.exited;
@@ -104,10 +109,17 @@ describe('lockmgr daemon lifecycle (built binary)', () => {
     const PG_PASS = 'pg-s3cret';
 
     const startAuthNats = async () => {
-      natsProc = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port), '--user', 'lockmgr', '--pass', NATS_PASS, '-js', '-sd', storeDir], {
-        stdio: 'ignore',
+      natsProc = spawn(
+        'nats-server',
+        ['-a', '127.0.0.1', '-p', String(port), '--user', 'lockmgr', '--pass', NATS_PASS, '-js', '-sd', storeDir],
+        {
+          stdio: 'ignore',
+        },
+      );
+      const probe = await LockClient.connect({
+        servers: `nats://127.0.0.1:${port}`,
+        nats: { user: 'lockmgr', pass: NATS_PASS, maxReconnectAttempts: 40, reconnectTimeWait: 50, waitOnFirstConnect: true },
       });
-      const probe = await LockClient.connect({ servers: `nats://127.0.0.1:${port}`, nats: { user: 'lockmgr', pass: NATS_PASS, maxReconnectAttempts: 40, reconnectTimeWait: 50, waitOnFirstConnect: true } });
       await probe.close();
     };
     const stopAuthNats = async () => {
@@ -145,7 +157,9 @@ describe('lockmgr daemon lifecycle (built binary)', () => {
       const tokens: number[] = JSON.parse(set.stdout).locks.map((l: { token: number }) => l.token);
       const denied = await runCli(['ping', '--nats-url', `nats://127.0.0.1:${port}`, '--prefix', prefix]);
       expect(denied.code).toBe(69);
-      expect(denied.stderr).toMatch(/^lockmgr: NATS at nats:\/\/127\.0\.0\.1:\d+ refused the connection \('Authorization Violation'\): give credentials/);
+      expect(denied.stderr).toMatch(
+        /^lockmgr: NATS at nats:\/\/127\.0\.0\.1:\d+ refused the connection \('Authorization Violation'\): give credentials/,
+      );
 
       // Restart NATS under the daemon: it logs the disconnect and the reconnect and serves again.
       await stopAuthNats();
@@ -165,7 +179,16 @@ describe('lockmgr daemon lifecycle (built binary)', () => {
       expect(out).not.toContain(NATS_PASS);
       const lines = logLines(out);
       const messages = lines.map((l) => String(l.message));
-      const order = ['starting lockmgr daemon', 'store ready', 'serving', 'ready', 'NATS disconnected; reconnecting', 'NATS reconnected', 'SIGTERM received: draining (send it again to exit at once)', 'stopped'];
+      const order = [
+        'starting lockmgr daemon',
+        'store ready',
+        'serving',
+        'ready',
+        'NATS disconnected; reconnecting',
+        'NATS reconnected',
+        'SIGTERM received: draining (send it again to exit at once)',
+        'stopped',
+      ];
       let last = -1;
       for (const m of order) {
         const at = messages.findIndex((x, i) => i > last && x === m);

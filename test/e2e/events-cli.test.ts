@@ -50,7 +50,10 @@ describe('lockmgr events and the auditor example (built programs, real daemon)',
     const r = await cli(['--json']);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
-    const lines = r.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as LockEvent);
+    const lines = r.stdout
+      .trimEnd()
+      .split('\n')
+      .map((l) => JSON.parse(l) as LockEvent);
     const stored = await readStream(stack.nats.url, stream);
     expect(lines).toEqual(stored.map((s) => s.event));
     expect(lines.map((e) => `${e.type} ${e.lock.name}`)).toEqual([
@@ -74,14 +77,21 @@ describe('lockmgr events and the auditor example (built programs, real daemon)',
       `${first.at} #${first.seq} created  cli.a  by web-1 pid=123 token=${first.lock.token} until=${first.lock.locked_until} op=set stream=1`,
     );
     const released = stored[3]!.event;
-    expect(lines[3]).toBe(`${released.at} #${released.seq} released cli.b  by ${HOST} pid=- token=${released.lock.token} holder=web-1 op=unlock stream=4`);
+    expect(lines[3]).toBe(
+      `${released.at} #${released.seq} released cli.b  by ${HOST} pid=- token=${released.lock.token} holder=web-1 op=unlock stream=4`,
+    );
     expect(lines[4]).toMatch(/ created {2}orders\.1 {2}by .* until=never op=get stream=5$/);
   });
 
   it('--since-seq replays exactly the tail; --since-time from a time; --type and --name filter', async () => {
     const tail = await cli(['--json', '--since-seq', '4']);
     expect(tail.code).toBe(0);
-    expect(tail.stdout.trimEnd().split('\n').map((l) => (JSON.parse(l) as LockEvent).lock.name)).toEqual(['cli.b', 'orders.1', 'orders.2.x']);
+    expect(
+      tail.stdout
+        .trimEnd()
+        .split('\n')
+        .map((l) => (JSON.parse(l) as LockEvent).lock.name),
+    ).toEqual(['cli.b', 'orders.1', 'orders.2.x']);
 
     const stored = await readStream(stack.nats.url, stream);
     const none = await cli(['--json', '--since-seq', String(stored.length + 1)]);
@@ -93,14 +103,22 @@ describe('lockmgr events and the auditor example (built programs, real daemon)',
     expect(past.stdout.trimEnd().split('\n')).toHaveLength(6);
 
     const filtered = await cli(['--json', '--type', 'created', '--type', 'released', '--name', 'orders.>', '--name', 'cli.b']);
-    expect(filtered.stdout.trimEnd().split('\n').map((l) => { const e = JSON.parse(l) as LockEvent; return `${e.type} ${e.lock.name}`; })).toEqual([
-      'created cli.b',
-      'released cli.b',
-      'created orders.1',
-      'created orders.2.x',
-    ]);
+    expect(
+      filtered.stdout
+        .trimEnd()
+        .split('\n')
+        .map((l) => {
+          const e = JSON.parse(l) as LockEvent;
+          return `${e.type} ${e.lock.name}`;
+        }),
+    ).toEqual(['created cli.b', 'released cli.b', 'created orders.1', 'created orders.2.x']);
     const star = await cli(['--json', '--name', 'orders.*', '--type', 'created,renewed']);
-    expect(star.stdout.trimEnd().split('\n').map((l) => (JSON.parse(l) as LockEvent).lock.name)).toEqual(['orders.1']);
+    expect(
+      star.stdout
+        .trimEnd()
+        .split('\n')
+        .map((l) => (JSON.parse(l) as LockEvent).lock.name),
+    ).toEqual(['orders.1']);
   });
 
   it('--follow prints live events until interrupted', async () => {
@@ -121,7 +139,10 @@ describe('lockmgr events and the auditor example (built programs, real daemon)',
     p.child.kill('SIGINT');
     const r = await p.done;
     expect(r.code).toBe(0);
-    const events = r.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as LockEvent);
+    const events = r.stdout
+      .trimEnd()
+      .split('\n')
+      .map((l) => JSON.parse(l) as LockEvent);
     expect(events.filter((e) => e.lock.name === 'live.x').map((e) => e.type)).toEqual(['created', 'released']);
     expect(events.every((e) => e.lock.name.startsWith('live.'))).toBe(true);
   });

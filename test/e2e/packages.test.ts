@@ -16,7 +16,12 @@ const TSC = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
 /** A command's stdout; a failure's message includes what it printed. */
 function run(cmd: string, args: string[], cwd: string): string {
   try {
-    return execFileSync(cmd, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, npm_config_audit: 'false', npm_config_fund: 'false' } });
+    return execFileSync(cmd, args, {
+      cwd,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, npm_config_audit: 'false', npm_config_fund: 'false' },
+    });
   } catch (err) {
     const e = err as Error & { stdout?: string; stderr?: string };
     throw new Error(`${cmd} ${args.join(' ')} failed: ${e.message}\n${e.stdout ?? ''}${e.stderr ?? ''}`, { cause: err });
@@ -71,14 +76,18 @@ describe('package tarballs', () => {
         expect([daemonOnly, existsSync(join(project, 'node_modules', daemonOnly))]).toEqual([daemonOnly, false]);
       }
       // Everything installed is nats or what nats needs.
-      const tree = JSON.parse(run('npm', ['ls', '--all', '--json'], project)) as { dependencies: Record<string, { dependencies?: object }> };
+      const tree = JSON.parse(run('npm', ['ls', '--all', '--json'], project)) as {
+        dependencies: Record<string, { dependencies?: object }>;
+      };
       expect(Object.keys(tree.dependencies)).toEqual(['lockmgr']);
       expect(Object.keys(tree.dependencies.lockmgr!.dependencies ?? {})).toEqual(['nats']);
     });
 
     it('works with require and with import', () => {
       const probe = 'typeof m.LockClient + typeof m.setLock + typeof m.Locked + (new m.LockFail("x") instanceof m.Locked)';
-      expect(run('node', ['-e', `const m = require('lockmgr'); console.log(${probe})`], project).trim()).toBe('functionfunctionfunctiontrue');
+      expect(run('node', ['-e', `const m = require('lockmgr'); console.log(${probe})`], project).trim()).toBe(
+        'functionfunctionfunctiontrue',
+      );
       const esm = `import * as m from 'lockmgr'; import { LockClient, Locked } from 'lockmgr'; console.log(${probe}, typeof LockClient, typeof Locked)`;
       expect(run('node', ['--input-type=module', '-e', esm], project).trim()).toBe('functionfunctionfunctiontrue function function');
     });

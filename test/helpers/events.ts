@@ -49,7 +49,12 @@ export async function readStreamWith(nc: NatsConnection, stream: string, startSe
   const consumer = await nc.jetstream().consumers.get(stream, { opt_start_seq: startSeq });
   const messages = await consumer.consume();
   for await (const m of messages) {
-    out.push({ streamSeq: m.seq, subject: m.subject, msgId: m.headers?.get('Nats-Msg-Id'), event: JSON.parse(new TextDecoder().decode(m.data)) });
+    out.push({
+      streamSeq: m.seq,
+      subject: m.subject,
+      msgId: m.headers?.get('Nats-Msg-Id'),
+      event: JSON.parse(new TextDecoder().decode(m.data)),
+    });
     // (Not m.info.pending: servers before 2.10 may report 0 too early.)
     if (m.seq >= info.state.last_seq) break;
   }
@@ -102,7 +107,16 @@ export async function sqlQuery(db: TestDatabase, sql: string, params: unknown[] 
     }
   }
   let i = 0;
-  return withPg(db.url, async (c) => (await c.query(sql.replace(/\?/g, () => `$${++i}`), params)).rows);
+  return withPg(
+    db.url,
+    async (c) =>
+      (
+        await c.query(
+          sql.replace(/\?/g, () => `$${++i}`),
+          params,
+        )
+      ).rows,
+  );
 }
 
 export async function recordedOutbox(db: TestDatabase): Promise<OutboxRecord[]> {
@@ -115,7 +129,6 @@ export async function outboxCount(db: TestDatabase): Promise<number> {
   return Number(row?.n ?? 0);
 }
 
-
 /**
  * Problems with a stream compared with the outbox records: events missing, events twice, events
  * that were never recorded, and locks whose events are out of order. Empty when all is well.
@@ -125,7 +138,8 @@ export function compareWithOutbox(stored: StoredEvent[], recorded: OutboxRecord[
   const count = new Map<string, number>();
   for (const s of stored) count.set(s.event.id, (count.get(s.event.id) ?? 0) + 1);
   const recordedIds = new Set(recorded.map((r) => r.event_id));
-  for (const r of recorded) if (!count.has(r.event_id)) problems.push(`missing from the stream: #${r.seq} ${r.type} ${r.name} (${r.event_id})`);
+  for (const r of recorded)
+    if (!count.has(r.event_id)) problems.push(`missing from the stream: #${r.seq} ${r.type} ${r.name} (${r.event_id})`);
   for (const [id, n] of count) if (n > 1) problems.push(`in the stream ${n} times: ${id}`);
   for (const s of stored) if (!recordedIds.has(s.event.id)) problems.push(`in the stream but never recorded: ${s.event.id}`);
   for (const s of stored) {
@@ -164,7 +178,9 @@ export function lifecycleProblems(events: LockEvent[]): string[] {
       held.set(name, e.lock.token);
       lastToken.set(name, e.lock.token);
     } else if (current === undefined || current !== e.lock.token) {
-      problems.push(`${name}: ${e.type} of token ${e.lock.token} while ${current === undefined ? 'free' : `held by token ${current}`} (#${e.seq})`);
+      problems.push(
+        `${name}: ${e.type} of token ${e.lock.token} while ${current === undefined ? 'free' : `held by token ${current}`} (#${e.seq})`,
+      );
     } else if (e.type !== 'renewed') {
       held.delete(name);
     }
@@ -173,7 +189,10 @@ export function lifecycleProblems(events: LockEvent[]): string[] {
 }
 
 /** A nats-server on a given port, with or without JetStream (to swap servers under a daemon). */
-export async function startNatsOnPort(port: number, opts: { jetstream: boolean; storeDir?: string }): Promise<{ stop(signal?: NodeJS.Signals): Promise<void> }> {
+export async function startNatsOnPort(
+  port: number,
+  opts: { jetstream: boolean; storeDir?: string },
+): Promise<{ stop(signal?: NodeJS.Signals): Promise<void> }> {
   const args = ['-a', '127.0.0.1', '-p', String(port)];
   if (opts.jetstream) args.push('-js', '-sd', opts.storeDir ?? mkdtempSync(join(tmpdir(), 'lockmgr-nats-')));
   const child: ChildProcess = spawn('nats-server', args, { stdio: 'ignore' });

@@ -79,9 +79,12 @@ describe.each(STORES)('bad input on %s', (store) => {
       await expectInvalid('set', new Uint8Array([0xff, 0xfe, 0x00, 0x7b]), ['(body)']);
     });
 
-    it.each([['null'], ['[]'], ['[{"name":"a"}]'], ['"a string"'], ['42'], ['true']])('%s is not an object -> INVALID_REQUEST', async (body) => {
-      await expectInvalid('get', body, ['(body)']);
-    });
+    it.each([['null'], ['[]'], ['[{"name":"a"}]'], ['"a string"'], ['42'], ['true']])(
+      '%s is not an object -> INVALID_REQUEST',
+      async (body) => {
+        await expectInvalid('get', body, ['(body)']);
+      },
+    );
 
     it(`a body over ${MAX_PAYLOAD_BYTES / 1024} KiB -> INVALID_REQUEST, and nothing is locked`, async () => {
       const name = uniq('huge');

@@ -590,14 +590,17 @@ describe.each(STORES)('django-lockmgr conformance on %s', (store) => {
       expect(lck.locked_by).toBe(hostname());
     });
 
-    it.each([false, true])('renewing a never-expiring lock with expires > 0 (add_time=%s) works and keeps it never-expiring (fixed)', async (add_time) => {
-      const name = uniq('forever');
-      const lck = await client.getLock(name, { expires: null });
-      const renewed = await client.renewLock(name, { expires: 60, add_time });
-      expect(renewed.locked_until).toBeNull();
-      expect(renewed.token).toBe(lck.token);
-      expect(await remaining(name)).toBeNull();
-    });
+    it.each([false, true])(
+      'renewing a never-expiring lock with expires > 0 (add_time=%s) works and keeps it never-expiring (fixed)',
+      async (add_time) => {
+        const name = uniq('forever');
+        const lck = await client.getLock(name, { expires: null });
+        const renewed = await client.renewLock(name, { expires: 60, add_time });
+        expect(renewed.locked_until).toBeNull();
+        expect(renewed.token).toBe(lck.token);
+        expect(await remaining(name)).toBeNull();
+      },
+    );
 
     it.each([0, null] as const)('renewLock(x, expires=%s) makes the lock never expire', async (expires) => {
       const name = uniq('x');
@@ -698,7 +701,7 @@ describe.each(STORES)('django-lockmgr conformance on %s', (store) => {
       expect(Date.now() - start).toBeLessThan(2000);
     });
 
-    it("withLock(expires=0, locked_by, lock_process): never-expiring main lock with that owner; extra locks inherit", async () => {
+    it('withLock(expires=0, locked_by, lock_process): never-expiring main lock with that owner; extra locks inherit', async () => {
       const [ctx, extra] = [uniq('ctx'), uniq('extra')];
       await client.withLock(ctx, { expires: 0, locked_by: 'me', lock_process: 42 }, async (m) => {
         expect(m.main_lock?.locked_until).toBeNull();
@@ -782,7 +785,7 @@ describe.each(STORES)('django-lockmgr conformance on %s', (store) => {
       expect(await client.isLocked(name)).toBe(false);
     });
 
-    it("mgr.renew(name) of a lock another party holds extends it but leaving does not release it", async () => {
+    it('mgr.renew(name) of a lock another party holds extends it but leaving does not release it', async () => {
       const theirs = uniq('theirs');
       const lock = await other.getLock(theirs, { expires: 30 });
       await client.withLock(uniq('ctx'), async (m) => {

@@ -11,7 +11,17 @@ import { eventPayload } from '../../daemon/relay/publisher';
 import { toOutboxEvent } from '../../daemon/store/sql-outbox';
 import { eventSubject } from '../../shared/events';
 import { STORES } from '../helpers/databases';
-import { compareWithOutbox, outboxCount, readStream, recordOutbox, recordedOutbox, sqlQuery, startNatsOnPort, waitFor, sleep } from '../helpers/events';
+import {
+  compareWithOutbox,
+  outboxCount,
+  readStream,
+  recordOutbox,
+  recordedOutbox,
+  sqlQuery,
+  startNatsOnPort,
+  waitFor,
+  sleep,
+} from '../helpers/events';
 import { startNatsServer, type NatsServer } from '../helpers/nats-server';
 import { startStack, type Stack } from '../helpers/stack';
 
@@ -21,7 +31,6 @@ async function liveLocks(stack: Stack): Promise<number> {
   const [row] = await sqlQuery(stack.db, 'SELECT COUNT(*) AS n FROM lockmgr_locks');
   return Number(row?.n ?? 0);
 }
-
 
 async function expectStreamMatchesOutbox(stack: Stack, store: string): Promise<number> {
   // Generous: after a kill, JetStream may take several seconds to recover its store, and each
@@ -108,7 +117,10 @@ describe.each(STORES)('event delivery across NATS outages on %s', (store) => {
     await stack.daemons[0]!.stop(500);
     await nats.restart();
     // As if a relay had published the first 20 and died before removing them from the outbox.
-    const rows = await sqlQuery(stack.db, 'SELECT seq, event_id, type, name, lock, cause, daemon, at FROM lockmgr_outbox ORDER BY seq LIMIT 20');
+    const rows = await sqlQuery(
+      stack.db,
+      'SELECT seq, event_id, type, name, lock, cause, daemon, at FROM lockmgr_outbox ORDER BY seq LIMIT 20',
+    );
     const nc = await connect({ servers: nats.url });
     try {
       const js = nc.jetstream();

@@ -6,7 +6,16 @@
  * stops, the other takes the relay over.
  */
 import { Locked } from '../../client';
-import { compareWithOutbox, lifecycleProblems, outboxCount, readStream, recordOutbox, recordedOutbox, sqlQuery, waitFor } from '../helpers/events';
+import {
+  compareWithOutbox,
+  lifecycleProblems,
+  outboxCount,
+  readStream,
+  recordOutbox,
+  recordedOutbox,
+  sqlQuery,
+  waitFor,
+} from '../helpers/events';
 import { spawnDaemon, startStack, type DaemonProcess, type Stack } from '../helpers/stack';
 
 jest.setTimeout(60_000);
@@ -102,7 +111,11 @@ describe('events with two daemons on postgres', () => {
     await s.client.setLock(...Array.from({ length: 20 }, (_, i) => `idle.${i}`), { timeout: 0.5 });
     const expiredAt = Date.now() + 500;
     // No request from here on: the relaying daemon has nothing of its own to deliver.
-    await waitFor(async () => (await readStream(s.nats.url, `EV_${s.prefix}`)).filter((x) => x.event.type === 'expired').length === 20, 5000, '20 expired events in the stream');
+    await waitFor(
+      async () => (await readStream(s.nats.url, `EV_${s.prefix}`)).filter((x) => x.event.type === 'expired').length === 20,
+      5000,
+      '20 expired events in the stream',
+    );
     const delay = Date.now() - expiredAt;
     const stored = await readStream(s.nats.url, `EV_${s.prefix}`);
     const expired = stored.filter((x) => x.event.type === 'expired').map((x) => x.event);

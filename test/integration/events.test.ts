@@ -28,11 +28,15 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const HOST = hostname();
 
 /** Every event published under `subject`, as it arrives on core NATS. */
-async function listen(url: string, subject: string): Promise<{ events: (LockEvent & { subject: string; arrived: number })[]; close(): Promise<void> }> {
+async function listen(
+  url: string,
+  subject: string,
+): Promise<{ events: (LockEvent & { subject: string; arrived: number })[]; close(): Promise<void> }> {
   const nc: NatsConnection = await connect({ servers: url });
   const events: (LockEvent & { subject: string; arrived: number })[] = [];
   nc.subscribe(subject, {
-    callback: (_err, msg) => events.push({ ...(JSON.parse(new TextDecoder().decode(msg.data)) as LockEvent), subject: msg.subject, arrived: Date.now() }),
+    callback: (_err, msg) =>
+      events.push({ ...(JSON.parse(new TextDecoder().decode(msg.data)) as LockEvent), subject: msg.subject, arrived: Date.now() }),
   });
   await nc.flush();
   return { events, close: () => nc.close() };
@@ -120,7 +124,11 @@ describe.each(STORES)('lock events on %s', (store) => {
       const remaining = (await c.listLocks()).map((l) => l.toJSON());
       expect(remaining.map((l) => l.name)).toEqual(['ev.a', 'ev.d', 'ev.e', 'ev.x']);
       expect(await c.resetLocks()).toBe(4);
-      const resets = remaining.map((lock): Expected => ({ type: 'reset', lock, cause: { locked_by: HOST, process_id: null, operation: 'reset' } }));
+      const resets = remaining.map((lock): Expected => ({
+        type: 'reset',
+        lock,
+        cause: { locked_by: HOST, process_id: null, operation: 'reset' },
+      }));
       const finished = Date.now();
 
       const total = E.length + resets.length;
@@ -134,7 +142,12 @@ describe.each(STORES)('lock events on %s', (store) => {
       ]);
       expect(got).toHaveLength(total);
       // The resets come last, one per lock (their order among themselves is the database's).
-      expect(got.slice(E.length).map((e) => e.lock.name).sort()).toEqual(remaining.map((l) => l.name));
+      expect(
+        got
+          .slice(E.length)
+          .map((e) => e.lock.name)
+          .sort(),
+      ).toEqual(remaining.map((l) => l.name));
 
       const client = `${c.nc.info!.client_id}@${HOST}:${process.pid}`;
       const daemon = stack.daemons[0]!.id;
@@ -150,7 +163,15 @@ describe.each(STORES)('lock events on %s', (store) => {
         expect(payload.seq).toBeGreaterThan(prevSeq);
         prevSeq = payload.seq;
         expect(payload.lock).toEqual(exp.lock);
-        expect(Object.keys(payload.lock)).toEqual(['name', 'locked_by', 'lock_process', 'locked_until', 'created_at', 'updated_at', 'token']);
+        expect(Object.keys(payload.lock)).toEqual([
+          'name',
+          'locked_by',
+          'lock_process',
+          'locked_until',
+          'created_at',
+          'updated_at',
+          'token',
+        ]);
         expect(payload.cause).toEqual({ ...exp.cause, client });
         expect(Object.keys(payload.cause)).toEqual(['locked_by', 'process_id', 'client', 'operation']);
         expect(payload.daemon).toBe(daemon);
@@ -218,7 +239,10 @@ describe.each(STORES)('lock events on %s', (store) => {
       expect(lifecycleProblems(events)).toEqual([]);
       // Every lock ends free: its last event ends its last grant.
       for (const name of new Set(events.map((e) => e.lock.name))) {
-        expect({ name, last: events.filter((e) => e.lock.name === name).at(-1)!.type }).toEqual({ name, last: expect.stringMatching(/released|expired/) });
+        expect({ name, last: events.filter((e) => e.lock.name === name).at(-1)!.type }).toEqual({
+          name,
+          last: expect.stringMatching(/released|expired/),
+        });
       }
       const recorded = (await recordedOutbox(stack.db)).filter((r) => r.name.startsWith('ld.'));
       expect(compareWithOutbox(stored, recorded)).toEqual([]);
@@ -264,7 +288,14 @@ describe.each(STORES)('lock events on %s', (store) => {
       expect(tail[0]).toEqual({ ...all[n - 1]!.event, streamSeq: n });
 
       const sinceTime = await collect(stack.client.events({ since: { time: t0 }, stream }));
-      expect(sinceTime.map((e) => `${e.type} ${e.lock.name}`)).toEqual(['created rp.a', 'created rp.b', 'created rq.c', 'released rp.a', 'renewed rp.b', 'released rq.c']);
+      expect(sinceTime.map((e) => `${e.type} ${e.lock.name}`)).toEqual([
+        'created rp.a',
+        'created rp.b',
+        'created rq.c',
+        'released rp.a',
+        'renewed rp.b',
+        'released rq.c',
+      ]);
 
       const filtered = await collect(stack.client.events({ since: { seq: 1 }, stream, types: ['released', 'renewed'], names: ['rp.*'] }));
       expect(filtered.map((e) => `${e.type} ${e.lock.name}`)).toEqual(['released rp.a', 'renewed rp.b']);

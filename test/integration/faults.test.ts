@@ -27,7 +27,6 @@ async function failure(fn: () => Promise<unknown>): Promise<{ err: unknown; ms: 
   throw new Error('expected the call to fail, but it succeeded');
 }
 
-
 /** Every kind of request once; each must fail with StoreUnavailable, promptly. */
 async function expectStoreUnavailable(client: LockClient, name: string, held: Lock): Promise<void> {
   const calls: [string, () => Promise<unknown>][] = [
@@ -63,7 +62,13 @@ describe.each(STORES)('faults on %s', (store) => {
   it('no daemon on the prefix: NoDaemon at once, well under the request timeout', async () => {
     const lonely = await stack.newClient({ timeout: 10_000 });
     const nobody = new LockClient(lonely.nc, { prefix: `${stack.prefix}_nobody`, timeout: 10_000 });
-    for (const fn of [() => nobody.getLock('x'), () => nobody.setLock('x'), () => nobody.isLocked('x'), () => nobody.unlock('x'), () => nobody.cleanLocks()]) {
+    for (const fn of [
+      () => nobody.getLock('x'),
+      () => nobody.setLock('x'),
+      () => nobody.isLocked('x'),
+      () => nobody.unlock('x'),
+      () => nobody.cleanLocks(),
+    ]) {
       const { err, ms } = await failure(fn);
       expect(err).toBeInstanceOf(NoDaemon);
       expect((err as NoDaemon).code).toBe('NO_DAEMON');

@@ -103,7 +103,9 @@ function raceCases(ctx: () => { clients: LockClient[]; tag: string }) {
     const { clients } = ctx();
     for (let round = 0; round < 5; round++) {
       const name = uniq('mixed');
-      const attempts = clients.flatMap((c, i) => (i % 2 === 0 ? [c.getLock(name), c.setLock(name, { fail: true })] : [c.setLock(name, { fail: true }), c.getLock(name)]));
+      const attempts = clients.flatMap((c, i) =>
+        i % 2 === 0 ? [c.getLock(name), c.setLock(name, { fail: true })] : [c.setLock(name, { fail: true }), c.getLock(name)],
+      );
       const settled = await Promise.allSettled<unknown>(attempts);
       expect(unexpected(settled, (e) => e instanceof Locked)).toEqual([]);
       expect(settled.filter((r) => r.status === 'fulfilled')).toHaveLength(1);

@@ -22,7 +22,15 @@ async function fileGrowth(checkpointIntervalMs: number): Promise<number> {
     const payload = 'x'.repeat(1000);
     await store.transaction(async (tx) => {
       for (let i = 0; i < 2000; i++) {
-        const lock = toLockRecord({ name: `n${i}`, locked_by: payload, lock_process: null, locked_until: null, created_at: i, updated_at: i, token: i });
+        const lock = toLockRecord({
+          name: `n${i}`,
+          locked_by: payload,
+          lock_process: null,
+          locked_until: null,
+          created_at: i,
+          updated_at: i,
+          token: i,
+        });
         tx.emit('created', lock, { locked_by: null, process_id: null, client: null, operation: 'test' });
       }
     });

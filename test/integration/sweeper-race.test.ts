@@ -42,7 +42,11 @@ describe('sweeper and renewal racing for one row on postgres', () => {
     let renewedUntil = 0;
     const renewing = daemonA.run({
       run: async (tx) => {
-        const row = await renewLock(tx, { name: 'race.1', expiresMs: 60_000, addTime: false, create: false, token: null, lockedBy: 'racer', process: 1 }, who);
+        const row = await renewLock(
+          tx,
+          { name: 'race.1', expiresMs: 60_000, addTime: false, create: false, token: null, lockedBy: 'racer', process: 1 },
+          who,
+        );
         renewedUntil = row.locked_until!;
         await gate;
       },

@@ -121,14 +121,34 @@ describe('loadConfig precedence', () => {
 
 describe('loadConfig errors name the source and the option', () => {
   const cases: [string, () => unknown, RegExp][] = [
-    ['missing file', () => loadConfig({ env: {}, file: '/nonexistent/lockmgr.json' }), /cannot read config file \/nonexistent\/lockmgr\.json/],
+    [
+      'missing file',
+      () => loadConfig({ env: {}, file: '/nonexistent/lockmgr.json' }),
+      /cannot read config file \/nonexistent\/lockmgr\.json/,
+    ],
     ['invalid JSON', () => loadConfig({ env: {}, file: writeConfig('{ "prefix": ') }), /cannot read config file .*JSON/],
     ['not an object', () => loadConfig({ env: {}, file: writeConfig('[1, 2]') }), /must hold a JSON object/],
     ['unknown key in the file', () => loadConfig({ env: {}, file: writeConfig({ natsURL: 'x' }) }), /unknown option "natsURL"/],
-    ['bad number in the environment', () => loadConfig({ env: { LOCKMGR_DB_POOL_SIZE: 'four' } }), /environment LOCKMGR_DB_POOL_SIZE: dbPoolSize must be a number, got "four"/],
-    ['number below its minimum from a flag', () => loadConfig({ env: {}, flags: { dbPoolSize: 0 } }), /flag --db-pool-size: dbPoolSize must be at least 1, got 0/],
-    ['bad enum in the file', () => loadConfig({ env: {}, file: writeConfig({ logLevel: 'loud' }) }), /logLevel must be one of error, warn, info, debug, got "loud"/],
-    ['bad boolean in the environment', () => loadConfig({ env: { LOCKMGR_MIGRATE: 'maybe' } }), /LOCKMGR_MIGRATE: migrate must be true or false/],
+    [
+      'bad number in the environment',
+      () => loadConfig({ env: { LOCKMGR_DB_POOL_SIZE: 'four' } }),
+      /environment LOCKMGR_DB_POOL_SIZE: dbPoolSize must be a number, got "four"/,
+    ],
+    [
+      'number below its minimum from a flag',
+      () => loadConfig({ env: {}, flags: { dbPoolSize: 0 } }),
+      /flag --db-pool-size: dbPoolSize must be at least 1, got 0/,
+    ],
+    [
+      'bad enum in the file',
+      () => loadConfig({ env: {}, file: writeConfig({ logLevel: 'loud' }) }),
+      /logLevel must be one of error, warn, info, debug, got "loud"/,
+    ],
+    [
+      'bad boolean in the environment',
+      () => loadConfig({ env: { LOCKMGR_MIGRATE: 'maybe' } }),
+      /LOCKMGR_MIGRATE: migrate must be true or false/,
+    ],
     ['empty string in the file', () => loadConfig({ env: {}, file: writeConfig({ prefix: '' }) }), /prefix must be a non-empty string/],
   ];
   it.each(cases)('%s', (_title, fn, message) => {

@@ -117,7 +117,11 @@ describe('Dockerfile', () => {
     const build = lines.join(' ');
     expect(build).toMatch(/RUN npm ci\b/);
     // The image holds the daemon package as published: packed, then installed without dev tools.
-    const daemon = JSON.parse(read('daemon/package.json')) as { name: string; bin: Record<string, string>; scripts: Record<string, string> };
+    const daemon = JSON.parse(read('daemon/package.json')) as {
+      name: string;
+      bin: Record<string, string>;
+      scripts: Record<string, string>;
+    };
     expect(build).toContain('npm pack -w daemon');
     expect(daemon.scripts.prepack).toBe('npm run build');
     expect(build).toMatch(new RegExp(`npm install --omit=dev .*${daemon.name}-\\*\\.tgz`));

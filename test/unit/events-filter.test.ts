@@ -35,7 +35,10 @@ describe('eventsPlan', () => {
       subject: 'p.events.*.a.b',
       patterns: ['p.events.released.a.b', 'p.events.expired.a.b'],
     });
-    expect(eventsPlan('p', ['created'], ['a', 'b.*'])).toEqual({ subject: 'p.events.created.>', patterns: ['p.events.created.a', 'p.events.created.b.*'] });
+    expect(eventsPlan('p', ['created'], ['a', 'b.*'])).toEqual({
+      subject: 'p.events.created.>',
+      patterns: ['p.events.created.a', 'p.events.created.b.*'],
+    });
   });
 
   it('refuses unknown types, bad patterns and an empty name list', () => {
@@ -80,11 +83,21 @@ describe('formatEvent', () => {
   };
 
   it('prints time, seq, type, name, who, token, expiry and operation on one line', () => {
-    expect(formatEvent(base)).toBe('2026-11-26T16:40:01.123Z #42 created  orders.42  by web-1 pid=123 token=7 until=2026-11-26T16:50:01.123Z op=get');
+    expect(formatEvent(base)).toBe(
+      '2026-11-26T16:40:01.123Z #42 created  orders.42  by web-1 pid=123 token=7 until=2026-11-26T16:50:01.123Z op=get',
+    );
   });
 
   it('names the holder when someone else caused the change, and the stream position when replayed', () => {
-    const swept: ReceivedLockEvent = { ...base, type: 'expired', seq: 50, cause: { locked_by: 'lockd-1', process_id: 9, client: null, operation: 'sweeper' }, streamSeq: 17 };
-    expect(formatEvent(swept)).toBe('2026-11-26T16:40:01.123Z #50 expired  orders.42  by lockd-1 pid=9 token=7 holder=web-1 op=sweeper stream=17');
+    const swept: ReceivedLockEvent = {
+      ...base,
+      type: 'expired',
+      seq: 50,
+      cause: { locked_by: 'lockd-1', process_id: 9, client: null, operation: 'sweeper' },
+      streamSeq: 17,
+    };
+    expect(formatEvent(swept)).toBe(
+      '2026-11-26T16:40:01.123Z #50 expired  orders.42  by lockd-1 pid=9 token=7 holder=web-1 op=sweeper stream=17',
+    );
   });
 });

@@ -44,7 +44,7 @@ describe('Lock', () => {
     expect(inspect(lock)).toBe(text);
   });
 
-  it("prints None for a lock that never expires and for a missing owner", () => {
+  it('prints None for a lock that never expires and for a missing owner', () => {
     expect(Lock.fromRecord(record({ locked_until: null, locked_by: null })).toString()).toBe(
       "<Lock name='hello' locked_by='None' locked_until='None'>",
     );

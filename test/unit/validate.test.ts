@@ -109,7 +109,9 @@ describe('validateRequest', () => {
     });
 
     it('null for an optional field means its default', () => {
-      expect(validateRequest('set', { locks: ['a'], fail: null, renew: null, create: null, locked_by: null, process_id: null })).toMatchObject({
+      expect(
+        validateRequest('set', { locks: ['a'], fail: null, renew: null, create: null, locked_by: null, process_id: null }),
+      ).toMatchObject({
         fail: false,
         renew: true,
         create: true,
@@ -185,7 +187,8 @@ describe('validateRequest', () => {
       expect(validateRequest('get', { name: 'a', lock_process: '42' }).process).toBe(42);
       expect(validateRequest('set', { locks: ['a'], process_id: '-3' }).process).toBe(-3);
       expect(validateRequest('unlock', { name: 'a', token: 17 }).token).toBe(17);
-      for (const bad of [1.5, '1.5', 'x', 2 ** 53, true, '']) expect(fields('get', { name: 'a', lock_process: bad })).toEqual(['lock_process']);
+      for (const bad of [1.5, '1.5', 'x', 2 ** 53, true, ''])
+        expect(fields('get', { name: 'a', lock_process: bad })).toEqual(['lock_process']);
       expect(fields('renew', { name: 'a', token: 'abc' })).toEqual(['token']);
     });
 
@@ -205,7 +208,9 @@ describe('validateRequest', () => {
       expect(fields('set', { locks: ['ok', '', 'a b', 3] })).toEqual(['locks[1]', 'locks[2]', 'locks[3]']);
       const max = Array.from({ length: MAX_NAMES_PER_SET }, (_, i) => `n${i}`);
       expect(validateRequest('set', { locks: max }).names).toHaveLength(MAX_NAMES_PER_SET);
-      expect(problems('set', { locks: [...max, 'one-more'] })).toEqual([{ field: 'locks', problem: `must hold at most ${MAX_NAMES_PER_SET} names` }]);
+      expect(problems('set', { locks: [...max, 'one-more'] })).toEqual([
+        { field: 'locks', problem: `must hold at most ${MAX_NAMES_PER_SET} names` },
+      ]);
       expect(validateRequest('set', { locks: [] }).names).toEqual([]);
       expect(validateRequest('set', { locks: ['d', 'd'] }).names).toEqual(['d', 'd']);
     });
@@ -214,7 +219,11 @@ describe('validateRequest', () => {
       expect(validateRequest('list', { limit: 1 }).limit).toBe(1);
       expect(validateRequest('list', { limit: MAX_LIST_LIMIT }).limit).toBe(MAX_LIST_LIMIT);
       for (const limit of [0, -1, MAX_LIST_LIMIT + 1, 1.5, '10']) expect(fields('list', { limit })).toEqual(['limit']);
-      expect(validateRequest('list', { prefix: 'orders.', after: 'orders.1' })).toEqual({ prefix: 'orders.', limit: DEFAULT_LIST_LIMIT, after: 'orders.1' });
+      expect(validateRequest('list', { prefix: 'orders.', after: 'orders.1' })).toEqual({
+        prefix: 'orders.',
+        limit: DEFAULT_LIST_LIMIT,
+        after: 'orders.1',
+      });
     });
   });
 

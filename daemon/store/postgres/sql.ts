@@ -25,7 +25,8 @@ export const POSTGRES_SQL = {
     'l_created_at AS created_at, l_updated_at AS updated_at, l_token AS token ' +
     'FROM lockmgr_first_pass(?::text[], ?::varchar[], ?::varchar[], ?::bigint[], ?::bigint[], ?::bigint[], ?::bigint)',
   /** Events numbered by the outbox's sequence: (event_id, type, name, lock, cause, daemon, at) per row. */
-  insertOutbox: (rows: number) => `INSERT INTO lockmgr_outbox (event_id, type, name, lock, cause, daemon, at) VALUES ${valuesList(rows, 7)} RETURNING seq, event_id`,
+  insertOutbox: (rows: number) =>
+    `INSERT INTO lockmgr_outbox (event_id, type, name, lock, cause, daemon, at) VALUES ${valuesList(rows, 7)} RETURNING seq, event_id`,
   /** (seqs[]) */
   removeOutboxRows: 'DELETE FROM lockmgr_outbox WHERE seq = ANY(?::bigint[])',
   /** (key) */

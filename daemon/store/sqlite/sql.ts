@@ -16,7 +16,8 @@ export const SQLITE_SQL = {
   /** (name, value) */
   writeCounter: 'INSERT OR REPLACE INTO lockmgr_counters (name, value) VALUES (?, ?)',
   /** Events go in with the seq the daemon drew for them: (seq, event_id, type, name, lock, cause, daemon, at) per row. */
-  insertOutbox: (rows: number) => `INSERT INTO lockmgr_outbox (seq, event_id, type, name, lock, cause, daemon, at) VALUES ${valuesList(rows, 8)}`,
+  insertOutbox: (rows: number) =>
+    `INSERT INTO lockmgr_outbox (seq, event_id, type, name, lock, cause, daemon, at) VALUES ${valuesList(rows, 8)}`,
   /** (seq, seq, …) */
   removeOutboxRows: (count: number) => `DELETE FROM lockmgr_outbox WHERE seq IN (${new Array<string>(count).fill('?').join(', ')})`,
   begin: 'BEGIN IMMEDIATE',

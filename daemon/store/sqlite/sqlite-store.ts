@@ -121,7 +121,9 @@ class SqliteTx extends SqlTx {
 
   async insertLock(name: string, lockedUntil: number | null, who: Requester): Promise<LockRow | null> {
     const token = this.tokenBase + this.tokensUsed + 1;
-    const row = firstLockRow(await this.conn.query(SQLITE_SQL.insertLock, [name, who.lockedBy, who.process, lockedUntil, this.now, this.now, token]));
+    const row = firstLockRow(
+      await this.conn.query(SQLITE_SQL.insertLock, [name, who.lockedBy, who.process, lockedUntil, this.now, this.now, token]),
+    );
     if (row) this.tokensUsed += 1;
     return row;
   }
@@ -279,7 +281,9 @@ export class SqliteStore implements Store {
       acquire: async () => true,
       read: (after: number, limit: number, before?: number): Promise<OutboxEvent[]> =>
         outbox('cannot read the outbox', (conn) =>
-          (before === undefined ? conn.run(OUTBOX_SQL.read, [after, limit]) : conn.run(OUTBOX_SQL.readBefore, [after, before, limit])).map(toOutboxEvent),
+          (before === undefined ? conn.run(OUTBOX_SQL.read, [after, limit]) : conn.run(OUTBOX_SQL.readBefore, [after, before, limit])).map(
+            toOutboxEvent,
+          ),
         ),
       remove: (seqs: readonly number[]) =>
         outbox('cannot remove from the outbox', (conn) => {
@@ -315,4 +319,3 @@ export class SqliteStore implements Store {
     this.checkpointer.start();
   }
 }
-
