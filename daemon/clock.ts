@@ -9,7 +9,7 @@ export type Cancel = () => void;
 export interface Clock {
   /** Milliseconds since the epoch. */
   now(): number;
-  /** Call `fn` once after `ms` milliseconds. The timer does not keep the process alive. */
+  /** Call `fn` once after `ms` milliseconds. Like setTimeout, a pending call keeps the process alive. */
   schedule(fn: () => void, ms: number): Cancel;
 }
 
@@ -20,7 +20,6 @@ export const systemClock: Clock = {
   now: () => Date.now(),
   schedule(fn, ms) {
     const timer = setTimeout(fn, Math.min(MAX_TIMER_MS, Math.max(0, ms)));
-    timer.unref();
     return () => clearTimeout(timer);
   },
 };

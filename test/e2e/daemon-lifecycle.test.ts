@@ -8,8 +8,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { LockClient, Locked, NoDaemon } from '../../client';
-import { runCli, until } from '../helpers/cli';
+import { runCli, startCli, until } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/databases';
+import { startNatsOnPort } from '../helpers/events';
 import { freePort, startNatsServer, type NatsServer } from '../helpers/nats-server';
 import { spawnDaemon, type DaemonProcess } from '../helpers/stack';
 
@@ -95,6 +96,38 @@ describe('lockmgr daemon lifecycle (built binary)', () => {
       await client.close().catch(() => undefined);
       if (daemon.child.exitCode === null) await daemon.stop('SIGKILL');
       await nats.stop();
+    }
+  });
+
+  it('NATS away at start: it says so, keeps retrying (never exits), and serves once NATS is up', async () => {
+    const port = await freePort();
+    const db = await createTestDatabase('sqlite');
+    const prefix = uniquePrefix();
+    const daemon = startCli(['daemon', '--log-format', 'json'], {
+      env: {
+        LOCKMGR_NATS_URL: `nats://127.0.0.1:${port}`,
+        LOCKMGR_DB: db.url,
+        LOCKMGR_PREFIX: prefix,
+        LOCKMGR_EVENTS_STREAM: `EV_${prefix}`,
+      },
+      timeoutMs: 60_000,
+    });
+    let nats: { stop(): Promise<void> } | undefined;
+    let client: LockClient | undefined;
+    try {
+      // Attempts at 0 s and ~1 s have failed: the daemon waits, alive, for the next one.
+      await until(() => /cannot reach NATS at .*retrying in 2s \(attempt 2\)/.test(daemon.stdout()), 10_000, 'a second attempt');
+      expect(daemon.child.exitCode).toBeNull();
+      nats = await startNatsOnPort(port, { jetstream: true });
+      await until(() => /"message":"ready"/.test(daemon.stdout()), 30_000, 'the daemon to be ready');
+      client = await LockClient.connect({ servers: `nats://127.0.0.1:${port}`, prefix });
+      expect((await client.getLock('after-outage')).name).toBe('after-outage');
+    } finally {
+      await client?.close();
+      daemon.child.kill('SIGTERM');
+      const { code } = await daemon.done;
+      expect(code).toBe(0);
+      await nats?.stop();
     }
   });
 
