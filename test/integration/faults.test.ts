@@ -4,6 +4,7 @@
  * daemon can no longer write, or that another writer holds). Requests then fail at once with a
  * coded error (NoDaemon, StoreUnavailable), never by running into the request timeout, and the
  * same daemon serves again once the database is back, with every lock it acknowledged before.
+ * A PostgreSQL session ended in the middle of a transaction fails that transaction only.
  */
 import { eventually } from '../helpers/cli';
 import { execFileSync } from 'node:child_process';
@@ -11,7 +12,10 @@ import { existsSync } from 'node:fs';
 import BetterSqlite3 from 'better-sqlite3';
 import { Client } from 'pg';
 import { LockClient, NoDaemon, RequestTimeout, StoreUnavailable, type Lock } from '../../client';
-import { PG_ADMIN_URL, STORES } from '../helpers/databases';
+import { PostgresStore } from '../../daemon/store/postgres/postgres-store';
+import { StoreUnavailable as StoreUnavailableError } from '../../daemon/store/store';
+import { createTestDatabase, PG_ADMIN_URL, STORES } from '../helpers/databases';
+import { sqlQuery } from '../helpers/events';
 import { startStack, type Stack } from '../helpers/stack';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -162,6 +166,34 @@ describe('PostgreSQL going away under a running daemon', () => {
     const fresh = await client.getLock('pg_fault.new');
     expect(fresh.token).toBeGreaterThan(held.token);
     expect(await client.unlock(held)).toBe(true);
+  });
+});
+
+describe('PostgreSQL ending a session in the middle of a transaction', () => {
+  it('fails that transaction with StoreUnavailable; the process lives on and the next transaction works', async () => {
+    const tdb = await createTestDatabase('postgres');
+    const store = new PostgresStore({ url: tdb.url, daemonId: 'fault' });
+    try {
+      await store.migrate();
+      const ended = store.transaction(async (tx) => {
+        await tx.selectLive('x'); // the transaction is open on its connection
+        // Its session is ended between two statements (an administrator, a failover, a restart).
+        const killed = await sqlQuery(
+          tdb,
+          `SELECT pg_terminate_backend(pid) AS done FROM pg_stat_activity
+            WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle in transaction'`,
+        );
+        expect(killed).toEqual([{ done: true }]);
+        await sleep(100); // the server's notice of the end reaches the client while it is idle
+        return tx.selectLive('y');
+      });
+      await expect(ended).rejects.toBeInstanceOf(StoreUnavailableError);
+      // An 'error' event nobody listens to would have ended this process before here.
+      expect((await store.transaction((tx) => tx.selectLive('z'))).value).toBeNull();
+    } finally {
+      await store.close();
+      await tdb.drop();
+    }
   });
 });
 

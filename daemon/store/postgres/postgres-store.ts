@@ -41,6 +41,9 @@ export interface PostgresStoreOptions {
   poolSize?: number;
 }
 
+/** How long opening a connection may take before the database counts as unavailable. */
+const CONNECT_TIMEOUT_MS = 5000;
+
 const NET_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH']);
 
 /** True when an error means "the database is away", as opposed to a bug in a statement. */
@@ -176,9 +179,17 @@ export class PostgresStore implements Store {
     const size = options.poolSize ?? 4;
     // One connection of the pool stays free for the outbox counts of a draining daemon.
     this.concurrency = Math.max(1, size - 1);
-    this.pool = new Pool({ connectionString: options.url, max: size, idleTimeoutMillis: 10_000, connectionTimeoutMillis: 5000 });
+    this.pool = new Pool({
+      connectionString: options.url,
+      max: size,
+      idleTimeoutMillis: 10_000,
+      connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+    });
     // A pooled connection that breaks while idle: dropped from the pool, the next use opens another.
     this.pool.on('error', () => undefined);
+    // One that breaks while in use (the server ended its session): the statement in flight fails
+    // with the error; without a listener of its own, the client's 'error' event would end the process.
+    this.pool.on('connect', (client) => client.on('error', () => undefined));
     this.lease = new PostgresRelayLease(options.url);
   }
 
@@ -187,7 +198,12 @@ export class PostgresStore implements Store {
   }
 
   async migrate(options: MigrateOptions = {}): Promise<string[]> {
-    const sequelize = new Sequelize(this.options.url, { dialect: 'postgres', logging: false, pool: { max: 2, min: 0 } });
+    const sequelize = new Sequelize(this.options.url, {
+      dialect: 'postgres',
+      logging: false,
+      pool: { max: 2, min: 0, acquire: 10_000 },
+      dialectOptions: { connectionTimeoutMillis: CONNECT_TIMEOUT_MS },
+    });
     try {
       // Daemons starting together must not apply the same migration twice.
       return await sequelize.transaction(async (transaction) => {
@@ -327,7 +343,7 @@ class PostgresRelayLease implements RelayLease {
   }
 
   private async open(): Promise<void> {
-    const client = new Client({ connectionString: this.url, connectionTimeoutMillis: 5000, keepAlive: true });
+    const client = new Client({ connectionString: this.url, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, keepAlive: true });
     const lost = () => {
       if (this.client === client) this.drop();
     };
