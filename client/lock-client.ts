@@ -37,7 +37,7 @@ export interface ConnectOptions extends LockClientOptions {
    * `nats://token@host` log in. Default `LOCKMGR_NATS_URL` or nats://127.0.0.1:4222.
    */
   servers?: string | string[];
-  /** NATS credentials file (.creds); default `LOCKMGR_NATS_CREDS`. */
+  /** NATS credentials file (.creds). */
   creds?: string;
   /** Anything else for the NATS connection (TLS, name, reconnect policy...). */
   nats?: Omit<ConnectionOptions, 'servers'>;
@@ -125,7 +125,7 @@ export class LockClient {
     const { name, ...nats } = options.nats ?? {};
     const nc = await connectNats({
       servers: options.servers ?? process.env.LOCKMGR_NATS_URL,
-      creds: options.creds ?? (process.env.LOCKMGR_NATS_CREDS || undefined),
+      creds: options.creds,
       name: name ?? `lockmgr-client ${hostname()}:${process.pid}`,
       nats,
     });

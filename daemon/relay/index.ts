@@ -52,7 +52,8 @@ export async function startEventRelay(
     logger,
     clock,
   );
-  const nudges = nc.subscribe(relaySubject(config.prefix), { callback: () => relay.nudged() });
+  // Nudges come from other daemons writing to the same outbox: none where this one writes alone.
+  const nudges = store.soleWriter ? undefined : nc.subscribe(relaySubject(config.prefix), { callback: () => relay.nudged() });
   const status = nc.status();
   void (async () => {
     for await (const s of status) {
@@ -65,7 +66,7 @@ export async function startEventRelay(
     relay,
     stop: async () => {
       await relay.stop();
-      nudges.unsubscribe();
+      nudges?.unsubscribe();
       (status as { stop?: () => void }).stop?.();
     },
   };

@@ -255,6 +255,7 @@ export class EventRelay {
         const limit = this.mode === 'backoff' ? 1 : PAGE;
         const events = await this.feed.next(limit);
         if (events.length === 0) break;
+        if (this.halted()) return; // the reconnect starts a round of its own
         const { delivered, error } = await this.publisher.publish(events);
         if (delivered.length > 0) await this.feed.delivered(events, delivered);
         if (error) throw error;
