@@ -1,22 +1,24 @@
 # lockmgr daemon image: `docker build -t lockmgr .`, then `docker run lockmgr daemon` (the default)
 # or any other command (`docker run --rm lockmgr list-locks --nats-url nats://...`).
 
-# Build: the daemon package as it is published (npm pack), installed into /app. node:20 has the
-# compilers the native SQLite modules fall back to.
+# Build: the daemon package (daemon/), compiled, with the exact dependency versions of the
+# workspace's lockfile. node:20 has the compilers the native SQLite modules fall back to.
 FROM node:20-bookworm AS build
-WORKDIR /src
+WORKDIR /app
 COPY package.json package-lock.json tsconfig.json ./
 COPY shared shared
 COPY client client
 COPY daemon daemon
 COPY cli cli
-# npm ci installs the workspace's exact lockfile (without building the root's dev tree); npm pack
-# runs the daemon package's `prepack` (tsc into daemon/dist).
+# 1. The dev tools, to build the daemon package (daemon/dist, as `npm pack -w daemon` packs it).
+# 2. Only what the daemon package needs at run time, from the lockfile; scripts off (the root's
+#    `prepare` would need the dev tools), then the two native modules built.
 RUN npm ci --no-audit --no-fund --ignore-scripts \
-    && npm pack -w daemon --pack-destination /tmp \
-    && mkdir /app && cd /app && echo '{"name":"lockmgr-image","private":true}' > package.json \
-    && npm install --omit=dev --no-audit --no-fund /tmp/lockmgr-daemon-*.tgz \
-    && test -f node_modules/lockmgr-daemon/dist/cli/main.js
+    && npm run build -w daemon \
+    && rm -rf node_modules \
+    && npm ci --omit=dev --no-audit --no-fund --ignore-scripts -w daemon \
+    && npm rebuild better-sqlite3 sqlite3 \
+    && test -f daemon/dist/cli/main.js
 
 FROM node:20-bookworm-slim
 ENV NODE_ENV=production \
@@ -24,8 +26,10 @@ ENV NODE_ENV=production \
     LOCKMGR_LOG_FORMAT=json
 WORKDIR /app
 COPY --from=build /app/node_modules node_modules
+COPY --from=build /app/daemon/package.json daemon/package.json
+COPY --from=build /app/daemon/dist daemon/dist
 COPY config config
-RUN ln -s /app/node_modules/lockmgr-daemon/dist/cli/main.js /usr/local/bin/lockmgr \
+RUN ln -s /app/daemon/dist/cli/main.js /usr/local/bin/lockmgr \
     && mkdir -p /data && chown node:node /data
 USER node
 VOLUME ["/data"]
