@@ -4,7 +4,7 @@
  * works from `require`, from `import` and from TypeScript; no tarball carries the bench or tests.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -46,6 +46,11 @@ describe('package tarballs', () => {
     dir = mkdtempSync(join(tmpdir(), 'lockmgr-packages-'));
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('are released together: the workspace and both packages have one version', () => {
+    const version = (dir: string) => (JSON.parse(readFileSync(join(ROOT, dir, 'package.json'), 'utf8')) as { version: string }).version;
+    expect([version('client'), version('daemon')]).toEqual([version('.'), version('.')]);
+  });
 
   it('hold only their compiled code, never the bench or the tests', () => {
     for (const workspace of ['client', 'daemon']) {
