@@ -173,11 +173,10 @@ export class SqliteStore implements Store {
   }
 
   countOutbox(upTo = Number.MAX_SAFE_INTEGER): Promise<number> {
-    return this.exclusive(async () => {
-      const conn = this.connection();
+    return this.use('cannot read the outbox', (conn) => {
       this.removeDelivered(conn); // what was delivered is not waiting
       return Number(conn.run(OUTBOX_SQL.count, [upTo])[0]?.n ?? 0);
-    }).catch((err: unknown) => Promise.reject(unavailable(err, 'cannot read the outbox')));
+    });
   }
 
   relayLease(): RelayLease {
@@ -191,6 +190,11 @@ export class SqliteStore implements Store {
     await this.tail.catch(() => undefined);
     await this.checkpointer?.stop();
     this.conn?.close();
+  }
+
+  /** One statement (or a few) on the connection, outside a transaction, in its turn. */
+  private use<T>(what: string, fn: (conn: SqliteConnection) => T): Promise<T> {
+    return this.exclusive(async () => fn(this.connection())).catch((err: unknown) => Promise.reject(unavailable(err, what)));
   }
 
   /** Run `fn` once every earlier use of the connection has finished. */
@@ -274,8 +278,7 @@ export class SqliteStore implements Store {
 
   /** The relay's access to the outbox: always this daemon's, the only writer. */
   private makeLease(): RelayLease {
-    const outbox = <T>(what: string, fn: (conn: SqliteConnection) => T): Promise<T> =>
-      this.exclusive(async () => fn(this.connection())).catch((err: unknown) => Promise.reject(unavailable(err, what)));
+    const outbox = <T>(what: string, fn: (conn: SqliteConnection) => T): Promise<T> => this.use(what, fn);
     return {
       held: true,
       acquire: async () => true,
