@@ -56,6 +56,24 @@ export default tseslint.config(
       { regex: '^lockmgr(/|$)', message: 'the daemon does not use the client package.' },
     ],
   ),
+  // client/ and daemon/ are packages whose main module is their build: within the repository, a
+  // folder import would load a stale compiled copy (and its own classes). Name the index instead.
+  {
+    files: ['**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            {
+              regex: '^(\\.\\./)+(client|daemon)$',
+              message: "import '…/client/index' (or '…/daemon/index'): the folder is a package whose main is its build.",
+            },
+          ],
+        },
+      ],
+    },
+  },
   {
     files: ['**/*.js', '**/*.mjs'],
     extends: [tseslint.configs.disableTypeChecked],

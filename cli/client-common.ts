@@ -25,6 +25,8 @@ export const EXIT = {
   USAGE: 64,
   /** NATS is unreachable, or no daemon answers on the prefix. */
   UNAVAILABLE: 69,
+  /** daemon: another daemon serves its SQLite file, or its prefix from another store (try again once it is gone). */
+  CONFLICT: 75,
   /** Bad configuration (config file, LOCKMGR_* environment). */
   CONFIG: 78,
 } as const;

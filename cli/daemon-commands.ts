@@ -4,7 +4,10 @@
 import { LockDaemon } from '../daemon/lock-daemon';
 import { OPTIONS, envName, maskedConfig, type ConfigKey } from '../daemon/config';
 import { createLogger, type LogLevel } from '../daemon/logger';
+import { AuthorityConflict } from '../daemon/authority';
 import { openStore } from '../daemon/store';
+import { StoreInUse } from '../daemon/store/store';
+import { EXIT } from './client-common';
 import { resolveConfig } from './options';
 
 export async function daemonCommand(argv: Record<string, unknown>): Promise<void> {
@@ -40,9 +43,11 @@ export async function daemonCommand(argv: Record<string, unknown>): Promise<void
   try {
     await daemon.start();
   } catch (err) {
-    logger.error(`daemon failed to start: ${(err as Error).message}`);
+    // Another daemon serves the store or the prefix: one line saying so, and an exit code of its own.
+    const conflict = err instanceof StoreInUse || err instanceof AuthorityConflict;
+    logger.error(`daemon ${conflict ? 'refused to start' : 'failed to start'}: ${(err as Error).message}`);
     await daemon.stop(1000).catch(() => undefined);
-    process.exit(1);
+    process.exit(conflict ? EXIT.CONFLICT : EXIT.ERROR);
   }
 }
 

@@ -7,7 +7,7 @@
 import { hostname } from 'node:os';
 import { Empty, RequestStrategy } from 'nats';
 import type { Argv, CommandModule } from 'yargs';
-import { SERVICE_NAME } from '../daemon/lock-daemon';
+import { servicePingSubject } from '../shared/protocol';
 import { CliError, EXIT, print, printJson, withClient, withClientOptions, type ClientArgs } from './client-common';
 
 interface PingArgs extends ClientArgs {
@@ -36,7 +36,7 @@ export const pingCommand: CommandModule<object, PingArgs> = {
       const decoder = new TextDecoder();
       const daemons: { service: string; daemon: string; version: string; store: string }[] = [];
       try {
-        const replies = await client.nc.requestMany(`$SRV.PING.${SERVICE_NAME}`, Empty, {
+        const replies = await client.nc.requestMany(servicePingSubject(), Empty, {
           maxWait: Math.min(client.timeout, 3000),
           strategy: RequestStrategy.JitterTimer,
           jitter: 300,

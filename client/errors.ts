@@ -84,10 +84,34 @@ export class NoDaemon extends LockError {
   }
 }
 
-/** A daemon took the request but did not answer in time. */
+/** No daemon answered within the call's timeout (its request was sent again meanwhile), or a grant came too late to use. */
 export class RequestTimeout extends LockError {
-  constructor(subject: string, timeoutMs: number, options?: { cause?: unknown }) {
-    super('REQUEST_TIMEOUT', `no reply on ${subject} within ${timeoutMs} ms`, options);
+  constructor(subject: string, timeoutMs: number, options?: { cause?: unknown }, message?: string) {
+    super('REQUEST_TIMEOUT', message ?? `no reply on ${subject} within ${timeoutMs} ms`, options);
+  }
+}
+
+/**
+ * The daemon lost its database while committing the request, and the call's time ran out before
+ * a re-send could learn whether it was done. A later re-send with the same request id would tell.
+ */
+export class OutcomeUnknown extends LockError {
+  constructor(message: string) {
+    super('OUTCOME_UNKNOWN', message);
+  }
+}
+
+/** The reply would not fit in a NATS message: nothing was done; ask for less (fewer names). */
+export class ReplyTooLarge extends LockError {
+  constructor(message: string) {
+    super('REPLY_TOO_LARGE', message);
+  }
+}
+
+/** The daemon that answered refuses to serve: another daemon serves the prefix from another store. */
+export class AuthorityConflict extends LockError {
+  constructor(message: string) {
+    super('AUTHORITY_CONFLICT', message);
   }
 }
 
@@ -107,6 +131,12 @@ export function errorFromWire(error: WireError): LockError {
       return new InvalidRequest(error.message, error.details);
     case 'STORE_UNAVAILABLE':
       return new StoreUnavailable(error.message);
+    case 'OUTCOME_UNKNOWN':
+      return new OutcomeUnknown(error.message);
+    case 'REPLY_TOO_LARGE':
+      return new ReplyTooLarge(error.message);
+    case 'AUTHORITY_CONFLICT':
+      return new AuthorityConflict(error.message);
     case 'INTERNAL':
       return new InternalError(error.message);
     default:

@@ -14,6 +14,9 @@ export {
   InternalError,
   NoDaemon,
   RequestTimeout,
+  OutcomeUnknown,
+  ReplyTooLarge,
+  AuthorityConflict,
   errorFromWire,
 } from './errors';
 export type { ClientErrorCode } from './errors';

@@ -3,6 +3,7 @@
  * fills in the defaults the seed documents (600 s, the hostname as `locked_by`), sends one request
  * and maps the reply, or its absence, to a result or one of the error classes.
  */
+import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { ErrorCode as NatsErrorCode, headers, type ConnectionOptions, type NatsConnection } from 'nats';
 import { connectNats } from '../shared/connect';
@@ -14,6 +15,7 @@ import {
   type Api,
   type Endpoint,
   type ListResult,
+  type MutationFields,
   type Reply,
 } from '../shared/protocol';
 import { lockNameProblem } from '../shared/validate';
@@ -25,8 +27,14 @@ import { LockEventStream, type EventsOptions } from './events';
 export interface LockClientOptions {
   /** Subject prefix the daemons serve (default `lock`). */
   prefix?: string;
-  /** Milliseconds to wait for a reply (default 10000); `getLock` waits adds its `wait` on top. */
+  /** Milliseconds a call may take, its re-sends included (default 10000); `getLock` adds its `wait`. */
   timeout?: number;
+  /**
+   * Milliseconds one attempt waits for its reply (plus a `getLock`'s `wait`) before the call is
+   * sent again, to whichever daemon NATS picks, under the same request id (default 1000): a daemon
+   * that is paused or gone costs a re-send, not the call.
+   */
+  attemptTimeout?: number;
   /** Default `locked_by` for requests that name none (default: this machine's hostname). */
   locked_by?: string;
 }
@@ -87,6 +95,20 @@ export interface ListLocksOptions {
 
 const encoder = new TextEncoder();
 const MAX_TIMER_MS = 2 ** 31 - 1;
+/** The requests that change something: each call carries a request id, kept across its attempts. */
+const MUTATIONS: ReadonlySet<Endpoint> = new Set(['set', 'get', 'unlock', 'renew', 'clean', 'reset']);
+/** Pauses before asking again when no daemon answered: doubling from the first to the most. */
+const FIRST_PAUSE_MS = 50;
+const MAX_PAUSE_MS = 500;
+/** What one more name adds to the time a `setLock` attempt waits for its answer. */
+const SET_ATTEMPT_MS_PER_NAME = 2;
+/** An attempt needs at least this long to be answered; with less left the call ends. */
+const MIN_ATTEMPT_MS = 20;
+
+/** A request id unique to one call: 128 random bits. */
+function requestId(): string {
+  return randomBytes(16).toString('base64url');
+}
 const decoder = new TextDecoder();
 
 function checkName(name: unknown): string {
@@ -104,6 +126,7 @@ function compact<T extends object>(o: T): T {
 export class LockClient {
   readonly prefix: string;
   readonly timeout: number;
+  readonly attemptTimeout: number;
   readonly lockedBy: string;
   private readonly ownsConnection: boolean;
   private clientHeaders?: ReturnType<typeof headers>;
@@ -116,6 +139,7 @@ export class LockClient {
   ) {
     this.prefix = options.prefix ?? DEFAULT_PREFIX;
     this.timeout = options.timeout ?? 10_000;
+    this.attemptTimeout = options.attemptTimeout ?? 1000;
     this.lockedBy = options.locked_by ?? hostname();
     this.ownsConnection = ownsConnection;
   }
@@ -139,32 +163,65 @@ export class LockClient {
     return h;
   }
 
-  /** Send one request; resolve its result or throw the mapped error. */
-  async call<E extends Endpoint>(endpoint: E, request: Api[E]['request'], timeoutMs = this.timeout): Promise<Api[E]['result']> {
+  /**
+   * Send a request; resolve its result or throw the mapped error. An attempt that gets no answer
+   * within `attemptTimeout` (plus `extraMs`: a get's wait, a large set's work), finds no daemon, or hears that the
+   * daemon lost its database while committing is sent again — with the same request id, so a
+   * request that changes something is never done twice — until `timeoutMs` is spent.
+   */
+  async call<E extends Endpoint>(
+    endpoint: E,
+    request: Api[E]['request'],
+    timeoutMs = this.timeout,
+    extraMs = 0,
+    /** Set to when (performance.now()) the attempt that was answered went out. */
+    answered?: { sentAt: number },
+  ): Promise<Api[E]['result']> {
     const subject = requestSubject(this.prefix, endpoint);
     const h = (this.clientHeaders ??= this.makeClientHeaders());
-    let data: Uint8Array;
-    try {
+    const body: Api[E]['request'] & MutationFields = MUTATIONS.has(endpoint) ? { ...request, request_id: requestId() } : { ...request };
+    const deadline = performance.now() + timeoutMs;
+    let pause = FIRST_PAUSE_MS;
+    let failure: LockError | undefined;
+    for (let attempt = 1; ; attempt++) {
+      if (attempt > 1 && body.request_id !== undefined) body.attempt = attempt;
       // Timers cannot run longer than 2^31-1 ms (a longer one fires at once): a long `wait` would
       // otherwise time out immediately while the daemon still waits for the lock.
-      const timeout = Math.min(timeoutMs, MAX_TIMER_MS);
-      const msg = await this.nc.request(subject, encoder.encode(JSON.stringify(request)), { timeout, headers: h });
-      data = msg.data;
-    } catch (err) {
-      const code = (err as { code?: string }).code;
-      if (code === NatsErrorCode.NoResponders) throw new NoDaemon(subject, { cause: err });
-      if (code === NatsErrorCode.Timeout) throw new RequestTimeout(subject, timeoutMs, { cause: err });
-      throw err;
+      const left = deadline - performance.now();
+      // Too little time for another answer: the last attempt's failure is the call's.
+      if (failure && left < MIN_ATTEMPT_MS) throw failure;
+      const timeout = Math.max(1, Math.min(left, this.attemptTimeout + extraMs, MAX_TIMER_MS));
+      let data: Uint8Array;
+      const sentAt = performance.now();
+      if (answered) answered.sentAt = sentAt;
+      try {
+        data = (await this.nc.request(subject, encoder.encode(JSON.stringify(body)), { timeout, headers: h })).data;
+      } catch (err) {
+        const code = (err as { code?: string }).code;
+        if (code !== NatsErrorCode.NoResponders && code !== NatsErrorCode.Timeout) throw err;
+        const noDaemon = code === NatsErrorCode.NoResponders;
+        failure = noDaemon ? new NoDaemon(subject, { cause: err }) : new RequestTimeout(subject, timeoutMs, { cause: err });
+        // No daemon yet (a restart): ask again after a pause. No answer: ask again at once.
+        if (noDaemon) await new Promise((r) => setTimeout(r, Math.max(0, Math.min(pause, deadline - performance.now() - MIN_ATTEMPT_MS))));
+        pause = Math.min(pause * 2, MAX_PAUSE_MS);
+        continue;
+      }
+      let reply: Reply<Api[E]['result']>;
+      try {
+        reply = JSON.parse(decoder.decode(data));
+      } catch {
+        throw new LockError('PROTOCOL_MISMATCH', `reply on ${subject} is not JSON`);
+      }
+      if (reply.ok === true) return reply.result;
+      if (reply.ok !== false || !reply.error) throw new LockError('PROTOCOL_MISMATCH', `reply on ${subject} is not a lockmgr reply`);
+      // Committed or not, only a re-send of the same request id can tell.
+      if (reply.error.code === 'OUTCOME_UNKNOWN' && body.request_id !== undefined && performance.now() + pause < deadline) {
+        await new Promise((r) => setTimeout(r, pause));
+        pause = Math.min(pause * 2, MAX_PAUSE_MS);
+        continue;
+      }
+      throw errorFromWire(reply.error);
     }
-    let reply: Reply<Api[E]['result']>;
-    try {
-      reply = JSON.parse(decoder.decode(data));
-    } catch {
-      throw new LockError('PROTOCOL_MISMATCH', `reply on ${subject} is not JSON`);
-    }
-    if (reply.ok === true) return reply.result;
-    if (reply.ok === false && reply.error) throw errorFromWire(reply.error);
-    throw new LockError('PROTOCOL_MISMATCH', `reply on ${subject} is not a lockmgr reply`);
   }
 
   /**
@@ -186,6 +243,9 @@ export class LockClient {
         locked_by: options.locked_by ?? this.lockedBy,
         process_id: options.process_id,
       }),
+      this.timeout,
+      // Many names take longer to do: their attempt waits longer before it is sent again.
+      names.length * SET_ATTEMPT_MS_PER_NAME,
     );
     return new LockSetResult(result);
   }
@@ -193,6 +253,7 @@ export class LockClient {
   /** Take a free lock, or throw Locked (after waiting up to `wait` seconds for its release). */
   async getLock(name: string, options: GetLockOptions = {}): Promise<Lock> {
     const wait = options.wait ?? 0;
+    const answered = { sentAt: 0 };
     const record = await this.call(
       'get',
       compact({
@@ -203,8 +264,32 @@ export class LockClient {
         wait: wait || undefined,
       }),
       this.timeout + Math.max(0, wait) * 1000,
+      Math.max(0, wait) * 1000,
+      answered,
     );
-    return Lock.fromRecord(record);
+    const lock = Lock.fromRecord(record);
+    if (!wait) await this.refuseIfLate(lock, answered.sentAt);
+    return lock;
+  }
+
+  /**
+   * A grant is worth having only with a quarter of its lifetime left. Its lifetime started after
+   * the request went out, so the round trip bounds what it lost on the way: if that leaves less
+   * than a quarter, release it (by its token) and fail the call. (After a `wait`, the daemon
+   * makes this check itself before it replies.)
+   */
+  private async refuseIfLate(lock: Lock, sentAt: number): Promise<void> {
+    if (lock.locked_until === null) return;
+    const lifetime = lock.locked_until.getTime() - lock.created_at.getTime();
+    const roundTrip = performance.now() - sentAt;
+    if (lifetime - roundTrip >= lifetime * 0.25) return;
+    await this.unlock(lock).catch(() => undefined);
+    throw new RequestTimeout(
+      requestSubject(this.prefix, 'get'),
+      Math.round(roundTrip),
+      undefined,
+      `the grant of ${lock.name} arrived after ${Math.round(roundTrip)} ms, with less than a quarter of its ${lifetime} ms left: released it`,
+    );
   }
 
   /**

@@ -2,10 +2,23 @@
  * Group commit: operations that arrive while a transaction is running wait, then all of them run
  * in the next transaction, one after another, and are answered only after it commits. One commit
  * then serves many requests, and a reply still means "committed".
+ *
+ * Two things keep one operation from holding up its batch-mates:
+ * - an operation that meets a row another database session holds (RowBusy, after the store's lock
+ *   timeout) is taken out: the batch runs again without it, and it is tried again alone a few times
+ *   after short pauses before it fails;
+ * - an operation that breaks its transaction otherwise makes the batch run again one by one.
+ *
+ * An operation may be idempotent (`once`): its request id is looked up among the outcomes the store
+ * recorded (one statement for the whole batch) and, if found, answered from there without running;
+ * an outcome that changed something is recorded with the transaction that made it, and a
+ * concurrent run of the same id that recorded first makes the batch run again (and answer it).
  */
+import { systemClock, type Clock } from './clock';
 import { operationChannel, transactionChannel } from './diagnostics';
 import {
   isDomainError,
+  RowBusy,
   StoreUnavailable,
   TransactionConflict,
   type CommittedEvent,
@@ -13,6 +26,15 @@ import {
   type Store,
   type StoreTx,
 } from './store/store';
+
+/** What makes an operation idempotent: its request id, and what to record once it changed something. */
+export interface Once<T> {
+  id: string;
+  /** How long the outcome is kept, from the transaction's clock (ms). */
+  keepMs: number;
+  /** The reply's result to record, when the operation changed something; undefined: nothing to record. */
+  outcome(value: T): unknown;
+}
 
 /**
  * One unit of work for a transaction. An operation that refuses a request (throws a domain error)
@@ -25,12 +47,20 @@ export interface Operation<T> {
   /** Its first statement, when a batch may run it together with the others' (StoreTx.prefetch). */
   first?: FirstStatement;
   run(tx: StoreTx): Promise<T>;
+  once?: Once<T>;
+}
+
+/** The result recorded by an earlier run of the same request id. */
+export class Recalled {
+  constructor(readonly result: unknown) {}
 }
 
 interface Queued {
   op: Operation<unknown>;
   /** What the caller named the operation by, for the diagnostics. */
   tag?: object;
+  /** Tries left after meeting a busy row. */
+  busyTries: number;
   resolve(value: unknown): void;
   reject(err: unknown): void;
 }
@@ -38,15 +68,28 @@ interface Queued {
 /** Outcome of one operation inside a batch. Domain errors are results, not failures. */
 type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
 
+/** The operation `queued` met a busy row; its transaction was rolled back. */
+class OperationBusy extends Error {
+  constructor(
+    readonly queued: Queued,
+    readonly busy: RowBusy,
+  ) {
+    super(busy.message);
+  }
+}
+
 export interface BatcherOptions {
   /** Most operations in one transaction. */
   maxBatch?: number;
   /** Called after each commit with the events it recorded (to wake waiters and the relay). */
   onCommit?: (events: CommittedEvent[]) => void;
+  clock?: Clock;
 }
 
 /** Attempts of a transaction that keeps meeting concurrent changes. */
 const MAX_ATTEMPTS = 5;
+/** An operation meeting a busy row is tried again alone this many times, after these pauses (ms). */
+const BUSY_PAUSES_MS = [50, 150, 400];
 
 function byKey(a: Queued, b: Queued): number {
   const x = a.op.key;
@@ -76,27 +119,39 @@ export class Batcher {
   /** Workers running a transaction right now. */
   private busy = 0;
   private readonly maxBatch: number;
+  private readonly clock: Clock;
 
   constructor(
     private readonly store: Store,
     private readonly options: BatcherOptions = {},
   ) {
     this.maxBatch = options.maxBatch ?? 256;
+    this.clock = options.clock ?? systemClock;
   }
 
   /** Run `op` in the next transaction; resolves after that transaction commits. */
   run<T>(op: Operation<T>, tag?: object): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ op, tag, resolve: resolve as (v: unknown) => void, reject });
+      this.enqueue({ op, tag, busyTries: BUSY_PAUSES_MS.length, resolve: resolve as (v: unknown) => void, reject });
       if (tag && operationChannel.hasSubscribers) operationChannel.publish({ phase: 'queued', tag });
-      if (this.workers < this.store.concurrency) {
-        this.workers += 1;
-        // Requests decoded from the same socket read are handed over synchronously, one after
-        // another: a microtask starts the batch after the last of them, without waiting a turn
-        // of the event loop.
-        queueMicrotask(() => void this.drain());
-      }
     });
+  }
+
+  /** Run an idempotent operation: its value, or the result recorded by an earlier run of its request id. */
+  async runOnce<T>(op: Operation<T> & { once: Once<T> }, tag?: object): Promise<{ value: T } | Recalled> {
+    const value = await this.run<T | Recalled>(op as Operation<T | Recalled>, tag);
+    return value instanceof Recalled ? value : { value: value as T };
+  }
+
+  private enqueue(q: Queued): void {
+    this.queue.push(q);
+    if (this.workers < this.store.concurrency) {
+      this.workers += 1;
+      // Requests decoded from the same socket read are handed over synchronously, one after
+      // another: a microtask starts the batch after the last of them, without waiting a turn
+      // of the event loop.
+      queueMicrotask(() => void this.drain());
+    }
   }
 
   private async drain(): Promise<void> {
@@ -111,7 +166,7 @@ export class Batcher {
       const batch = this.queue.splice(0, Math.min(this.maxBatch, share)).sort(byKey);
       this.busy += 1;
       try {
-        await this.runBatch(batch);
+        await this.runBatch(batch, true);
       } finally {
         this.busy -= 1;
       }
@@ -122,14 +177,25 @@ export class Batcher {
     this.workers -= 1;
   }
 
-  private async runBatch(batch: Queued[]): Promise<void> {
+  private async runBatch(batch: Queued[], prefetch: boolean): Promise<void> {
     let outcomes: Outcome[];
     try {
-      outcomes = await this.transact(batch);
+      outcomes = await this.transact(batch, prefetch);
     } catch (err) {
+      if (err instanceof OperationBusy) {
+        // Only that operation waits for the row; the others go on without it.
+        const rest = batch.filter((q) => q !== err.queued);
+        if (rest.length > 0) await this.runBatch(rest, prefetch);
+        this.retryBusy(err.queued, err.busy);
+        return;
+      }
+      if (err instanceof RowBusy && prefetch) {
+        // Met during the batch's first pass: run statement by statement to find whose row it is.
+        return this.runBatch(batch, false);
+      }
       if (batch.length > 1 && !(err instanceof StoreUnavailable)) {
         // One operation broke the transaction: run each alone so only that one fails.
-        for (const q of batch) await this.runBatch([q]);
+        for (const q of batch) await this.runBatch([q], prefetch);
         return;
       }
       for (const q of batch) q.reject(err);
@@ -138,30 +204,48 @@ export class Batcher {
     outcomes.forEach((o, i) => (o.ok ? batch[i]!.resolve(o.value) : batch[i]!.reject(o.error)));
   }
 
+  /** Queue `q` again after a pause, or fail it once its tries are spent. */
+  private retryBusy(q: Queued, busy: RowBusy): void {
+    const pause = BUSY_PAUSES_MS[BUSY_PAUSES_MS.length - q.busyTries];
+    if (pause === undefined) return q.reject(busy);
+    q.busyTries -= 1;
+    this.clock.schedule(() => this.enqueue(q), pause);
+  }
+
   /** One transaction over `batch`, run again when it meets a concurrent change. */
-  private async transact(batch: Queued[]): Promise<Outcome[]> {
+  private async transact(batch: Queued[], prefetch: boolean): Promise<Outcome[]> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.transactOnce(batch);
+        return await this.transactOnce(batch, prefetch);
       } catch (err) {
         if (!(err instanceof TransactionConflict) || attempt >= MAX_ATTEMPTS) throw err;
       }
     }
   }
 
-  private async transactOnce(batch: Queued[]): Promise<Outcome[]> {
+  private async transactOnce(batch: Queued[], prefetch: boolean): Promise<Outcome[]> {
     const trace = transactionChannel.hasSubscribers ? {} : undefined;
     if (trace) transactionChannel.publish({ phase: 'start', trace, size: batch.length });
     let ok = false;
     try {
-      const firsts = firstStatements(batch);
       const { value: outcomes, events } = await this.store.transaction(async (tx) => {
+        const recalled = await this.recall(tx, batch);
+        const running = recalled.size > 0 ? batch.filter((q) => !recalled.has(q.op.once!.id)) : batch;
+        const firsts = prefetch ? firstStatements(running) : null;
         if (firsts && tx.prefetch) await tx.prefetch(firsts);
         const out: Outcome[] = [];
         for (const q of batch) {
+          const done = q.op.once ? recalled.get(q.op.once.id) : undefined;
+          if (done !== undefined) {
+            out.push({ ok: true, value: new Recalled((JSON.parse(done) as { result: unknown }).result) });
+            continue;
+          }
           try {
-            out.push({ ok: true, value: await this.runOperation(q, tx, trace) });
+            const value = await this.runOperation(q, tx, trace);
+            this.remember(tx, q, value);
+            out.push({ ok: true, value });
           } catch (err) {
+            if (err instanceof RowBusy) throw new OperationBusy(q, err);
             if (!isDomainError(err)) throw err;
             out.push({ ok: false, error: err });
           }
@@ -174,6 +258,20 @@ export class Batcher {
     } finally {
       if (trace) transactionChannel.publish({ phase: 'end', trace, ok });
     }
+  }
+
+  /** The outcomes recorded for the batch's idempotent operations. */
+  private async recall(tx: StoreTx, batch: readonly Queued[]): Promise<Map<string, string>> {
+    const ids = batch.filter((q) => q.op.once).map((q) => q.op.once!.id);
+    return ids.length > 0 ? tx.recall(ids) : new Map<string, string>();
+  }
+
+  /** Record what an idempotent operation answered, if it changed something. */
+  private remember(tx: StoreTx, q: Queued, value: unknown): void {
+    const once = q.op.once;
+    if (!once) return;
+    const result = once.outcome(value);
+    if (result !== undefined) tx.remember(once.id, JSON.stringify({ result }), tx.now + once.keepMs);
   }
 
   private async runOperation(q: Queued, tx: StoreTx, trace: object | undefined): Promise<unknown> {

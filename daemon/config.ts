@@ -26,6 +26,37 @@ export const OPTIONS = {
   prefix: { kind: 'string', default: DEFAULT_PREFIX, describe: 'Subject prefix P: requests on P.set, P.get...; events on P.events.>' },
   db: { kind: 'string', default: './data/lockmgr.sqlite', describe: 'SQLite file path, or a postgres:// URL', secret: true },
   dbPoolSize: { kind: 'number', default: 4, min: 1, describe: 'PostgreSQL connections per daemon' },
+  dbLockTimeout: {
+    kind: 'number',
+    default: 0.25,
+    min: 0.001,
+    describe:
+      'PostgreSQL: seconds a statement waits for a row another session holds; then its request alone waits and retries (get/set: LOCKED)',
+  },
+  dbStatementTimeout: {
+    kind: 'number',
+    default: 2,
+    min: 0.01,
+    describe: 'PostgreSQL: seconds a statement may take before the database counts as unavailable (STORE_UNAVAILABLE)',
+  },
+  dbIdleInTransactionTimeout: {
+    kind: 'number',
+    default: 5,
+    min: 0.01,
+    describe: 'PostgreSQL: seconds a session may idle inside a transaction (a paused daemon) before the server ends it',
+  },
+  requestWindow: {
+    kind: 'number',
+    default: 120,
+    min: 1,
+    describe: 'Seconds the outcome of a request id is kept (beyond its wait) to answer a re-send of it the same',
+  },
+  authorityCheckInterval: {
+    kind: 'number',
+    default: 5,
+    min: 0,
+    describe: 'Seconds between checks that no daemon serves the prefix from another store (0: only at start)',
+  },
   sqliteSynchronous: {
     kind: 'enum',
     default: 'NORMAL',
@@ -37,6 +68,12 @@ export const OPTIONS = {
     default: 100,
     min: 0,
     describe: 'SQLite: ms between WAL checkpoints run by a worker thread (0: SQLite checkpoints inside commits)',
+  },
+  sqliteWalLimit: {
+    kind: 'number',
+    default: 64,
+    min: 1,
+    describe: 'SQLite: most MiB the -wal file may take (restarted past half, and cut back to half)',
   },
   migrate: { kind: 'boolean', default: true, describe: 'Apply pending schema migrations at start' },
   logLevel: { kind: 'enum', default: 'info', choices: LOG_LEVELS, describe: 'Log level' },

@@ -2,15 +2,20 @@
  * What each endpoint does with a validated request: one typed handler per endpoint, whose result
  * type is the protocol's (`Api[E]['result']`), so a reply that does not match the protocol does
  * not compile.
+ *
+ * Requests that change something and carry a request id run once: a re-send is answered with the
+ * recorded result of the first run that changed something. A grant whose reply would leave less
+ * than a quarter of its lifetime (the transaction took that long, or the daemon was paused) is
+ * withdrawn, not sent as a success.
  */
 import { hostname } from 'node:os';
-import type { Api, Endpoint, LockRecord } from '../shared/protocol';
-import type { NormalizedRequests } from '../shared/validate';
-import type { Batcher } from './batcher';
+import type { Api, Endpoint, LockRecord, LockSetResultRecord } from '../shared/protocol';
+import type { Mutation, NormalizedRequests } from '../shared/validate';
+import type { Batcher, Once, Operation } from './batcher';
 import type { Clock } from './clock';
 import { toLockRecord } from './lock-records';
-import { EXPIRED_PAGE, lockedError, ops } from './lock-ops';
-import type { Requester } from './store/store';
+import { EXPIRED_PAGE, lockedError, ops, type AcquireResult } from './lock-ops';
+import { RowBusy, StoreUnavailable, type LockRow, type Requester } from './store/store';
 import type { WaitQueue } from './waiters';
 
 export interface RequestContext {
@@ -22,8 +27,19 @@ export interface RequestContext {
 export type Handler<E extends Endpoint> = (req: NormalizedRequests[E], ctx: RequestContext) => Promise<Api[E]['result']>;
 export type Handlers = { [E in Endpoint]: Handler<E> };
 
+export interface HandlerOptions {
+  /** How long the outcome of a request id is kept, beyond its wait (ms). */
+  requestWindowMs: number;
+  /** The largest reply a NATS message may carry now (the server's max_payload, less a margin). */
+  maxReplyBytes(): number;
+}
+
 /** The seed's default owner: requests that name none are recorded as this host's. */
 const FALLBACK_OWNER = hostname();
+/** A grant is sent only while this share of its lifetime is left. */
+const LEAST_LIFETIME_LEFT = 0.25;
+/** A waiting get looks again this often at a name whose row another session holds. */
+const BUSY_LOOK_MS = 250;
 
 /** Who a request says it is (`locked_by`, process id) and which NATS client sent it. */
 export function requesterOf(req: NormalizedRequests[Endpoint], client: string | null): Requester {
@@ -31,14 +47,72 @@ export function requesterOf(req: NormalizedRequests[Endpoint], client: string | 
   return { lockedBy: r.lockedBy ?? FALLBACK_OWNER, process: r.process ?? null, client };
 }
 
-export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock): Handlers {
+/**
+ * Grants (`granted` rows) decided after `startedAt` (ms, performance.now()) that have less than a
+ * quarter of their lifetime left now. The lifetime started no earlier than `startedAt`, so this
+ * errs on the safe side.
+ */
+function lateGrants(granted: readonly LockRow[], startedAt: number): LockRow[] {
+  const elapsed = performance.now() - startedAt;
+  return granted.filter((g) => {
+    if (g.locked_until === null) return false;
+    const lifetime = g.locked_until - g.created_at;
+    return lifetime - elapsed < lifetime * LEAST_LIFETIME_LEFT;
+  });
+}
+
+export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock, options: HandlerOptions): Handlers {
+  /**
+   * Run `op`, once per request id when the request has one: the value, or the result an earlier
+   * run of the id recorded (`recalled`).
+   */
+  async function once<T, R>(
+    op: Operation<T>,
+    req: Mutation,
+    ctx: RequestContext,
+    outcome: (value: T) => R | undefined,
+    waitMs = 0,
+  ): Promise<{ value: T } | { recalled: R }> {
+    if (req.requestId === null) return { value: await batcher.run(op, ctx.tag) };
+    const spec: Once<T> = { id: req.requestId, keepMs: options.requestWindowMs + waitMs, outcome };
+    const r = await batcher.runOnce({ ...op, once: spec }, ctx.tag);
+    return 'value' in r ? r : { recalled: r.result as R };
+  }
+
+  /** Release grants that would be sent too late, and say so instead of granting. */
+  async function withdrawIfLate(granted: readonly LockRow[], startedAt: number, req: Mutation, ctx: RequestContext): Promise<void> {
+    const late = lateGrants(granted, startedAt);
+    if (late.length === 0) return;
+    await batcher.run(ops.withdraw(granted, req.requestId, ctx.who), ctx.tag);
+    const names = late.length > 3 ? `${late.length} locks (${late[0]!.name}, …)` : late.map((g) => g.name).join(', ');
+    throw new StoreUnavailable(
+      `granting ${names} took so long that less than a quarter of the lock's lifetime was left: released ${granted.length > 1 ? 'them' : 'it'}; try again`,
+    );
+  }
+
+  /** One look at the lock: granted, held (with when it may be free), or recorded by an earlier run. */
+  async function tryGet(req: NormalizedRequests['get'], ctx: RequestContext): Promise<LockRecord | { held: LockRow | null }> {
+    const startedAt = performance.now();
+    let r: { value: AcquireResult } | { recalled: LockRecord };
+    try {
+      r = await once(ops.get(req, ctx.who), req, ctx, (v) => ('granted' in v ? toLockRecord(v.granted) : undefined), req.waitMs);
+    } catch (err) {
+      // Another session holds the name's row (stuck, or paused): as good as held, for a waiter.
+      if (err instanceof RowBusy && req.waitMs > 0) return { held: null };
+      throw err;
+    }
+    if ('recalled' in r) return r.recalled;
+    if ('held' in r.value) return { held: r.value.held };
+    await withdrawIfLate([r.value.granted], startedAt, req, ctx);
+    return toLockRecord(r.value.granted);
+  }
+
   /** get: try now; if held and the request may wait, sleep until a release or expiry, then retry. */
   async function getWithWait(req: NormalizedRequests['get'], ctx: RequestContext): Promise<LockRecord> {
-    const op = ops.get(req, ctx.who);
     if (req.waitMs === 0) {
-      const r = await batcher.run(op, ctx.tag);
-      if ('granted' in r) return toLockRecord(r.granted);
-      throw lockedError(r.held);
+      const r = await tryGet(req, ctx);
+      if ('held' in r) throw lockedError(r.held!);
+      return r;
     }
     const deadline = clock.now() + req.waitMs;
     // Follow releases of the name from before the first look, so none is missed in between.
@@ -46,10 +120,13 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock)
     try {
       let front = false;
       for (;;) {
-        const r = await batcher.run(op, ctx.tag);
-        if ('granted' in r) return toLockRecord(r.granted);
-        if (clock.now() >= deadline || waiters.closed) throw lockedError(r.held);
-        const heldUntil = r.held.locked_until ?? Infinity;
+        const r = await tryGet(req, ctx);
+        if (!('held' in r)) return r;
+        if (clock.now() >= deadline || waiters.closed) {
+          if (r.held) throw lockedError(r.held);
+          throw new RowBusy(`the row of lock ${req.name} is held by another database session`);
+        }
+        const heldUntil = r.held ? (r.held.locked_until ?? Infinity) : clock.now() + BUSY_LOOK_MS;
         await waiters.wait(ticket, Math.min(deadline, heldUntil + 1), front);
         front = true;
       }
@@ -58,16 +135,35 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock)
     }
   }
 
+  async function set(req: NormalizedRequests['set'], ctx: RequestContext): Promise<LockSetResultRecord> {
+    const startedAt = performance.now();
+    const changed = (v: LockSetResultRecord) => (v.counts.created + v.counts.renewed > 0 ? v : undefined);
+    const r = await once(ops.set(req, ctx.who, options.maxReplyBytes()), req, ctx, changed);
+    if ('recalled' in r) return r.recalled;
+    // The locks this request created: statuses name them, in the order of `locks`.
+    const created = r.value.statuses.filter(([, s]) => s.status === 'create').map(([name]) => name);
+    const grants = r.value.locks.filter((l) => created.includes(l.name)).map(toGrantedRow);
+    await withdrawIfLate(grants, startedAt, req, ctx);
+    return r.value;
+  }
+
   return {
-    set: (req, ctx) => batcher.run(ops.set(req, ctx.who), ctx.tag),
+    set,
     get: getWithWait,
-    unlock: async (req, ctx) => ({ unlocked: await batcher.run(ops.unlock(req, ctx.who), ctx.tag) }),
-    renew: async (req, ctx) => toLockRecord(await batcher.run(ops.renew(req, ctx.who), ctx.tag)),
+    unlock: async (req, ctx) => {
+      const r = await once(ops.unlock(req, ctx.who), req, ctx, (released) => (released ? { unlocked: true } : undefined));
+      return 'recalled' in r ? r.recalled : { unlocked: r.value };
+    },
+    renew: async (req, ctx) => {
+      const r = await once(ops.renew(req, ctx.who), req, ctx, toLockRecord);
+      return 'recalled' in r ? r.recalled : toLockRecord(r.value);
+    },
     is_locked: async (req, ctx) => {
       const row = await batcher.run(ops.isLocked(req.name), ctx.tag);
       return { locked: row !== null, lock: row ? toLockRecord(row) : null };
     },
-    list: (req, ctx) => batcher.run(ops.list(req), ctx.tag),
+    list: (req, ctx) => batcher.run(ops.list(req, options.maxReplyBytes()), ctx.tag),
+    // Naturally idempotent: a repeat removes only what expired since.
     clean: async (_req, ctx) => {
       let removed = 0;
       for (;;) {
@@ -76,6 +172,24 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock)
         if (rows.length < EXPIRED_PAGE) return { removed };
       }
     },
-    reset: async (_req, ctx) => ({ removed: (await batcher.run(ops.reset(ctx.who), ctx.tag)).length }),
+    // Recorded even when nothing was removed: a repeat must not remove locks taken since.
+    reset: async (req, ctx) => {
+      const r = await once(ops.reset(ctx.who), req, ctx, (rows) => ({ removed: rows.length }));
+      return 'recalled' in r ? r.recalled : { removed: r.value.length };
+    },
+  };
+}
+
+/** A granted lock's record as the row it came from (times in ms). */
+function toGrantedRow(l: LockRecord): LockRow {
+  const ms = (iso: string) => Date.parse(iso);
+  return {
+    name: l.name,
+    locked_by: l.locked_by,
+    lock_process: l.lock_process,
+    locked_until: l.locked_until === null ? null : ms(l.locked_until),
+    created_at: ms(l.created_at),
+    updated_at: ms(l.updated_at),
+    token: l.token,
   };
 }

@@ -9,7 +9,8 @@ import type { NatsConnection, Service, Subscription } from 'nats';
 import { connectNats } from '../shared/connect';
 import { DAEMON_HEADER, eventSubject, parseEventSubject, type EventType } from '../shared/events';
 import { maskNatsUrls } from '../shared/nats-url';
-import { ENDPOINTS, requestSubject } from '../shared/protocol';
+import { ENDPOINTS, requestSubject, SERVICE_NAME, type DaemonMetadata } from '../shared/protocol';
+import { Authority } from './authority';
 import { Batcher } from './batcher';
 import { systemClock, sleep, type Clock } from './clock';
 import { loadConfig, maskedConfig, type DaemonConfig } from './config';
@@ -22,7 +23,7 @@ import type { CommittedEvent, Store } from './store/store';
 import { Sweeper } from './sweeper';
 import { WaitQueue } from './waiters';
 
-export const SERVICE_NAME = 'lockmgr';
+export { SERVICE_NAME };
 export const SERVICE_VERSION: string = (() => {
   // dist/daemon/ in a build, daemon/ in the sources: the package's own package.json either way.
   for (const path of ['../../package.json', '../package.json']) {
@@ -44,6 +45,13 @@ export interface LockDaemonOptions {
   clock?: Clock;
 }
 
+/** How long the check for other authorities waits for daemons to answer (ms). */
+const AUTHORITY_WAIT_MS = 500;
+/** nats-server's default max_payload, when the server does not say. */
+const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
+/** Room a reply leaves in a message for the headers of an error reply. */
+const REPLY_HEADROOM = 1024;
+
 /** Event types after which a waiter of the name may find it free. */
 const RELEASE_TYPES: ReadonlySet<EventType> = new Set(['released', 'expired', 'reset']);
 
@@ -60,6 +68,7 @@ export class LockDaemon {
   private relay?: RunningRelay;
   private lockService?: LockService;
   private sweeper?: Sweeper;
+  private authority?: Authority;
   private natsStatus?: { stop?: () => void };
   /** Per waited-for name: a subscription to its events, so releases by other daemons wake us. */
   private readonly wakeSubs = new Map<string, Subscription>();
@@ -113,16 +122,23 @@ export class LockDaemon {
       poolSize: c.dbPoolSize,
       sqliteSynchronous: c.sqliteSynchronous as 'FULL' | 'NORMAL',
       sqliteCheckpointInterval: c.sqliteCheckpointInterval,
+      sqliteWalLimit: c.sqliteWalLimit,
+      lockTimeoutMs: c.dbLockTimeout * 1000,
+      statementTimeoutMs: c.dbStatementTimeout * 1000,
+      idleInTransactionTimeoutMs: c.dbIdleInTransactionTimeout * 1000,
       clock: this.clock,
     });
     this.db = store;
+    // Before anything else touches it: a SQLite file refuses a second daemon here.
+    await store.claim();
     if (c.migrate) {
       const applied = await store.migrate();
       this.logger.info(applied.length ? `applied migrations: ${applied.join(', ')}` : 'schema is up to date', { store: store.describe() });
     }
-    this.logger.info('store ready', { store: store.describe(), dialect: store.kind });
+    const storeId = await store.identity();
+    this.logger.info('store ready', { store: store.describe(), dialect: store.kind, storeId });
 
-    const batcher = new Batcher(store, { maxBatch: c.maxBatch, onCommit: (events) => this.committed(events) });
+    const batcher = new Batcher(store, { maxBatch: c.maxBatch, onCommit: (events) => this.committed(events), clock: this.clock });
 
     if (this.options.nc) {
       this.nc = this.options.nc;
@@ -132,6 +148,20 @@ export class LockDaemon {
     }
     const nc = this.nc;
     this.watchNats(nc);
+
+    const metadata: DaemonMetadata = {
+      prefix: c.prefix,
+      store: store.kind,
+      store_id: storeId,
+      writers: store.soleWriter ? 'one' : 'many',
+      daemon: this.id,
+    };
+    const authority = new Authority(nc, metadata, this.logger, this.clock, {
+      intervalMs: c.authorityCheckInterval * 1000,
+      waitMs: AUTHORITY_WAIT_MS,
+    });
+    this.authority = authority;
+    await authority.ensureAlone();
 
     this.relay = await startEventRelay(
       store,
@@ -149,14 +179,19 @@ export class LockDaemon {
       this.clock,
     );
 
-    const lockService = new LockService(lockHandlers(batcher, this.waiters, this.clock), this.logger);
+    const handlers = lockHandlers(batcher, this.waiters, this.clock, {
+      requestWindowMs: c.requestWindow * 1000,
+      // What a reply may take: the server's max_payload, less room for headers.
+      maxReplyBytes: () => (nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD) - REPLY_HEADROOM,
+    });
+    const lockService = new LockService(handlers, this.logger, () => authority.refusal());
     this.lockService = lockService;
     this.service = await nc.services.add({
       name: SERVICE_NAME,
       version: SERVICE_VERSION,
       description: 'lock coordinator: django-lockmgr semantics over NATS request/reply',
       queue: SERVICE_NAME,
-      metadata: { prefix: c.prefix, store: store.kind, daemon: this.id },
+      metadata: { ...metadata },
     });
     for (const endpoint of ENDPOINTS) {
       this.service.addEndpoint(endpoint, {
@@ -175,6 +210,7 @@ export class LockDaemon {
     await nc.flush();
     this.logger.info('serving', { subjects: ENDPOINTS.map((e) => requestSubject(c.prefix, e)), queue: SERVICE_NAME });
 
+    if (c.authorityCheckInterval > 0) authority.start();
     this.sweeper = new Sweeper(batcher, c.sweepInterval * 1000, this.logger, this.clock);
     this.sweeper.start();
     this.logger.info('ready');
@@ -253,6 +289,7 @@ export class LockDaemon {
     const remaining = () => Math.max(0, deadline - Date.now());
     const within = <T>(p: Promise<T>) => Promise.race([p, new Promise<void>((r) => setTimeout(r, remaining()).unref())]);
     this.logger.info('stopping: no new requests; finishing those in flight', { inFlight: this.lockService?.inFlight ?? 0 });
+    this.authority?.stop();
     const sweeping = this.sweeper?.stop();
     if (this.service)
       await within(

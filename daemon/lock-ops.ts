@@ -47,14 +47,13 @@ export async function acquire(
   who: Requester,
   operation: string,
 ): Promise<AcquireResult> {
-  const until = expiresMs === null ? null : tx.now + expiresMs;
   for (let attempt = 0; attempt < SETTLE_ATTEMPTS; attempt++) {
-    let granted = await tx.insertLock(name, until, who);
+    let granted = await tx.insertLock(name, expiresMs, who);
     if (!granted) {
       const expired = await tx.deleteIfExpired(name);
       if (expired) {
         tx.emit('expired', toLockRecord(expired), causeOf(who, operation));
-        granted = await tx.insertLock(name, until, who);
+        granted = await tx.insertLock(name, expiresMs, who);
       }
     }
     if (granted) {
@@ -80,13 +79,39 @@ function notOwner(name: string, live: LockRow, token: number): LockRuleError {
   );
 }
 
-function renewal(expiresMs: number | null, addTime: boolean, now: number): Renewal {
+function renewal(expiresMs: number | null, addTime: boolean): Renewal {
   if (expiresMs === null) return { kind: 'forever' };
-  return addTime ? { kind: 'add', ms: expiresMs } : { kind: 'extend', until: now + expiresMs };
+  return addTime ? { kind: 'add', ms: expiresMs } : { kind: 'extend', ms: expiresMs };
 }
 
-/** django-lockmgr's set_lock: create and/or renew several locks. */
-export async function setLocks(tx: LockTx, req: NormalizedSet, who: Requester): Promise<LockSetResultRecord> {
+/** Bytes of `{"ok":true,"result":…}` around a result. */
+const REPLY_ENVELOPE = 24;
+
+/** The JSON size of `value` in bytes. */
+function jsonBytes(value: unknown): number {
+  return Buffer.byteLength(JSON.stringify(value));
+}
+
+/**
+ * The most a set's reply can take per name: the name twice (lock and status), up to 3 bytes a
+ * UTF-16 unit; locked_by, up to 6 bytes a unit (escaped control characters); the other fields.
+ */
+const SET_REPLY_BYTES_PER_NAME = 2 * 3 * 255 + 6 * 255 + 300;
+
+function tooLarge(what: string, bytes: number, max: number): LockRuleError {
+  return new LockRuleError(
+    ErrorCode.REPLY_TOO_LARGE,
+    `the reply to ${what} would be ${bytes} bytes, more than the ${max} a NATS message may carry here: nothing was done; send fewer names (or shorter locked_by)`,
+  );
+}
+
+/**
+ * django-lockmgr's set_lock: create and/or renew several locks. A reply that would not fit in
+ * `maxReplyBytes` is refused (REPLY_TOO_LARGE) with everything undone.
+ */
+export async function setLocks(tx: LockTx, req: NormalizedSet, who: Requester, maxReplyBytes = Infinity): Promise<LockSetResultRecord> {
+  // Only a request that might not fit is measured, inside a savepoint so that a refusal undoes it.
+  const mightNotFit = req.names.length * SET_REPLY_BYTES_PER_NAME + REPLY_ENVELOPE > maxReplyBytes;
   const body = async (): Promise<LockSetResultRecord> => {
     const counts = { created: 0, renewed: 0, skip_create: 0, skip_renew: 0 };
     const slots: { lock?: LockRecord; status: LockSetStatus }[] = [];
@@ -129,7 +154,7 @@ export async function setLocks(tx: LockTx, req: NormalizedSet, who: Requester): 
         slots[i] = { lock: toLockRecord(held), status: { was_locked: true, status: 'skip', locked: true } };
         continue;
       }
-      const renewed = await tx.renew(name, renewal(req.expiresMs, false, tx.now), null);
+      const renewed = await tx.renew(name, renewal(req.expiresMs, false), null);
       // Released by another daemon between our read and our update: run the transaction again
       // rather than report (and record) a renewal that did not happen.
       if (!renewed) throw new ConcurrentChange(`lock '${name}' changed during set`);
@@ -147,15 +172,19 @@ export async function setLocks(tx: LockTx, req: NormalizedSet, who: Requester): 
       if (slot.lock) result.locks.push(slot.lock);
       result.statuses.push([name, slot.status]);
     });
+    if (mightNotFit) {
+      const bytes = jsonBytes(result) + REPLY_ENVELOPE;
+      if (bytes > maxReplyBytes) throw tooLarge(`a set of ${req.names.length} names`, bytes, maxReplyBytes);
+    }
     return result;
   };
   // fail=true is all or nothing: a LockFail undoes every lock this request created or renewed.
-  return req.fail ? tx.atomically(body) : body();
+  return req.fail || mightNotFit ? tx.atomically(body) : body();
 }
 
 export async function renewLock(tx: LockTx, req: NormalizedRenew, who: Requester): Promise<LockRow> {
   for (let attempt = 0; attempt < SETTLE_ATTEMPTS; attempt++) {
-    const renewed = await tx.renew(req.name, renewal(req.expiresMs, req.addTime, tx.now), req.token);
+    const renewed = await tx.renew(req.name, renewal(req.expiresMs, req.addTime), req.token);
     if (renewed) {
       tx.emit('renewed', toLockRecord(renewed), causeOf(who, 'renew'));
       return renewed;
@@ -189,9 +218,21 @@ export async function unlock(tx: LockTx, req: NormalizedUnlock, who: Requester):
   return !expired;
 }
 
-export async function listLocks(tx: LockTx, req: NormalizedList): Promise<ListResult> {
+/**
+ * One page of live locks: at most `req.limit`, and no more than fit in `maxReplyBytes` (the page
+ * then ends early, with `next` to go on from).
+ */
+export async function listLocks(tx: LockTx, req: NormalizedList, maxReplyBytes = Infinity): Promise<ListResult> {
   const rows = await tx.listLive({ prefix: req.prefix, after: req.after, limit: req.limit + 1 });
-  const locks = rows.slice(0, req.limit).map(toLockRecord);
+  const locks: LockRecord[] = [];
+  // `{"locks":[…],"next":"<name>"}` around the records, a name being at most 255 × 3 bytes.
+  let bytes = REPLY_ENVELOPE + 40 + 3 * 255;
+  for (const row of rows.slice(0, req.limit)) {
+    const record = toLockRecord(row);
+    bytes += jsonBytes(record) + 1;
+    if (bytes > maxReplyBytes && locks.length > 0) return { locks, next: locks[locks.length - 1]!.name };
+    locks.push(record);
+  }
   return rows.length > req.limit ? { locks, next: locks[locks.length - 1]!.name } : { locks };
 }
 
@@ -222,14 +263,14 @@ function firstName(names: readonly string[]): string | undefined {
 }
 
 export const ops = {
-  set(req: NormalizedSet, who: Requester): Operation<LockSetResultRecord> {
+  set(req: NormalizedSet, who: Requester, maxReplyBytes?: number): Operation<LockSetResultRecord> {
     const key = firstName(req.names);
     // One name, created if free, no all-or-nothing savepoint: it starts with the lock insert.
     const single = req.names.length === 1 && req.create && !req.fail;
     return {
       key,
       first: single ? { kind: 'insert', name: key!, expiresMs: req.expiresMs, who } : undefined,
-      run: (tx) => setLocks(tx, req, who),
+      run: (tx) => setLocks(tx, req, who, maxReplyBytes),
     };
   },
   get(req: NormalizedGet, who: Requester): Operation<AcquireResult> {
@@ -248,13 +289,31 @@ export const ops = {
   isLocked(name: string): Operation<LockRow | null> {
     return { run: (tx) => tx.selectLive(name) };
   },
-  list(req: NormalizedList): Operation<ListResult> {
-    return { run: (tx) => listLocks(tx, req) };
+  list(req: NormalizedList, maxReplyBytes?: number): Operation<ListResult> {
+    return { run: (tx) => listLocks(tx, req, maxReplyBytes) };
   },
   deleteExpired(limit: number, who: Requester, operation: string): Operation<LockRow[]> {
     return { run: (tx) => deleteExpired(tx, limit, who, operation) };
   },
+  deleteExpiredOutcomes(limit: number): Operation<number> {
+    return { run: (tx) => tx.deleteExpiredOutcomes(limit) };
+  },
   reset(who: Requester): Operation<LockRow[]> {
     return { run: (tx) => resetLocks(tx, who) };
+  },
+  /**
+   * Undo grants whose reply would come too late: release each (if that grant still holds its
+   * name; event cause `withdraw`) and forget the request's recorded outcome.
+   */
+  withdraw(grants: readonly LockRow[], requestId: string | null, who: Requester): Operation<void> {
+    return {
+      run: async (tx) => {
+        for (const g of grants) {
+          const row = await tx.deleteLock(g.name, g.token);
+          if (row) tx.emit('released', toLockRecord(row), causeOf(who, 'withdraw'));
+        }
+        if (requestId !== null) await tx.forget(requestId);
+      },
+    };
   },
 };

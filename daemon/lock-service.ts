@@ -19,7 +19,7 @@ import { requestChannel } from './diagnostics';
 import { requesterOf, type Handlers } from './handlers';
 import { LockRuleError } from './lock-ops';
 import type { Logger } from './logger';
-import { StoreUnavailable } from './store/store';
+import { CommitInDoubt, RowBusy, StoreUnavailable } from './store/store';
 
 /** What the handlers reply through: a minimal view of a NATS service message. */
 export interface Responder {
@@ -43,6 +43,8 @@ export class LockService {
   constructor(
     private readonly handlers: Handlers,
     private readonly logger: Logger,
+    /** Why this daemon must not serve right now (another authority on the prefix), or null. */
+    private readonly refusal: () => WireError | null = () => null,
   ) {}
 
   /** Requests being handled right now. */
@@ -75,6 +77,8 @@ export class LockService {
 
   /** `tag` names the request in the diagnostics. */
   private async process<E extends Endpoint>(endpoint: E, msg: Responder, tag: object): Promise<void> {
+    const refused = this.refusal();
+    if (refused) return this.fail(msg, refused);
     if (msg.data.length > MAX_PAYLOAD_BYTES) {
       const problem = `is ${msg.data.length} bytes; the limit is ${MAX_PAYLOAD_BYTES}`;
       return this.fail(msg, {
@@ -115,12 +119,24 @@ export class LockService {
         if (err.lock) error.lock = err.lock;
         return this.fail(msg, error);
       }
+      if (err instanceof CommitInDoubt) {
+        this.logger.error(`commit in doubt: ${err.message}`);
+        return this.fail(msg, {
+          code: ErrorCode.OUTCOME_UNKNOWN,
+          message: `the lock database stopped answering while committing: send the request again with the same request_id to learn whether it was done (${err.message})`,
+        });
+      }
       if (err instanceof StoreUnavailable) {
         this.logger.error(`store unavailable: ${err.message}`);
         return this.fail(msg, {
           code: ErrorCode.STORE_UNAVAILABLE,
           message: `the lock database is unavailable, try again: ${err.message}`,
         });
+      }
+      if (err instanceof RowBusy) {
+        // Acquiring a name whose row another session holds: as good as held. Anything else: retry.
+        const code = endpoint === 'get' || endpoint === 'set' ? ErrorCode.LOCKED : ErrorCode.STORE_UNAVAILABLE;
+        return this.fail(msg, { code, message: `${err.message}; try again` });
       }
       this.logger.error(`${endpoint} failed: ${(err as Error).stack ?? String(err)}`);
       return this.fail(msg, { code: ErrorCode.INTERNAL, message: `internal error: ${(err as Error).message}` });

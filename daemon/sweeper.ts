@@ -1,6 +1,7 @@
 /**
  * The sweeper: every `intervalMs` it removes the expired locks, a page per transaction, recording
- * an `expired` event for each, so expiries are published without anyone calling.
+ * an `expired` event for each, so expiries are published without anyone calling; and the recorded
+ * request outcomes kept past their time.
  */
 import { hostname } from 'node:os';
 import type { Batcher } from './batcher';
@@ -11,6 +12,8 @@ import type { Requester } from './store/store';
 
 /** After each full page of expired locks, the sweeper pauses this fraction of the page's time. */
 const SWEEP_PAUSE = 1;
+/** Outcomes removed per transaction: small rows, no events. */
+const OUTCOMES_PAGE = 2000;
 
 export class Sweeper {
   private cancelTimer?: Cancel;
@@ -43,8 +46,19 @@ export class Sweeper {
     });
   }
 
-  /** Remove every expired lock, a page at a time. */
+  /** Remove every expired lock, a page at a time, then the outcomes kept past their time. */
   private async sweep(): Promise<void> {
+    await this.sweepLocks();
+    try {
+      for (let page = 0; page < 10 && !this.stopped; page++) {
+        if ((await this.batcher.run(ops.deleteExpiredOutcomes(OUTCOMES_PAGE))) < OUTCOMES_PAGE) return;
+      }
+    } catch (err) {
+      this.logger.warn(`sweep of request outcomes failed, will retry: ${(err as Error).message}`);
+    }
+  }
+
+  private async sweepLocks(): Promise<void> {
     try {
       for (;;) {
         const started = performance.now();

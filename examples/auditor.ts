@@ -13,7 +13,7 @@
  *   renewed   the name was held, by that token; the lock is replaced by the event's
  *   released, expired, reset   the name was held, by that token; it is free afterwards
  */
-import { LockClient, type LockEvent, type LockRecord } from '../client';
+import { LockClient, type LockEvent, type LockRecord } from '../client/index';
 
 const FIELDS = ['locked_by', 'lock_process', 'locked_until', 'created_at', 'updated_at', 'token'] as const;
 

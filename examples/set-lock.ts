@@ -2,7 +2,7 @@
  * The set_lock example from django-lockmgr's documentation, through lockmgr.
  * Run a daemon first (`npm start`), then `npm run example`.
  */
-import { LockClient } from '../client';
+import { LockClient } from '../client/index';
 
 async function main(): Promise<void> {
   const client = await LockClient.connect({ servers: process.env.LOCKMGR_NATS_URL ?? 'nats://127.0.0.1:4222' });

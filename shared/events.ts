@@ -39,8 +39,9 @@ export interface LockEvent {
   /** The daemon instance that made the change. */
   daemon: string;
   /**
-   * When the change was made (ISO 8601 UTC): its transaction's clock, the database's on
-   * PostgreSQL; the same instant a created or renewed lock carries in `created_at`/`updated_at`.
+   * When the change was made (ISO 8601 UTC): for `created` and `renewed`, the moment of the grant
+   * or renewal, which the lock carries as its `created_at`/`updated_at`; for the others, the
+   * clock of the transaction that made the change (the database's on PostgreSQL).
    */
   at: string;
 }

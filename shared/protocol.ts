@@ -28,6 +28,27 @@ export function requestSubject(prefix: string, endpoint: Endpoint): string {
   return `${prefix}.${endpoint}`;
 }
 
+/** The daemons' name in the NATS services framework (`$SRV.PING.lockmgr`, `nats micro ls`), and their queue group. */
+export const SERVICE_NAME = 'lockmgr';
+
+/** Where every daemon answers the services framework's ping, with its metadata. */
+export function servicePingSubject(): string {
+  return `$SRV.PING.${SERVICE_NAME}`;
+}
+
+/** What a daemon says of itself in its service metadata. */
+export interface DaemonMetadata {
+  prefix: string;
+  /** `sqlite`, `postgres`. */
+  store: string;
+  /** The store's identity (drawn when its schema was first applied). */
+  store_id: string;
+  /** `one`: the store has one daemon (SQLite); `many`: daemons sharing the store serve together. */
+  writers: 'one' | 'many';
+  /** The daemon instance. */
+  daemon: string;
+}
+
 /** Header a client may send to say who it is (`<server client id>@<host>:<pid>`); recorded in events. */
 export const CLIENT_HEADER = 'Lockmgr-Client';
 
@@ -72,7 +93,19 @@ export interface LockSetResultRecord {
 
 // ---- requests (what a client may send; optional fields take the documented defaults) ----
 
-export interface SetRequest {
+/**
+ * Fields of every request that changes something. A client that may send a request again (after
+ * a timeout, or finding no daemon) gives it an id: a repeat of an id whose first attempt changed
+ * something is answered with that attempt's result, never done twice.
+ */
+export interface MutationFields {
+  /** 1-64 letters, digits or `- _ . :`; unique per call (a random id). */
+  request_id?: string;
+  /** 1 on the first send, 2, 3... on re-sends of the same request id (informational: repeats are known by their id). */
+  attempt?: number;
+}
+
+export interface SetRequest extends MutationFields {
   locks: string[];
   timeout?: number | null;
   fail?: boolean;
@@ -81,7 +114,7 @@ export interface SetRequest {
   locked_by?: string | null;
   process_id?: number | null;
 }
-export interface GetRequest {
+export interface GetRequest extends MutationFields {
   name: string;
   expires?: number | null;
   locked_by?: string | null;
@@ -89,12 +122,12 @@ export interface GetRequest {
   /** Seconds to wait for a held lock to be released before answering LOCKED. */
   wait?: number | null;
 }
-export interface UnlockRequest {
+export interface UnlockRequest extends MutationFields {
   name: string;
   /** Release only this grant: a lock since granted to someone else is left alone (NOT_OWNER). */
   token?: number | null;
 }
-export interface RenewRequest {
+export interface RenewRequest extends MutationFields {
   name: string;
   expires?: number | null;
   add_time?: boolean;
@@ -112,8 +145,8 @@ export interface ListRequest {
   /** Cursor: list names strictly after this one (the previous page's `next`). */
   after?: string | null;
 }
-export type CleanRequest = Record<string, never>;
-export type ResetRequest = Record<string, never>;
+export type CleanRequest = MutationFields;
+export type ResetRequest = MutationFields;
 
 export interface UnlockResult {
   unlocked: boolean;
@@ -152,6 +185,15 @@ export const ErrorCode = {
   NOT_OWNER: 'NOT_OWNER',
   INVALID_REQUEST: 'INVALID_REQUEST',
   STORE_UNAVAILABLE: 'STORE_UNAVAILABLE',
+  /**
+   * The daemon lost the database while committing: the request may or may not have been done.
+   * Send it again with the same request id to learn which.
+   */
+  OUTCOME_UNKNOWN: 'OUTCOME_UNKNOWN',
+  /** The reply would be larger than the NATS server's max_payload; nothing was done. */
+  REPLY_TOO_LARGE: 'REPLY_TOO_LARGE',
+  /** Another daemon serves this prefix from a different store: this one does not serve until it is gone. */
+  AUTHORITY_CONFLICT: 'AUTHORITY_CONFLICT',
   INTERNAL: 'INTERNAL',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
@@ -164,6 +206,9 @@ export const ERROR_STATUS: Record<ErrorCode, number> = {
   NOT_OWNER: 403,
   INVALID_REQUEST: 400,
   STORE_UNAVAILABLE: 503,
+  OUTCOME_UNKNOWN: 504,
+  REPLY_TOO_LARGE: 413,
+  AUTHORITY_CONFLICT: 503,
   INTERNAL: 500,
 };
 

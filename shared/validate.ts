@@ -26,6 +26,9 @@ export class RequestInvalid extends Error {
 }
 
 const NAME_TOKEN = /^[^\s*>.]+$/;
+export const MAX_REQUEST_ID_LENGTH = 64;
+const REQUEST_ID = new RegExp(`^[A-Za-z0-9_.:-]{1,${MAX_REQUEST_ID_LENGTH}}$`);
+
 // Control characters: PostgreSQL refuses NUL in text, and a name is also a NATS subject token.
 // eslint-disable-next-line no-control-regex -- matching control characters is the point
 const CONTROL = /[\u0000-\u001f\u007f]/;
@@ -42,7 +45,16 @@ export function lockNameProblem(name: unknown): string | null {
   return null;
 }
 
-export interface NormalizedSet {
+/**
+ * What every request that changes something carries: a request id, so that a re-sent request is
+ * never done twice (the daemon answers a repeat with the first outcome), and which attempt this is.
+ */
+export interface Mutation {
+  requestId: string | null;
+  /** 1 for a first send; more for a re-send of the same request id. */
+  attempt: number;
+}
+export interface NormalizedSet extends Mutation {
   names: string[];
   expiresMs: number | null;
   fail: boolean;
@@ -51,18 +63,18 @@ export interface NormalizedSet {
   lockedBy: string | null;
   process: number | null;
 }
-export interface NormalizedGet {
+export interface NormalizedGet extends Mutation {
   name: string;
   expiresMs: number | null;
   lockedBy: string | null;
   process: number | null;
   waitMs: number;
 }
-export interface NormalizedUnlock {
+export interface NormalizedUnlock extends Mutation {
   name: string;
   token: number | null;
 }
-export interface NormalizedRenew {
+export interface NormalizedRenew extends Mutation {
   name: string;
   expiresMs: number | null;
   addTime: boolean;
@@ -83,8 +95,8 @@ export interface NormalizedRequests {
   renew: NormalizedRenew;
   is_locked: { name: string };
   list: NormalizedList;
-  clean: Record<string, never>;
-  reset: Record<string, never>;
+  clean: Mutation;
+  reset: Mutation;
 }
 
 /** Collects problems field by field so one reply can name all of them. */
@@ -153,6 +165,21 @@ class Reader {
     return n;
   }
 
+  /** `request_id` and `attempt`, on the requests that change something. */
+  mutation(): Mutation {
+    const id = this.body.request_id;
+    let requestId: string | null = null;
+    if (id !== undefined && id !== null) {
+      if (typeof id !== 'string' || !REQUEST_ID.test(id))
+        this.bad('request_id', `must be 1-${MAX_REQUEST_ID_LENGTH} letters, digits or - _ . :`);
+      else requestId = id;
+    }
+    const attempt = this.body.attempt ?? 1;
+    if (typeof attempt !== 'number' || !Number.isInteger(attempt) || attempt < 1)
+      return this.bad('attempt', 'must be an integer >= 1') ?? { requestId, attempt: 1 };
+    return { requestId, attempt };
+  }
+
   unknownFields(allowed: readonly string[]): void {
     for (const key of Object.keys(this.body)) {
       if (!allowed.includes(key)) this.bad(key, 'is not a field of this request');
@@ -160,15 +187,16 @@ class Reader {
   }
 }
 
+const MUTATION_FIELDS = ['request_id', 'attempt'];
 const FIELDS: Record<Endpoint, readonly string[]> = {
-  set: ['locks', 'timeout', 'fail', 'renew', 'create', 'locked_by', 'process_id'],
-  get: ['name', 'expires', 'locked_by', 'lock_process', 'wait'],
-  unlock: ['name', 'token'],
-  renew: ['name', 'expires', 'add_time', 'create', 'token', 'locked_by', 'lock_process'],
+  set: ['locks', 'timeout', 'fail', 'renew', 'create', 'locked_by', 'process_id', ...MUTATION_FIELDS],
+  get: ['name', 'expires', 'locked_by', 'lock_process', 'wait', ...MUTATION_FIELDS],
+  unlock: ['name', 'token', ...MUTATION_FIELDS],
+  renew: ['name', 'expires', 'add_time', 'create', 'token', 'locked_by', 'lock_process', ...MUTATION_FIELDS],
   is_locked: ['name'],
   list: ['prefix', 'limit', 'after'],
-  clean: [],
-  reset: [],
+  clean: [...MUTATION_FIELDS],
+  reset: [...MUTATION_FIELDS],
 };
 
 function readSet(r: Reader, body: Record<string, unknown>): NormalizedSet {
@@ -193,6 +221,7 @@ function readSet(r: Reader, body: Record<string, unknown>): NormalizedSet {
     create: r.bool('create', true),
     lockedBy: r.text('locked_by'),
     process: r.integer('process_id'),
+    ...r.mutation(),
   };
 }
 
@@ -207,6 +236,36 @@ function readList(r: Reader, body: Record<string, unknown>): NormalizedList {
   return { prefix: r.text('prefix'), limit, after: r.text('after') };
 }
 
+type Readers = { [E in Endpoint]: (r: Reader, body: Record<string, unknown>) => NormalizedRequests[E] };
+
+/** How each endpoint's request is read; every default is applied here. */
+const READERS: Readers = {
+  set: readSet,
+  get: (r) => ({
+    name: r.name('name'),
+    expiresMs: r.duration('expires', DEFAULT_EXPIRES),
+    lockedBy: r.text('locked_by'),
+    process: r.integer('lock_process'),
+    waitMs: r.wait('wait'),
+    ...r.mutation(),
+  }),
+  unlock: (r) => ({ name: r.name('name'), token: r.integer('token'), ...r.mutation() }),
+  renew: (r) => ({
+    name: r.name('name'),
+    expiresMs: r.duration('expires', DEFAULT_EXPIRES),
+    addTime: r.bool('add_time', false),
+    create: r.bool('create', false),
+    token: r.integer('token'),
+    lockedBy: r.text('locked_by'),
+    process: r.integer('lock_process'),
+    ...r.mutation(),
+  }),
+  is_locked: (r) => ({ name: r.name('name') }),
+  list: readList,
+  clean: (r) => r.mutation(),
+  reset: (r) => r.mutation(),
+};
+
 /** Validate and normalise one request body for `endpoint`. Throws RequestInvalid. */
 export function validateRequest<E extends Endpoint>(endpoint: E, body: unknown): NormalizedRequests[E] {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
@@ -215,43 +274,8 @@ export function validateRequest<E extends Endpoint>(endpoint: E, body: unknown):
   const fields = body as Record<string, unknown>;
   const r = new Reader(fields);
   r.unknownFields(FIELDS[endpoint]);
-  let out: NormalizedRequests[Endpoint];
-  switch (endpoint) {
-    case 'set':
-      out = readSet(r, fields);
-      break;
-    case 'get':
-      out = {
-        name: r.name('name'),
-        expiresMs: r.duration('expires', DEFAULT_EXPIRES),
-        lockedBy: r.text('locked_by'),
-        process: r.integer('lock_process'),
-        waitMs: r.wait('wait'),
-      };
-      break;
-    case 'unlock':
-      out = { name: r.name('name'), token: r.integer('token') };
-      break;
-    case 'renew':
-      out = {
-        name: r.name('name'),
-        expiresMs: r.duration('expires', DEFAULT_EXPIRES),
-        addTime: r.bool('add_time', false),
-        create: r.bool('create', false),
-        token: r.integer('token'),
-        lockedBy: r.text('locked_by'),
-        process: r.integer('lock_process'),
-      };
-      break;
-    case 'is_locked':
-      out = { name: r.name('name') };
-      break;
-    case 'list':
-      out = readList(r, fields);
-      break;
-    default:
-      out = {};
-  }
+  const read: Readers[E] = READERS[endpoint];
+  const out = read(r, fields);
   if (r.problems.length > 0) throw new RequestInvalid(r.problems);
-  return out as NormalizedRequests[E];
+  return out;
 }

@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from 'nats';
-import { LockClient } from '../../client';
+import { LockClient } from '../../client/index';
 import { round, type LatencySummary } from './stats';
 import type { CpuReport, RunResult, Watch } from './load';
 import { createPgDatabase, type PgDatabase } from './pg';

@@ -10,7 +10,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { NatsConnection, RequestOptions } from 'nats';
-import { LockClient } from '../../client';
+import { LockClient } from '../../client/index';
 import type { Bench, Store } from '../lib/context';
 import { closedLoop } from '../lib/load';
 import { register, sleep } from '../lib/procs';

@@ -14,10 +14,16 @@ export interface StoreOptions {
   daemonId: string;
   /** PostgreSQL: connections in the pool. */
   poolSize?: number;
+  /** PostgreSQL: how long a statement may wait for a row, run, or a session idle in a transaction (ms). */
+  lockTimeoutMs?: number;
+  statementTimeoutMs?: number;
+  idleInTransactionTimeoutMs?: number;
   /** SQLite: the `synchronous` pragma. */
   sqliteSynchronous?: 'FULL' | 'NORMAL';
   /** SQLite: ms between WAL checkpoints by a worker thread (0: SQLite's own, inside commits). */
   sqliteCheckpointInterval?: number;
+  /** SQLite: bound on the `-wal` file, in MiB. */
+  sqliteWalLimit?: number;
   clock?: Clock;
 }
 
@@ -26,12 +32,22 @@ export function isPostgresUrl(url: string): boolean {
 }
 
 export function openStore(options: StoreOptions): Store {
-  if (isPostgresUrl(options.url)) return new PostgresStore({ url: options.url, daemonId: options.daemonId, poolSize: options.poolSize });
+  if (isPostgresUrl(options.url)) {
+    return new PostgresStore({
+      url: options.url,
+      daemonId: options.daemonId,
+      poolSize: options.poolSize,
+      lockTimeoutMs: options.lockTimeoutMs,
+      statementTimeoutMs: options.statementTimeoutMs,
+      idleInTransactionTimeoutMs: options.idleInTransactionTimeoutMs,
+    });
+  }
   return new SqliteStore({
     file: options.url,
     daemonId: options.daemonId,
     synchronous: options.sqliteSynchronous,
     checkpointIntervalMs: options.sqliteCheckpointInterval,
+    walLimitMb: options.sqliteWalLimit,
     clock: options.clock,
   });
 }

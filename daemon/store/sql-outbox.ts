@@ -21,15 +21,6 @@ export const OUTBOX_SQL = {
   count: 'SELECT COUNT(*) AS n FROM lockmgr_outbox WHERE seq <= ?',
 } as const;
 
-/** Most rows in one multi-row outbox INSERT. */
-export const OUTBOX_INSERT_CHUNK = 500;
-
-/** `(?, ?, …), (?, ?, …)`: the VALUES of a multi-row INSERT of `rows` rows of `columns` values. */
-export function valuesList(rows: number, columns: number): string {
-  const one = `(${new Array<string>(columns).fill('?').join(', ')})`;
-  return new Array<string>(rows).fill(one).join(', ');
-}
-
 export function toOutboxEvent(row: Row): OutboxEvent {
   return {
     seq: Number(row.seq),

@@ -1,13 +1,22 @@
 /**
- * What the two SQL backends share: a connection shape, the lock statements both run as they are
- * (portable SQL, `?` placeholders), and the transaction class that runs them. Each backend adds
- * the statements only it has (the insert with its fencing token, the outbox, the batch first
- * pass) in its own `sql.ts`.
+ * What the two SQL backends share: a connection shape, the statements both run as they are
+ * (portable SQL, `?` placeholders: lock reads and deletes, list, recorded request outcomes), and
+ * the transaction class that runs them. Each backend adds the statements only it has (the insert
+ * with its fencing token, renewals on its clock, the outbox, the batch first pass) in its own
+ * `sql.ts`.
  */
 import type { EventCause, EventType } from '../../shared/events';
 import type { LockRecord } from '../../shared/protocol';
 import { statementTracer } from '../diagnostics';
-import type { LockRow, PendingEvent, Renewal, Requester, StoreTx } from './store';
+import {
+  DuplicateRequest,
+  type LockRow,
+  type PendingEvent,
+  type PendingOutcome,
+  type Renewal,
+  type Requester,
+  type StoreTx,
+} from './store';
 
 export type Row = Record<string, unknown>;
 
@@ -33,8 +42,7 @@ export function tracedConnection(conn: SqlConnection, trace: object | undefined)
 
 export const LOCK_COLUMNS = 'name, locked_by, lock_process, locked_until, created_at, updated_at, token';
 /** A lock that has not expired at the transaction's clock reading (one parameter: now). */
-const LIVE = '(locked_until IS NULL OR locked_until > ?)';
-const OWNED = 'AND token = ?';
+export const LIVE = '(locked_until IS NULL OR locked_until > ?)';
 
 /** The lock statements both backends run unchanged. Parameters are listed after each. */
 export const LOCK_SQL = {
@@ -42,34 +50,42 @@ export const LOCK_SQL = {
   deleteIfExpired: `DELETE FROM lockmgr_locks WHERE name = ? AND locked_until IS NOT NULL AND locked_until <= ? RETURNING ${LOCK_COLUMNS}`,
   /** (name, now) */
   selectLive: `SELECT ${LOCK_COLUMNS} FROM lockmgr_locks WHERE name = ? AND ${LIVE}`,
-  // Renewals never shorten a lock; a lock that never expires stays that way unless made so.
-  // Each has an "owned" twin that also requires the grant's token (one more parameter: token).
-  /** (now, name, now[, token]) */
-  renewForever: `UPDATE lockmgr_locks SET locked_until = NULL, updated_at = ? WHERE name = ? AND ${LIVE}`,
-  /** (ms, now, name, now[, token]) */
-  renewAdd: `UPDATE lockmgr_locks SET locked_until = CASE WHEN locked_until IS NULL THEN NULL ELSE locked_until + ? END, updated_at = ? WHERE name = ? AND ${LIVE}`,
-  /** (until, until, now, name, now[, token]) */
-  renewExtend: `UPDATE lockmgr_locks SET locked_until = CASE WHEN locked_until IS NULL OR locked_until >= ? THEN locked_until ELSE ? END, updated_at = ? WHERE name = ? AND ${LIVE}`,
   /** (name[, token]) */
   deleteLock: `DELETE FROM lockmgr_locks WHERE name = ?`,
-  // The expiry test is repeated outside the subquery: PostgreSQL re-checks only the outer
-  // condition on a row another transaction changed meanwhile, so without it a sweep would delete
-  // a lock renewed by another daemon while the sweep waited for that row.
-  /** (now, limit, now) */
-  deleteExpired: `DELETE FROM lockmgr_locks WHERE name IN (SELECT name FROM lockmgr_locks WHERE locked_until IS NOT NULL AND locked_until <= ? ORDER BY locked_until LIMIT ?) AND locked_until IS NOT NULL AND locked_until <= ? RETURNING ${LOCK_COLUMNS}`,
   deleteAll: `DELETE FROM lockmgr_locks RETURNING ${LOCK_COLUMNS}`,
 } as const;
 
-/** A statement with its "owned" (token-checked) form, both ending in RETURNING the row. */
-function returning(sql: string, owned: boolean): string {
-  return `${sql}${owned ? ` ${OWNED}` : ''} RETURNING ${LOCK_COLUMNS}`;
+/** A statement, and its "owned" twin that also requires the grant's token (one more parameter), both returning the row. */
+export function withOwnedTwin(sql: string): readonly [string, string] {
+  return [`${sql} RETURNING ${LOCK_COLUMNS}`, `${sql} AND token = ? RETURNING ${LOCK_COLUMNS}`];
 }
-const RENEW_SQL = {
-  forever: [returning(LOCK_SQL.renewForever, false), returning(LOCK_SQL.renewForever, true)],
-  add: [returning(LOCK_SQL.renewAdd, false), returning(LOCK_SQL.renewAdd, true)],
-  extend: [returning(LOCK_SQL.renewExtend, false), returning(LOCK_SQL.renewExtend, true)],
+const DELETE_SQL = withOwnedTwin(LOCK_SQL.deleteLock);
+
+/** Recorded outcomes of requests (`LockTx.remember`): statements both backends run unchanged. */
+export const OUTCOME_SQL = {
+  /** (id…, now) */
+  recall: (count: number) => `SELECT id, outcome FROM lockmgr_requests WHERE id IN (${placeholders(count)}) AND expires_at > ?`,
+  /** (id, outcome, expires_at)… : the ids that went in (an id already there does not) */
+  insert: (rows: number) =>
+    `INSERT INTO lockmgr_requests (id, outcome, expires_at) VALUES ${valueRows(rows, 3)} ON CONFLICT (id) DO NOTHING RETURNING id`,
+  /** (id) */
+  forget: 'DELETE FROM lockmgr_requests WHERE id = ?',
+  /** (now, limit) */
+  deleteExpired: 'DELETE FROM lockmgr_requests WHERE id IN (SELECT id FROM lockmgr_requests WHERE expires_at <= ? LIMIT ?) RETURNING id',
 } as const;
-const DELETE_SQL = [returning(LOCK_SQL.deleteLock, false), returning(LOCK_SQL.deleteLock, true)] as const;
+
+/** `?, ?, ?` */
+export function placeholders(count: number): string {
+  return new Array<string>(count).fill('?').join(', ');
+}
+
+/** `(?, ?, …), (?, ?, …)`: the VALUES of a multi-row INSERT of `rows` rows of `columns` values. */
+export function valueRows(rows: number, columns: number): string {
+  return new Array<string>(rows).fill(`(${placeholders(columns)})`).join(', ');
+}
+
+/** Most rows in one multi-row INSERT (outbox, outcomes). */
+export const INSERT_CHUNK = 500;
 
 /** `list`: live locks in name order, optionally after a name and under a prefix. */
 function listSql(after: boolean, prefix: boolean): string {
@@ -100,17 +116,30 @@ export function firstLockRow(rows: Row[]): LockRow | null {
   return row ? toLockRow(row) : null;
 }
 
-/** The lock statements of one SQL transaction; the backend supplies the insert. */
+/** What a backend gives the shared transaction class: its renewals, and its sweep of expired locks. */
+export interface BackendLockSql {
+  /** Each a pair (plain, owned); their parameters come from `renewParams`, then (name, now[, token]). */
+  renew: { forever: readonly [string, string]; add: readonly [string, string]; extend: readonly [string, string] };
+  /** (now, limit, now) */
+  deleteExpired: string;
+}
+
+/** The lock statements of one SQL transaction; the backend supplies the insert and the renewals' clock. */
 export abstract class SqlTx implements StoreTx {
   readonly events: PendingEvent[] = [];
+  readonly outcomes: PendingOutcome[] = [];
   private savepoints = 0;
 
   constructor(
     protected readonly conn: SqlConnection,
     readonly now: number,
+    private readonly sql: BackendLockSql,
   ) {}
 
-  abstract insertLock(name: string, lockedUntil: number | null, who: Requester): Promise<LockRow | null>;
+  abstract insertLock(name: string, expiresMs: number | null, who: Requester): Promise<LockRow | null>;
+
+  /** The parameters a renewal statement of `sql.renew` takes before (name, now[, token]). */
+  protected abstract renewParams(renewal: Renewal): unknown[];
 
   async deleteIfExpired(name: string): Promise<LockRow | null> {
     return firstLockRow(await this.conn.query(LOCK_SQL.deleteIfExpired, [name, this.now]));
@@ -121,13 +150,9 @@ export abstract class SqlTx implements StoreTx {
   }
 
   async renew(name: string, renewal: Renewal, token: number | null): Promise<LockRow | null> {
-    const owned = token === null ? 0 : 1;
+    const sql = this.sql.renew[renewal.kind][token === null ? 0 : 1];
     const tail = token === null ? [name, this.now] : [name, this.now, token];
-    let rows: Row[];
-    if (renewal.kind === 'forever') rows = await this.conn.query(RENEW_SQL.forever[owned], [this.now, ...tail]);
-    else if (renewal.kind === 'add') rows = await this.conn.query(RENEW_SQL.add[owned], [renewal.ms, this.now, ...tail]);
-    else rows = await this.conn.query(RENEW_SQL.extend[owned], [renewal.until, renewal.until, this.now, ...tail]);
-    return firstLockRow(rows);
+    return firstLockRow(await this.conn.query(sql, [...this.renewParams(renewal), ...tail]));
   }
 
   async deleteLock(name: string, token: number | null): Promise<LockRow | null> {
@@ -136,7 +161,7 @@ export abstract class SqlTx implements StoreTx {
   }
 
   async deleteExpired(limit: number): Promise<LockRow[]> {
-    return (await this.conn.query(LOCK_SQL.deleteExpired, [this.now, limit, this.now])).map(toLockRow);
+    return (await this.conn.query(this.sql.deleteExpired, [this.now, limit, this.now])).map(toLockRow);
   }
 
   async deleteAll(): Promise<LockRow[]> {
@@ -157,9 +182,32 @@ export abstract class SqlTx implements StoreTx {
     this.events.push({ type, lock, cause });
   }
 
+  async recall(ids: readonly string[]): Promise<Map<string, string>> {
+    const found = new Map<string, string>();
+    for (let i = 0; i < ids.length; i += INSERT_CHUNK) {
+      const chunk = ids.slice(i, i + INSERT_CHUNK);
+      for (const r of await this.conn.query(OUTCOME_SQL.recall(chunk.length), [...chunk, this.now]))
+        found.set(String(r.id), String(r.outcome));
+    }
+    return found;
+  }
+
+  remember(id: string, outcome: string, expiresAt: number): void {
+    this.outcomes.push({ id, outcome, expiresAt });
+  }
+
+  async forget(id: string): Promise<void> {
+    await this.conn.query(OUTCOME_SQL.forget, [id]);
+  }
+
+  async deleteExpiredOutcomes(limit: number): Promise<number> {
+    return (await this.conn.query(OUTCOME_SQL.deleteExpired, [this.now, limit])).length;
+  }
+
   async atomically<T>(fn: () => Promise<T>): Promise<T> {
     const name = `lm_sp${++this.savepoints}`;
     const eventsBefore = this.events.length;
+    const outcomesBefore = this.outcomes.length;
     await this.conn.exec(`SAVEPOINT ${name}`);
     try {
       const value = await fn();
@@ -168,7 +216,20 @@ export abstract class SqlTx implements StoreTx {
     } catch (err) {
       await this.conn.exec(`ROLLBACK TO SAVEPOINT ${name}; RELEASE SAVEPOINT ${name}`);
       this.events.length = eventsBefore;
+      this.outcomes.length = outcomesBefore;
       throw err;
     }
+  }
+}
+
+/** Insert a transaction's outcomes; an id recorded meanwhile fails it with DuplicateRequest. */
+export async function writeOutcomes(conn: SqlConnection, outcomes: readonly PendingOutcome[]): Promise<void> {
+  for (let i = 0; i < outcomes.length; i += INSERT_CHUNK) {
+    const chunk = outcomes.slice(i, i + INSERT_CHUNK);
+    const params: unknown[] = [];
+    for (const o of chunk) params.push(o.id, o.outcome, o.expiresAt);
+    const inserted = new Set((await conn.query(OUTCOME_SQL.insert(chunk.length), params)).map((r) => String(r.id)));
+    const taken = chunk.filter((o) => !inserted.has(o.id)).map((o) => o.id);
+    if (taken.length > 0) throw new DuplicateRequest(taken);
   }
 }

@@ -38,8 +38,8 @@ export type Renewal =
   | { kind: 'forever' }
   /** Add `ms` to the current expiry (a lock that never expires stays so). */
   | { kind: 'add'; ms: number }
-  /** Set the expiry to `until` unless it is already later (or never). */
-  | { kind: 'extend'; until: number };
+  /** Set the expiry to `ms` from the moment of the renewal unless it is already later (or never). */
+  | { kind: 'extend'; ms: number };
 
 /**
  * The first statement of an operation that a batch may run for all its operations at once
@@ -50,10 +50,17 @@ export type FirstStatement =
 
 /** The lock statements of one transaction. Each write is one conditional statement. */
 export interface LockTx {
-  /** The clock reading that decides expiry in this transaction (ms since the epoch). */
+  /**
+   * The clock reading that decides expiry in this transaction (ms since the epoch): read when it
+   * began, so a lock live then counts as live throughout. New expiries count from the moment of
+   * the statement that sets them instead (a grant's lifetime starts when it is decided).
+   */
   readonly now: number;
-  /** Insert `name` unless a row has it; returns the new row with its fencing token, or null. */
-  insertLock(name: string, lockedUntil: number | null, who: Requester): Promise<LockRow | null>;
+  /**
+   * Insert `name` unless a row has it, expiring `expiresMs` from now (null: never); returns the
+   * new row with its fencing token (`created_at` is the moment of the grant), or null.
+   */
+  insertLock(name: string, expiresMs: number | null, who: Requester): Promise<LockRow | null>;
   /** Delete `name` if its lock has expired by `now`; returns the deleted row. */
   deleteIfExpired(name: string): Promise<LockRow | null>;
   /** The live (unexpired) lock of `name`. */
@@ -70,6 +77,17 @@ export interface LockTx {
   listLive(query: { prefix: string | null; after: string | null; limit: number }): Promise<LockRow[]>;
   /** Record a change in this transaction's outbox. */
   emit(type: EventType, lock: LockRecord, cause: EventCause): void;
+  /** The outcomes (JSON) recorded under these request ids and not yet expired. */
+  recall(ids: readonly string[]): Promise<Map<string, string>>;
+  /**
+   * Record the outcome of request `id` with this transaction, kept until `expiresAt`. At commit,
+   * an id recorded meanwhile by another transaction fails this one with DuplicateRequest.
+   */
+  remember(id: string, outcome: string, expiresAt: number): void;
+  /** Drop the outcome recorded under `id` (its change was undone). */
+  forget(id: string): Promise<void>;
+  /** Delete up to `limit` outcomes kept past their time; returns how many. */
+  deleteExpiredOutcomes(limit: number): Promise<number>;
   /** Run `fn` so that, if it throws, none of its writes or events are kept (the rest are). */
   atomically<T>(fn: () => Promise<T>): Promise<T>;
 }
@@ -82,6 +100,13 @@ export interface StoreTx extends LockTx {
    * when the batch must run statement by statement (an insert met an existing row).
    */
   prefetch?(items: readonly FirstStatement[]): Promise<boolean>;
+}
+
+/** An outcome to record with a transaction (`LockTx.remember`). */
+export interface PendingOutcome {
+  id: string;
+  outcome: string;
+  expiresAt: number;
 }
 
 /** An event as the outbox holds it: lock and cause already serialised. */
@@ -110,8 +135,12 @@ export interface PendingEvent {
   cause: EventCause;
 }
 
-/** A transaction's events as it commits them: ids drawn, JSON built; `seq` is the store's to fill in. */
-export function toCommittedEvents(pending: readonly PendingEvent[], daemon: string, at: number): CommittedEvent[] {
+/**
+ * A transaction's events as it commits them: ids drawn, JSON built; `seq` is the store's to fill
+ * in. A grant or renewal happened at the lock's own `updated_at` (the moment of its statement);
+ * any other change at the transaction's clock, `now`.
+ */
+export function toCommittedEvents(pending: readonly PendingEvent[], daemon: string, now: number): CommittedEvent[] {
   return pending.map((e) => ({
     seq: 0,
     id: randomUUID(),
@@ -122,7 +151,7 @@ export function toCommittedEvents(pending: readonly PendingEvent[], daemon: stri
     lockJson: JSON.stringify(e.lock),
     causeJson: JSON.stringify(e.cause),
     daemon,
-    at,
+    at: e.type === 'created' || e.type === 'renewed' ? Date.parse(e.lock.updated_at) : now,
   }));
 }
 
@@ -171,6 +200,11 @@ export interface Store {
   readonly soleWriter: boolean;
   /** Where the locks live, safe to print (no password). */
   describe(): string;
+  /**
+   * Take what this daemon needs to serve from the store, for its lifetime: on SQLite an exclusive
+   * lock beside the file, so that no second daemon serves it. Throws StoreInUse if another has it.
+   */
+  claim(): Promise<void>;
   /** Apply pending schema migrations; returns the names applied. Safe to run from several daemons. */
   migrate(options?: MigrateOptions): Promise<string[]>;
   /**
@@ -180,6 +214,8 @@ export interface Store {
   transaction<T>(work: (tx: StoreTx) => Promise<T>, trace?: object): Promise<TransactionResult<T>>;
   /** Events waiting in the outbox with seq <= `upTo`. */
   countOutbox(upTo?: number): Promise<number>;
+  /** The store's identity: a random id written when its schema was first applied (after migrate). */
+  identity(): Promise<string>;
   /** The relay lease of this store (one per store). */
   relayLease(): RelayLease;
   close(): Promise<void>;
@@ -201,6 +237,44 @@ export class TransactionConflict extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'TransactionConflict';
+  }
+}
+
+/** Another daemon serves this store, which allows one (a SQLite file). */
+export class StoreInUse extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StoreInUse';
+  }
+}
+
+/**
+ * The database lost the connection while committing: the transaction may or may not have been
+ * committed. Its outcome is learnt by sending the request again with the same request id.
+ */
+export class CommitInDoubt extends StoreUnavailable {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'CommitInDoubt';
+  }
+}
+
+/** A request id was recorded by another transaction meanwhile: run again, answering it from the record. */
+export class DuplicateRequest extends TransactionConflict {
+  constructor(readonly ids: readonly string[]) {
+    super(`request ${ids.join(', ')} was recorded meanwhile`);
+    this.name = 'DuplicateRequest';
+  }
+}
+
+/**
+ * A row the statement needs is locked by another session for longer than the lock timeout (a
+ * transaction stuck or paused mid-way): the transaction was rolled back.
+ */
+export class RowBusy extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'RowBusy';
   }
 }
 

@@ -271,16 +271,17 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
       expect(human.stdout).toMatch(/^ok: 1 daemon\(s\) serve prefix/);
     });
 
-    it('no daemon on the prefix: one clear line naming what to do, exit 69 (also with --json)', async () => {
+    it('no daemon on the prefix: one clear line naming what to do, exit 69 (also with --json), once the timeout is spent', async () => {
+      // A command asks again until its timeout, in case a daemon is restarting: a short one here.
       for (const args of [['list-locks'], ['set-lock', 'x'], ['clear-lock', 'x'], ['reset-locks', '-f'], ['ping']]) {
-        const r = await runCli([...args, '--nats-url', stack.nats.url, '--prefix', 'nobody']);
+        const r = await runCli([...args, '--nats-url', stack.nats.url, '--prefix', 'nobody', '--timeout-ms', '500']);
         expect(r.code).toBe(69);
         expect(r.stdout).not.toContain('Finished');
         expect(r.stderr.trim().split('\n')).toHaveLength(1);
         expect(r.stderr).toContain('lockmgr: no lockmgr daemon answers on nobody.');
         expect(r.stderr).toContain('lockmgr daemon');
       }
-      const j = await runCli(['list-locks', '--json', '--nats-url', stack.nats.url, '--prefix', 'nobody']);
+      const j = await runCli(['list-locks', '--json', '--nats-url', stack.nats.url, '--prefix', 'nobody', '--timeout-ms', '500']);
       expect(j.code).toBe(69);
       expect(JSON.parse(j.stdout).error.code).toBe('NO_DAEMON');
     });

@@ -7,7 +7,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
-import { LockClient, Locked, NoDaemon } from '../../client';
+import { LockClient, Locked, NoDaemon } from '../../client/index';
 import { runCli, startCli, until } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/databases';
 import { startNatsOnPort } from '../helpers/events';

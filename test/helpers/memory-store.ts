@@ -9,12 +9,14 @@
  */
 import { systemClock, type Clock } from '../../daemon/clock';
 import {
+  DuplicateRequest,
   StoreUnavailable,
   toCommittedEvents,
   type FirstStatement,
   type LockRow,
   type OutboxEvent,
   type PendingEvent,
+  type PendingOutcome,
   type RelayLease,
   type Renewal,
   type Requester,
@@ -42,22 +44,25 @@ const expired = (row: LockRow | undefined, now: number): row is LockRow => !!row
 
 class MemoryTx implements StoreTx {
   readonly events: PendingEvent[] = [];
+  readonly outcomes: PendingOutcome[] = [];
   prefetch?: (items: readonly FirstStatement[]) => Promise<boolean>;
 
   constructor(
     /** This transaction's view: a copy of the committed map, replaced (never mutated in place) by atomically. */
     public locks: Map<string, LockRow>,
+    /** Recorded outcomes: a copy of the committed map, written at commit. */
+    public recorded: Map<string, PendingOutcome>,
     readonly now: number,
     private readonly nextToken: () => number,
   ) {}
 
-  async insertLock(name: string, lockedUntil: number | null, who: Requester): Promise<LockRow | null> {
+  async insertLock(name: string, expiresMs: number | null, who: Requester): Promise<LockRow | null> {
     if (this.locks.has(name)) return null; // any row, expired or not, like ON CONFLICT DO NOTHING
     const row: LockRow = {
       name,
       locked_by: who.lockedBy,
       lock_process: who.process,
-      locked_until: lockedUntil,
+      locked_until: expiresMs === null ? null : this.now + expiresMs,
       created_at: this.now,
       updated_at: this.now,
       token: this.nextToken(),
@@ -85,7 +90,7 @@ class MemoryTx implements StoreTx {
     let next: number | null;
     if (renewal.kind === 'forever') next = null;
     else if (renewal.kind === 'add') next = until === null ? null : until + renewal.ms;
-    else next = until === null || until >= renewal.until ? until : renewal.until;
+    else next = until === null || until >= this.now + renewal.ms ? until : this.now + renewal.ms;
     const renewed: LockRow = { ...row, locked_until: next, updated_at: this.now };
     this.locks.set(name, renewed);
     return { ...renewed };
@@ -125,15 +130,40 @@ class MemoryTx implements StoreTx {
     this.events.push({ type, lock, cause });
   }
 
+  async recall(ids: readonly string[]): Promise<Map<string, string>> {
+    const found = new Map<string, string>();
+    for (const id of ids) {
+      const o = this.recorded.get(id);
+      if (o && o.expiresAt > this.now) found.set(id, o.outcome);
+    }
+    return found;
+  }
+
+  remember(id: string, outcome: string, expiresAt: number): void {
+    this.outcomes.push({ id, outcome, expiresAt });
+  }
+
+  async forget(id: string): Promise<void> {
+    this.recorded.delete(id);
+  }
+
+  async deleteExpiredOutcomes(limit: number): Promise<number> {
+    const gone = [...this.recorded.values()].filter((o) => o.expiresAt <= this.now).slice(0, limit);
+    for (const o of gone) this.recorded.delete(o.id);
+    return gone.length;
+  }
+
   async atomically<T>(fn: () => Promise<T>): Promise<T> {
     const saved = this.locks;
     const eventsBefore = this.events.length;
+    const outcomesBefore = this.outcomes.length;
     this.locks = new Map(saved);
     try {
       return await fn();
     } catch (err) {
       this.locks = saved;
       this.events.length = eventsBefore;
+      this.outcomes.length = outcomesBefore;
       throw err;
     }
   }
@@ -208,6 +238,8 @@ export class MemoryStore implements Store {
   readonly concurrency = 1;
   readonly soleWriter: boolean;
   locks = new Map<string, LockRow>();
+  /** Recorded request outcomes, by id. */
+  outcomes = new Map<string, PendingOutcome>();
   /** Committed, undelivered events in seq order. */
   outbox: OutboxEvent[] = [];
   /** Transactions committed so far. */
@@ -238,6 +270,14 @@ export class MemoryStore implements Store {
     return [];
   }
 
+  async claim(): Promise<void> {
+    if (this.closed) throw new StoreUnavailable('the store has been closed');
+  }
+
+  async identity(): Promise<string> {
+    return 'memory';
+  }
+
   /** The next `times` transactions run their work, then fail with `err` instead of committing. */
   failNext(err: unknown, times = 1): void {
     for (let i = 0; i < times; i++) this.failures.push(err);
@@ -266,11 +306,15 @@ export class MemoryStore implements Store {
 
   private async transact<T>(work: (tx: StoreTx) => Promise<T>): Promise<TransactionResult<T>> {
     if (this.closed) throw new StoreUnavailable('the store has been closed');
-    const tx = new MemoryTx(new Map(this.locks), this.clock.now(), () => ++this.lastToken);
+    const tx = new MemoryTx(new Map(this.locks), new Map(this.outcomes), this.clock.now(), () => ++this.lastToken);
     if (this.prefetch) tx.prefetch = this.prefetch;
     const value = await work(tx);
     // An injected failure strikes at commit: the work ran, and nothing of it is kept.
     if (this.failures.length > 0) throw this.failures.shift();
+    const taken = tx.outcomes.filter((o) => this.outcomes.has(o.id)).map((o) => o.id);
+    if (taken.length > 0) throw new DuplicateRequest(taken);
+    for (const o of tx.outcomes) tx.recorded.set(o.id, o);
+    this.outcomes = tx.recorded;
     const events = toCommittedEvents(tx.events, this.daemonId, tx.now);
     for (const e of events) e.seq = ++this.lastSeq;
     this.locks = tx.locks;

@@ -4,7 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { LockClient } from '../../client';
+import { LockClient } from '../../client/index';
 import { LockDaemon } from '../../daemon/lock-daemon';
 import { createLogger } from '../../daemon/logger';
 import type { DaemonConfig } from '../../daemon/config';

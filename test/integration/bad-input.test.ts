@@ -5,7 +5,7 @@
  * which refuse a bad name before anything is sent.
  */
 import { connect, type Msg, type NatsConnection } from 'nats';
-import { InvalidRequest, LockClient } from '../../client';
+import { InvalidRequest, LockClient } from '../../client/index';
 import { MAX_NAMES_PER_SET, MAX_PAYLOAD_BYTES, MAX_SECONDS } from '../../shared/protocol';
 import { STORES } from '../helpers/databases';
 import { startStack, type Stack } from '../helpers/stack';

@@ -23,7 +23,7 @@ import {
   NotOwner,
   setLock as defaultSetLock,
   unlock as defaultUnlock,
-} from '../../client';
+} from '../../client/index';
 import { STORES } from '../helpers/databases';
 import { startStack, type Stack } from '../helpers/stack';
 

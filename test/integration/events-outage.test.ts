@@ -6,7 +6,7 @@
  */
 import { eventually } from '../helpers/cli';
 import { connect } from 'nats';
-import { Locked } from '../../client';
+import { Locked } from '../../client/index';
 import { eventPayload } from '../../daemon/relay/publisher';
 import { toOutboxEvent } from '../../daemon/store/sql-outbox';
 import { eventSubject } from '../../shared/events';
@@ -94,7 +94,8 @@ describe.each(STORES)('event delivery across NATS outages on %s', (store) => {
         else if (i % 3 === 1) await c.renewLock(lock, { expires: 2.2 });
       }),
     );
-    await Promise.all([0, 1].map((k) => clients[k]!.setLock(...bulk.slice(k * 750, (k + 1) * 750), { timeout: 1 })));
+    // 2 s: a grant sent with less than a quarter of its lifetime left would be withdrawn instead.
+    await Promise.all([0, 1].map((k) => clients[k]!.setLock(...bulk.slice(k * 750, (k + 1) * 750), { timeout: 2 })));
     await nats.stop('SIGKILL');
     const leftAtKill = await outboxCount(stack.db);
     if (process.env.LOCKMGR_TEST_REPORT) process.stdout.write(`${store}: ${leftAtKill} events in the outbox when nats-server was killed\n`);

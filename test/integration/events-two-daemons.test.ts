@@ -5,7 +5,7 @@
  * does not relay are delivered while the relaying one is idle; and when the relaying daemon
  * stops, the other takes the relay over.
  */
-import { Locked } from '../../client';
+import { Locked } from '../../client/index';
 import {
   compareWithOutbox,
   lifecycleProblems,

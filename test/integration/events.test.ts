@@ -6,7 +6,16 @@
  */
 import { hostname } from 'node:os';
 import { connect, type NatsConnection } from 'nats';
-import { Lock, Locked, LockFail, LockNotFound, NotOwner, type LockClient, type LockRecord, type ReceivedLockEvent } from '../../client';
+import {
+  Lock,
+  Locked,
+  LockFail,
+  LockNotFound,
+  NotOwner,
+  type LockClient,
+  type LockRecord,
+  type ReceivedLockEvent,
+} from '../../client/index';
 import { OPTIONS } from '../../daemon/config';
 import type { EventCause, EventType, LockEvent } from '../../shared/events';
 import { STORES } from '../helpers/databases';

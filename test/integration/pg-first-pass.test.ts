@@ -46,10 +46,12 @@ describe('postgres: first statements of a batch in one round trip', () => {
   });
 
   const set = async (name: string) => {
-    const r = await batcher.run(ops.get({ name, expiresMs: 60_000, lockedBy: who.lockedBy, process: who.process, waitMs: 0 }, who));
+    const r = await batcher.run(
+      ops.get({ name, expiresMs: 60_000, lockedBy: who.lockedBy, process: who.process, waitMs: 0, requestId: null, attempt: 1 }, who),
+    );
     return 'granted' in r ? { granted: r.granted.token } : { held: r.held.token };
   };
-  const release = (name: string, token: number | null = null) => batcher.run(ops.unlock({ name, token }, who));
+  const release = (name: string, token: number | null = null) => batcher.run(ops.unlock({ name, token, requestId: null, attempt: 1 }, who));
   const count = (pattern: RegExp) => statements.filter((s) => pattern.test(s)).length;
 
   it('grants and releases of a batch go in one statement, with the results and events of one by one', async () => {
@@ -58,7 +60,7 @@ describe('postgres: first statements of a batch in one round trip', () => {
     events = [];
     const [a, b, gone, missing] = await Promise.all([set('fp.a'), set('fp.b'), release('fp.held'), release('fp.never')]);
     expect(count(/lockmgr_first_pass/)).toBe(1);
-    expect(count(/lockmgr_insert_lock|DELETE FROM lockmgr_locks/)).toBe(0);
+    expect(count(/lockmgr_grant|DELETE FROM lockmgr_locks/)).toBe(0);
     expect(gone).toBe(true);
     expect(missing).toBe(false);
     const tokens = [(a as { granted: number }).granted, (b as { granted: number }).granted];
@@ -77,7 +79,7 @@ describe('postgres: first statements of a batch in one round trip', () => {
     events = [];
     const [busy, fresh] = await Promise.all([set('fp.busy'), set('fp.fresh')]);
     expect(count(/lockmgr_first_pass/)).toBe(1);
-    expect(count(/lockmgr_insert_lock/)).toBe(2); // each operation again, on its own
+    expect(count(/lockmgr_grant/)).toBe(2); // each operation again, on its own
     expect(busy).toEqual({ held: held.granted });
     const created = (fresh as { granted: number }).granted;
     expect(events.map((e) => `${e.type} ${e.lock.name} ${e.lock.token}`)).toEqual([`created fp.fresh ${created}`]);

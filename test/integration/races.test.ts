@@ -5,7 +5,7 @@
  * one in-process daemon, and on PostgreSQL with two daemon processes sharing the database and the
  * prefix (the queue group spreads the requests between them).
  */
-import { type LockClient, Locked, LockFail, type Lock, type LockSetResult } from '../../client';
+import { type LockClient, Locked, LockFail, type Lock, type LockSetResult } from '../../client/index';
 import { STORES } from '../helpers/databases';
 import { spawnDaemon, startStack, type DaemonProcess, type Stack } from '../helpers/stack';
 

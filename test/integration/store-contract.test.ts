@@ -12,7 +12,7 @@ import { dirname } from 'node:path';
 import { toLockRecord } from '../../daemon/lock-records';
 import { PostgresStore } from '../../daemon/store/postgres/postgres-store';
 import { SqliteStore } from '../../daemon/store/sqlite/sqlite-store';
-import type { LockRow, Store, StoreTx } from '../../daemon/store/store';
+import { DuplicateRequest, StoreInUse, type LockRow, type Store, type StoreTx } from '../../daemon/store/store';
 import type { EventCause } from '../../shared/events';
 import { createTestDatabase, type TestDatabase } from '../helpers/databases';
 import { MemoryStore } from '../helpers/memory-store';
@@ -67,8 +67,8 @@ describe.each(KINDS)('Store contract: %s', (kind) => {
 
   /** The value of one committed transaction. */
   const run = async <T>(work: (tx: StoreTx) => Promise<T>): Promise<T> => (await store.transaction(work)).value;
-  /** Insert `name` expiring `ms` after (or, negative, before) the transaction's clock; null: never. */
-  const grant = (name: string, ms: number | null) => run((tx) => tx.insertLock(name, ms === null ? null : tx.now + ms, who));
+  /** Insert `name` expiring `ms` after (or, negative, before) the moment of the insert; null: never. */
+  const grant = (name: string, ms: number | null) => run((tx) => tx.insertLock(name, ms, who));
 
   it('declares its capabilities', () => {
     expect(store.kind).toBe(kind);
@@ -79,16 +79,19 @@ describe.each(KINDS)('Store contract: %s', (kind) => {
   });
 
   it('insertLock returns the new row with a token, and null while a row (even an expired one) has the name', async () => {
-    const { row, now } = await run(async (tx) => ({ row: await tx.insertLock('a', tx.now + MINUTE, who), now: tx.now }));
+    const { row, now } = await run(async (tx) => ({ row: await tx.insertLock('a', MINUTE, who), now: tx.now }));
     expect(row).toEqual({
       name: 'a',
       locked_by: 'alice',
       lock_process: 42,
-      locked_until: now + MINUTE,
-      created_at: now,
-      updated_at: now,
+      locked_until: row!.created_at + MINUTE,
+      created_at: row!.created_at,
+      updated_at: row!.created_at,
       token: expect.any(Number),
     });
+    // The lifetime counts from the moment of the grant, at or after the transaction's clock.
+    expect(row!.created_at).toBeGreaterThanOrEqual(now);
+    expect(row!.created_at).toBeLessThan(now + 5000);
     expect(row!.token).toBeGreaterThan(0);
     expect(await grant('a', MINUTE)).toBeNull();
     // The insert does not take over an expired row: deleteIfExpired must go first.
@@ -117,9 +120,10 @@ describe.each(KINDS)('Store contract: %s', (kind) => {
 
   it('deleteIfExpired deletes only a lock expired by the transaction clock (locked_until <= now)', async () => {
     await run(async (tx) => {
-      await tx.insertLock('past', tx.now - 1, who);
-      await tx.insertLock('now', tx.now, who);
-      await tx.insertLock('future', tx.now + MINUTE, who);
+      await tx.insertLock('past', -1, who);
+      // Expires at the moment of its insert: expired for every later transaction's clock.
+      await tx.insertLock('now', 0, who);
+      await tx.insertLock('future', MINUTE, who);
       await tx.insertLock('never', null, who);
     });
     const result = await run(async (tx) => ({
@@ -141,11 +145,12 @@ describe.each(KINDS)('Store contract: %s', (kind) => {
   });
 
   it('selectLive returns live locks only', async () => {
+    const { fresh, never } = await run(async (tx) => {
+      await tx.insertLock('expired', -1, who);
+      await tx.insertLock('boundary', 0, who);
+      return { fresh: await tx.insertLock('fresh', MINUTE, who), never: await tx.insertLock('never', null, who) };
+    });
     const live = await run(async (tx) => {
-      await tx.insertLock('expired', tx.now - 1, who);
-      await tx.insertLock('boundary', tx.now, who);
-      const fresh = await tx.insertLock('fresh', tx.now + MINUTE, who);
-      const never = await tx.insertLock('never', null, who);
       return {
         fresh,
         never,
@@ -165,35 +170,44 @@ describe.each(KINDS)('Store contract: %s', (kind) => {
   });
 
   it('renew: forever, add and extend move the expiry, never shortening it', async () => {
-    const base = await run(async (tx) => {
+    const before = await run(async (tx) => {
+      const rows = new Map<string, LockRow>();
       for (const name of ['forever', 'add', 'addNever', 'extendLater', 'extendEarlier', 'extendNever'])
-        await tx.insertLock(name, name.endsWith('Never') ? null : tx.now + MINUTE, who);
-      await tx.insertLock('expired', tx.now - 1, who);
-      return tx.now;
+        rows.set(name, (await tx.insertLock(name, name.endsWith('Never') ? null : MINUTE, who))!);
+      await tx.insertLock('expired', -1, who);
+      return rows;
     });
+    const until = (name: string) => before.get(name)!.locked_until!;
     const r = await run(async (tx) => ({
       now: tx.now,
       forever: await tx.renew('forever', { kind: 'forever' }, null),
       add: await tx.renew('add', { kind: 'add', ms: 5000 }, null),
       addNever: await tx.renew('addNever', { kind: 'add', ms: 5000 }, null),
-      extendLater: await tx.renew('extendLater', { kind: 'extend', until: base + 2 * MINUTE }, null),
-      extendEarlier: await tx.renew('extendEarlier', { kind: 'extend', until: base + 1000 }, null),
-      extendNever: await tx.renew('extendNever', { kind: 'extend', until: base + 2 * MINUTE }, null),
+      extendLater: await tx.renew('extendLater', { kind: 'extend', ms: 2 * MINUTE }, null),
+      extendEarlier: await tx.renew('extendEarlier', { kind: 'extend', ms: 1000 }, null),
+      extendNever: await tx.renew('extendNever', { kind: 'extend', ms: 2 * MINUTE }, null),
       expired: await tx.renew('expired', { kind: 'forever' }, null),
       missing: await tx.renew('missing', { kind: 'forever' }, null),
     }));
     expect(r.forever?.locked_until).toBeNull();
-    expect(r.add?.locked_until).toBe(base + MINUTE + 5000);
+    expect(r.add?.locked_until).toBe(until('add') + 5000);
     expect(r.addNever?.locked_until).toBeNull();
-    expect(r.extendLater?.locked_until).toBe(base + 2 * MINUTE);
-    expect(r.extendEarlier?.locked_until).toBe(base + MINUTE);
+    // Extended to 2 minutes from the moment of the renewal (its updated_at).
+    expect(r.extendLater?.locked_until).toBeGreaterThanOrEqual(r.now + 2 * MINUTE);
+    expect(Math.abs(r.extendLater!.locked_until! - (r.extendLater!.updated_at + 2 * MINUTE))).toBeLessThanOrEqual(1);
+    expect(r.extendEarlier?.locked_until).toBe(until('extendEarlier'));
     expect(r.extendNever?.locked_until).toBeNull();
     // An expired lock is not renewed (a new grant is needed), nor a missing one.
     expect(r.expired).toBeNull();
     expect(r.missing).toBeNull();
-    for (const row of [r.forever, r.add, r.extendLater, r.extendEarlier]) {
-      expect(row?.updated_at).toBe(r.now);
-      expect(row?.created_at).toBe(base);
+    for (const [name, row] of Object.entries({
+      forever: r.forever,
+      add: r.add,
+      extendLater: r.extendLater,
+      extendEarlier: r.extendEarlier,
+    })) {
+      expect(row?.updated_at).toBeGreaterThanOrEqual(r.now);
+      expect(row?.created_at).toBe(before.get(name)!.created_at);
     }
     // Committed as returned.
     expect(await run((tx) => tx.selectLive('add'))).toEqual(r.add);
@@ -224,11 +238,11 @@ describe.each(KINDS)('Store contract: %s', (kind) => {
   it('deleteExpired(limit) deletes the soonest expired first, and only expired locks', async () => {
     await run(async (tx) => {
       // Inserted out of expiry order.
-      await tx.insertLock('e20', tx.now - 20_000, who);
-      await tx.insertLock('e40', tx.now - 40_000, who);
-      await tx.insertLock('e10', tx.now - 10_000, who);
-      await tx.insertLock('e30', tx.now - 30_000, who);
-      await tx.insertLock('live', tx.now + MINUTE, who);
+      await tx.insertLock('e20', -20_000, who);
+      await tx.insertLock('e40', -40_000, who);
+      await tx.insertLock('e10', -10_000, who);
+      await tx.insertLock('e30', -30_000, who);
+      await tx.insertLock('live', MINUTE, who);
       await tx.insertLock('never', null, who);
     });
     // Which rows go is fixed (the soonest expired); the order they come back in is not promised.
@@ -240,8 +254,8 @@ describe.each(KINDS)('Store contract: %s', (kind) => {
 
   it('deleteAll deletes every lock, expired or not, and returns them', async () => {
     await run(async (tx) => {
-      await tx.insertLock('x', tx.now - 1, who);
-      await tx.insertLock('y', tx.now + MINUTE, who);
+      await tx.insertLock('x', -1, who);
+      await tx.insertLock('y', MINUTE, who);
       await tx.insertLock('z', null, who);
     });
     expect(sorted(names(await run((tx) => tx.deleteAll())))).toEqual(['x', 'y', 'z']);
@@ -252,8 +266,8 @@ describe.each(KINDS)('Store contract: %s', (kind) => {
 
   it('listLive lists live locks in name (byte) order, by prefix, after a name, up to a limit', async () => {
     await run(async (tx) => {
-      for (const name of ['a/3', 'b/1', 'a/1', 'ab', 'a_x', 'B', 'a/2']) await tx.insertLock(name, tx.now + MINUTE, who);
-      await tx.insertLock('a/0-expired', tx.now - 1, who);
+      for (const name of ['a/3', 'b/1', 'a/1', 'ab', 'a_x', 'B', 'a/2']) await tx.insertLock(name, MINUTE, who);
+      await tx.insertLock('a/0-expired', -1, who);
     });
     const list = (prefix: string | null, after: string | null, limit: number) =>
       run(async (tx) => names(await tx.listLive({ prefix, after, limit })));
@@ -270,15 +284,15 @@ describe.each(KINDS)('Store contract: %s', (kind) => {
   it('listLive matches a prefix by characters, also outside the Basic Multilingual Plane', async () => {
     // '😀' is one character but two UTF-16 units: a prefix length counted in units misses it.
     await run(async (tx) => {
-      for (const name of ['😀.a', '😀.b', 'é.c', 'x']) await tx.insertLock(name, tx.now + MINUTE, who);
+      for (const name of ['😀.a', '😀.b', 'é.c', 'x']) await tx.insertLock(name, MINUTE, who);
     });
     expect(names(await run((tx) => tx.listLive({ prefix: '😀.', after: null, limit: 10 })))).toEqual(['😀.a', '😀.b']);
     expect(names(await run((tx) => tx.listLive({ prefix: 'é', after: null, limit: 10 })))).toEqual(['é.c']);
   });
 
-  it('emitted events are committed with growing seqs, their lock and cause as JSON, and the transaction time', async () => {
+  it('emitted events are committed with growing seqs, their lock and cause as JSON, and their time', async () => {
     const first = await store.transaction(async (tx) => {
-      const a = await tx.insertLock('a', tx.now + MINUTE, who);
+      const a = await tx.insertLock('a', MINUTE, who);
       tx.emit('created', toLockRecord(a!), cause);
       const b = await tx.insertLock('b', null, who);
       tx.emit('created', toLockRecord(b!), { ...cause, operation: 'other' });
@@ -302,7 +316,9 @@ describe.each(KINDS)('Store contract: %s', (kind) => {
     expect(JSON.parse(a!.lockJson)).toEqual(toLockRecord(first.value.a));
     expect(JSON.parse(b!.causeJson)).toEqual({ ...cause, operation: 'other' });
     expect(a!.cause).toEqual(cause);
-    expect(a!.at).toBe(first.value.now);
+    // A grant happened at the lock's own moment; other changes at their transaction's clock.
+    expect(a!.at).toBe(first.value.a.updated_at);
+    expect(a!.at).toBeGreaterThanOrEqual(first.value.now);
     expect(released!.at).toBe(second.value);
     expect(events.every((e) => e.daemon === DAEMON)).toBe(true);
     // The outbox holds them as committed.
@@ -440,5 +456,83 @@ describe.each(KINDS)('Store contract: %s', (kind) => {
     await lease.release();
     if (store.soleWriter) expect(lease.held).toBe(true);
     else expect(lease.held).toBe(false);
+  });
+
+  it('records request outcomes with their transaction: recalled by id, a second record of an id fails its transaction', async () => {
+    await run(async (tx) => tx.remember('req-1', '{"result":1}', tx.now + MINUTE));
+    expect(await run((tx) => tx.recall(['req-1', 'req-2']))).toEqual(new Map([['req-1', '{"result":1}']]));
+    // Recording an id already recorded (a concurrent run of the same request): nothing of it kept.
+    await expect(
+      store.transaction(async (tx) => {
+        await tx.insertLock('twice', null, who);
+        tx.remember('req-1', '{"result":2}', tx.now + MINUTE);
+      }),
+    ).rejects.toBeInstanceOf(DuplicateRequest);
+    expect(await run((tx) => tx.selectLive('twice'))).toBeNull();
+    expect(await run((tx) => tx.recall(['req-1']))).toEqual(new Map([['req-1', '{"result":1}']]));
+    // A record undone with atomically, or forgotten, is gone.
+    await run(async (tx) => {
+      await tx
+        .atomically(async () => {
+          tx.remember('req-3', '{}', tx.now + MINUTE);
+          throw new Error('undone');
+        })
+        .catch(() => undefined);
+      await tx.forget('req-1');
+    });
+    expect((await run((tx) => tx.recall(['req-1', 'req-3']))).size).toBe(0);
+  });
+
+  it('outcomes past their time are not recalled, and are deleted page by page', async () => {
+    await run(async (tx) => {
+      for (const id of ['old-1', 'old-2', 'old-3']) tx.remember(id, '{}', tx.now - 1);
+      tx.remember('kept', '{}', tx.now + MINUTE);
+    });
+    expect([...(await run((tx) => tx.recall(['old-1', 'kept']))).keys()]).toEqual(['kept']);
+    expect(await run((tx) => tx.deleteExpiredOutcomes(2))).toBe(2);
+    expect(await run((tx) => tx.deleteExpiredOutcomes(2))).toBe(1);
+    expect(await run((tx) => tx.deleteExpiredOutcomes(2))).toBe(0);
+    expect((await run((tx) => tx.recall(['kept']))).size).toBe(1);
+  });
+
+  it('has an identity, the same every time it is asked, and can be claimed by its daemon', async () => {
+    const id = await store.identity();
+    expect(id).toMatch(/^[0-9a-z-]+$/);
+    expect(await store.identity()).toBe(id);
+    await store.claim();
+    await store.claim(); // again by the same daemon: still its own
+  });
+});
+
+describe('SQLite: one daemon per file', () => {
+  it('a second store on the same file cannot claim it while the first holds it; once closed, it can', async () => {
+    const tdb = await createTestDatabase('sqlite');
+    const first = new SqliteStore({ file: tdb.url, daemonId: 'first', checkpointIntervalMs: 0 });
+    const second = new SqliteStore({ file: tdb.url, daemonId: 'second', checkpointIntervalMs: 0 });
+    try {
+      await first.claim();
+      const refused = await second.claim().catch((err: unknown) => err);
+      expect(refused).toBeInstanceOf(StoreInUse);
+      expect((refused as Error).message).toMatch(/another daemon serves .*locks\.sqlite \(daemon first\): one daemon per SQLite file/);
+      await first.close();
+      await second.claim();
+    } finally {
+      await first.close();
+      await second.close();
+      rmSync(dirname(tdb.url), { recursive: true, force: true });
+    }
+  });
+
+  it('two stores on different files each have an identity of their own', async () => {
+    const [a, b] = [await createTestDatabase('sqlite'), await createTestDatabase('sqlite')];
+    const stores = [a, b].map((t) => new SqliteStore({ file: t.url, daemonId: 'd', checkpointIntervalMs: 0 }));
+    try {
+      for (const s of stores) await s.migrate();
+      const ids = await Promise.all(stores.map((s) => s.identity()));
+      expect(ids[0]).not.toBe(ids[1]);
+    } finally {
+      for (const s of stores) await s.close();
+      for (const t of [a, b]) rmSync(dirname(t.url), { recursive: true, force: true });
+    }
   });
 });

@@ -31,7 +31,9 @@ describe('sweeper and renewal racing for one row on postgres', () => {
     const who: Requester = { lockedBy: 'racer', process: 1, client: null };
     const daemonA = new Batcher(a);
     const daemonB = new Batcher(b);
-    const granted = await daemonA.run(ops.get({ name: 'race.1', expiresMs: 400, lockedBy: 'racer', process: 1, waitMs: 0 }, who));
+    const granted = await daemonA.run(
+      ops.get({ name: 'race.1', expiresMs: 400, lockedBy: 'racer', process: 1, waitMs: 0, requestId: null, attempt: 1 }, who),
+    );
     expect('granted' in granted).toBe(true);
     const until = (granted as { granted: { locked_until: number } }).granted.locked_until;
 
@@ -44,7 +46,17 @@ describe('sweeper and renewal racing for one row on postgres', () => {
       run: async (tx) => {
         const row = await renewLock(
           tx,
-          { name: 'race.1', expiresMs: 60_000, addTime: false, create: false, token: null, lockedBy: 'racer', process: 1 },
+          {
+            name: 'race.1',
+            expiresMs: 60_000,
+            addTime: false,
+            create: false,
+            token: null,
+            lockedBy: 'racer',
+            process: 1,
+            requestId: null,
+            attempt: 1,
+          },
           who,
         );
         renewedUntil = row.locked_until!;

@@ -23,7 +23,15 @@ import { flushPromises } from '../helpers/manual-clock';
 import { MemoryStore, type MemoryStoreOptions } from '../helpers/memory-store';
 
 const who = { lockedBy: 'tester', process: 7, client: null };
-const getReq = (name: string): NormalizedGet => ({ name, expiresMs: 60_000, lockedBy: 'tester', process: 7, waitMs: 0 });
+const getReq = (name: string): NormalizedGet => ({
+  name,
+  expiresMs: 60_000,
+  lockedBy: 'tester',
+  process: 7,
+  waitMs: 0,
+  requestId: null,
+  attempt: 1,
+});
 
 /** Operations that record which transaction ran them, to see how the batcher grouped them. */
 class Recorder {
@@ -159,7 +167,7 @@ describe('Batcher', () => {
   it('a LockRuleError from the lock rules (NOT_OWNER: unlock with a wrong token) fails only that request', async () => {
     const granted = await batcher.run(ops.get(getReq('x'), who));
     if (!('granted' in granted)) throw new Error('expected a grant');
-    const wrong = outcome(batcher.run(ops.unlock({ name: 'x', token: granted.granted.token + 1 }, who)));
+    const wrong = outcome(batcher.run(ops.unlock({ name: 'x', token: granted.granted.token + 1, requestId: null, attempt: 1 }, who)));
     const other = outcome(batcher.run(ops.get(getReq('y'), who)));
     await flushPromises();
     expect(wrong.error).toBeInstanceOf(LockRuleError);
@@ -267,7 +275,7 @@ describe('Batcher', () => {
       expect(calls).toEqual([]); // a batch of one has nothing to share
       await Promise.all([
         batcher.run(ops.get(getReq('b'), who)),
-        batcher.run(ops.unlock({ name: 'seed', token: null }, who)),
+        batcher.run(ops.unlock({ name: 'seed', token: null, requestId: null, attempt: 1 }, who)),
         batcher.run(ops.get(getReq('a'), who)),
       ]);
       expect(calls).toHaveLength(1);
@@ -276,13 +284,26 @@ describe('Batcher', () => {
     });
 
     it('is not called when a name repeats in the batch', async () => {
-      await Promise.all([batcher.run(ops.get(getReq('a'), who)), batcher.run(ops.unlock({ name: 'a', token: null }, who))]);
+      await Promise.all([
+        batcher.run(ops.get(getReq('a'), who)),
+        batcher.run(ops.unlock({ name: 'a', token: null, requestId: null, attempt: 1 }, who)),
+      ]);
       expect(calls).toEqual([]);
     });
 
     it('is not called when one operation has no first statement', async () => {
       const renew = ops.renew(
-        { name: 'b', expiresMs: 1000, addTime: false, create: true, token: null, lockedBy: null, process: null },
+        {
+          name: 'b',
+          expiresMs: 1000,
+          addTime: false,
+          create: true,
+          token: null,
+          lockedBy: null,
+          process: null,
+          requestId: null,
+          attempt: 1,
+        },
         who,
       );
       expect(renew.first).toBeUndefined();
@@ -294,7 +315,7 @@ describe('Batcher', () => {
   it('onCommit receives the committed events, in seq order, and is not called for a commit without events', async () => {
     await Promise.all([batcher.run(ops.get(getReq('a'), who)), batcher.run(ops.get(getReq('b'), who))]);
     await batcher.run(ops.isLocked('a'));
-    await batcher.run(ops.unlock({ name: 'a', token: null }, who));
+    await batcher.run(ops.unlock({ name: 'a', token: null, requestId: null, attempt: 1 }, who));
     expect(committed.map((events) => events.map((e) => `${e.type} ${e.name}`))).toEqual([['created a', 'created b'], ['released a']]);
     const seqs = committed.flat().map((e) => e.seq);
     expect(seqs).toEqual([...seqs].sort((x, y) => x - y));
@@ -337,6 +358,12 @@ class GatedStore implements Store {
   }
   migrate(): Promise<string[]> {
     return this.inner.migrate();
+  }
+  claim(): Promise<void> {
+    return this.inner.claim();
+  }
+  identity(): Promise<string> {
+    return this.inner.identity();
   }
   countOutbox(upTo?: number): Promise<number> {
     return this.inner.countOutbox(upTo);

@@ -18,7 +18,7 @@ import {
   pythonTime,
   RequestTimeout,
   StoreUnavailable,
-} from '../../client';
+} from '../../client/index';
 import type { LockRecord, LockSetResultRecord, WireError } from '../../shared/protocol';
 
 const record = (over: Partial<LockRecord> = {}): LockRecord => ({

@@ -71,6 +71,9 @@ describe('lockNameProblem', () => {
 });
 
 describe('validateRequest', () => {
+  /** What a request carries when it is sent once, without a request id. */
+  const FIRST_SEND = { requestId: null, attempt: 1 };
+
   describe('defaults, as django-lockmgr documents them', () => {
     it('set: 600 s, fail=false, renew=true, create=true, no owner', () => {
       expect(validateRequest('set', { locks: ['a', 'b'] })).toEqual({
@@ -81,11 +84,19 @@ describe('validateRequest', () => {
         create: true,
         lockedBy: null,
         process: null,
+        ...FIRST_SEND,
       });
     });
 
     it('get: 600 s, no wait', () => {
-      expect(validateRequest('get', { name: 'a' })).toEqual({ name: 'a', expiresMs: 600_000, lockedBy: null, process: null, waitMs: 0 });
+      expect(validateRequest('get', { name: 'a' })).toEqual({
+        name: 'a',
+        expiresMs: 600_000,
+        lockedBy: null,
+        process: null,
+        waitMs: 0,
+        ...FIRST_SEND,
+      });
     });
 
     it('renew: 600 s, add_time=false, create=false, no token', () => {
@@ -97,15 +108,37 @@ describe('validateRequest', () => {
         token: null,
         lockedBy: null,
         process: null,
+        ...FIRST_SEND,
       });
     });
 
     it('unlock, is_locked, list, clean, reset', () => {
-      expect(validateRequest('unlock', { name: 'a' })).toEqual({ name: 'a', token: null });
+      expect(validateRequest('unlock', { name: 'a' })).toEqual({ name: 'a', token: null, ...FIRST_SEND });
       expect(validateRequest('is_locked', { name: 'a' })).toEqual({ name: 'a' });
       expect(validateRequest('list', {})).toEqual({ prefix: null, limit: DEFAULT_LIST_LIMIT, after: null });
-      expect(validateRequest('clean', {})).toEqual({});
-      expect(validateRequest('reset', {})).toEqual({});
+      expect(validateRequest('clean', {})).toEqual(FIRST_SEND);
+      expect(validateRequest('reset', {})).toEqual(FIRST_SEND);
+    });
+
+    it('request_id and attempt on the requests that change something; neither on reads', () => {
+      expect(validateRequest('get', { name: 'a', request_id: 'c1.r-7:x_y', attempt: 3 })).toMatchObject({
+        requestId: 'c1.r-7:x_y',
+        attempt: 3,
+      });
+      expect(validateRequest('reset', { request_id: 'r' })).toEqual({ requestId: 'r', attempt: 1 });
+      for (const [field, value] of [
+        ['request_id', ''],
+        ['request_id', 'has space'],
+        ['request_id', 'x'.repeat(65)],
+        ['request_id', 7],
+        ['attempt', 0],
+        ['attempt', 1.5],
+        ['attempt', '2'],
+      ] as const) {
+        expect(() => validateRequest('unlock', { name: 'a', [field]: value })).toThrow(RequestInvalid);
+      }
+      expect(() => validateRequest('is_locked', { name: 'a', request_id: 'r' })).toThrow(/request_id: is not a field of this request/);
+      expect(() => validateRequest('list', { attempt: 1 })).toThrow(/attempt: is not a field of this request/);
     });
 
     it('null for an optional field means its default', () => {

@@ -12,9 +12,11 @@ import { Client, Pool, type PoolClient } from 'pg';
 import { Sequelize } from 'sequelize';
 import { statementTracer } from '../../diagnostics';
 import { applyMigrations } from '../migrate';
-import { OUTBOX_INSERT_CHUNK, OUTBOX_SQL, toOutboxEvent } from '../sql-outbox';
-import { firstLockRow, SqlTx, tracedConnection, type Row, type SqlConnection } from '../sql-tx';
+import { OUTBOX_SQL, toOutboxEvent } from '../sql-outbox';
+import { firstLockRow, INSERT_CHUNK, SqlTx, tracedConnection, writeOutcomes, type Row, type SqlConnection } from '../sql-tx';
 import {
+  CommitInDoubt,
+  RowBusy,
   StoreUnavailable,
   toCommittedEvents,
   TransactionConflict,
@@ -24,13 +26,14 @@ import {
   type MigrateOptions,
   type OutboxEvent,
   type RelayLease,
+  type Renewal,
   type Requester,
   type Store,
   type StoreTx,
   type TransactionResult,
 } from '../store';
 import { POSTGRES_MIGRATIONS } from './migrations';
-import { MIGRATION_LOCK_KEY, POSTGRES_SQL, RELAY_LOCK_KEY } from './sql';
+import { MIGRATION_LOCK_KEY, POSTGRES_LOCK_SQL, POSTGRES_SQL, RELAY_LOCK_KEY } from './sql';
 
 export interface PostgresStoreOptions {
   /** `postgres://user:pass@host:port/db` */
@@ -39,10 +42,21 @@ export interface PostgresStoreOptions {
   daemonId: string;
   /** Connections in the pool; transactions at once are one fewer. */
   poolSize?: number;
+  /**
+   * ms a statement may wait for a row another session holds (PostgreSQL's lock_timeout); then
+   * the operation is RowBusy and its batch goes on without it. Default 250.
+   */
+  lockTimeoutMs?: number;
+  /** ms a statement may run, and the client waits for its answer, before the database counts as unavailable. Default 2000. */
+  statementTimeoutMs?: number;
+  /** ms a session may sit inside a transaction without a statement before the server ends it (a paused daemon). Default 5000. */
+  idleInTransactionTimeoutMs?: number;
 }
 
 /** How long opening a connection may take before the database counts as unavailable. */
 const CONNECT_TIMEOUT_MS = 5000;
+/** The client stops waiting for an answer this long after the server's own statement timeout. */
+const ANSWER_MARGIN_MS = 1000;
 
 const NET_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH']);
 
@@ -51,9 +65,11 @@ function isUnavailable(err: unknown): boolean {
   const e = err as { code?: unknown; message?: unknown } | null;
   if (!e || typeof e !== 'object') return false;
   const code = String(e.code ?? '');
-  // Classes 08 (connection), 53 (resources), 57 (operator intervention: shutdown).
-  if (NET_ERRORS.has(code) || /^(08|53|57)/.test(code)) return true;
-  return /Connection terminated|connection.*(closed|ended)|not queryable|Client has encountered a connection error|timeout exceeded when trying to connect/i.test(
+  // Classes 08 (connection), 53 (resources), 57 (operator intervention: shutdown; a statement
+  // timeout), and 25P03 (the server ended a session idle inside its transaction).
+  if (NET_ERRORS.has(code) || /^(08|53|57)/.test(code) || code === '25P03') return true;
+  // pg's own words for a connection lost, never opened in time, or silent past the answer timeout.
+  return /Connection terminated|connection.*(closed|ended)|not queryable|Client has encountered a connection error|timeout exceeded when trying to connect|Query read timeout/i.test(
     String(e.message ?? ''),
   );
 }
@@ -64,6 +80,8 @@ function classify(err: unknown, what: string): unknown {
   const code = String((err as { code?: unknown })?.code ?? '');
   // Deadlock broken, or a serialization failure: the transaction may simply run again.
   if (code === '40P01' || code === '40001') return new TransactionConflict((err as Error).message, { cause: err });
+  // lock_timeout: a row is held by another session (stuck, or paused mid-transaction).
+  if (code === '55P03') return new RowBusy(`a row is held by another database session: ${(err as Error).message}`, { cause: err });
   if (isUnavailable(err)) return new StoreUnavailable(`${what}: ${(err as Error).message}`, { cause: err });
   return err;
 }
@@ -113,14 +131,23 @@ class PostgresTx extends SqlTx {
   /** Rows of first statements the batch already ran, by name (see prefetch). */
   private prefetched?: Map<string, { kind: FirstStatement['kind']; rows: Row[] }>;
 
-  async insertLock(name: string, lockedUntil: number | null, who: Requester): Promise<LockRow | null> {
+  constructor(conn: SqlConnection, now: number) {
+    super(conn, now, POSTGRES_LOCK_SQL);
+  }
+
+  protected renewParams(renewal: Renewal): unknown[] {
+    if (renewal.kind === 'forever') return [];
+    return renewal.kind === 'add' ? [renewal.ms] : [renewal.ms, renewal.ms];
+  }
+
+  async insertLock(name: string, expiresMs: number | null, who: Requester): Promise<LockRow | null> {
     const done = this.takePrefetched('insert', name);
     if (done) return firstLockRow(done);
     // The fencing token is drawn only after the insert succeeded. nextval() in the INSERT itself is
     // evaluated before the insert waits on a conflicting row of another transaction, and that wait
     // can outlast a whole later grant and release of the name: the late grant would then carry a
     // smaller token than the one before it.
-    return firstLockRow(await this.conn.query(POSTGRES_SQL.insertLock, [name, who.lockedBy, who.process, lockedUntil, this.now]));
+    return firstLockRow(await this.conn.query(POSTGRES_SQL.insertLock, [name, who.lockedBy, who.process, expiresMs]));
   }
 
   override async deleteLock(name: string, token: number | null): Promise<LockRow | null> {
@@ -135,7 +162,7 @@ class PostgresTx extends SqlTx {
     const names = new Array<string>(n);
     const lockedBy = new Array<string | null>(n).fill(null);
     const processes = new Array<number | null>(n).fill(null);
-    const until = new Array<number | null>(n).fill(null);
+    const expires = new Array<number | null>(n).fill(null);
     const token = new Array<number | null>(n).fill(null);
     items.forEach((item, i) => {
       kinds[i] = item.kind;
@@ -143,12 +170,12 @@ class PostgresTx extends SqlTx {
       if (item.kind === 'insert') {
         lockedBy[i] = item.who.lockedBy;
         processes[i] = item.who.process;
-        until[i] = item.expiresMs === null ? null : this.now + item.expiresMs;
+        expires[i] = item.expiresMs;
       } else {
         token[i] = item.token;
       }
     });
-    const rows = await this.conn.query(POSTGRES_SQL.firstPass, [kinds, names, lockedBy, processes, until, token, this.now]);
+    const rows = await this.conn.query(POSTGRES_SQL.firstPass, [kinds, names, lockedBy, processes, expires, token]);
     const byItem: Row[][] = items.map(() => []);
     for (const r of rows) {
       const op = Number(r.op);
@@ -179,11 +206,19 @@ export class PostgresStore implements Store {
     const size = options.poolSize ?? 4;
     // One connection of the pool stays free for the outbox counts of a draining daemon.
     this.concurrency = Math.max(1, size - 1);
+    const statementTimeout = options.statementTimeoutMs ?? 2000;
     this.pool = new Pool({
       connectionString: options.url,
       max: size,
       idleTimeoutMillis: 10_000,
       connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+      // No session may freeze the service: a row held by another session, a statement that runs
+      // on, a transaction left open by a paused daemon, a server that stops answering.
+      lock_timeout: options.lockTimeoutMs ?? 250,
+      statement_timeout: statementTimeout,
+      idle_in_transaction_session_timeout: options.idleInTransactionTimeoutMs ?? 5000,
+      query_timeout: statementTimeout + ANSWER_MARGIN_MS,
+      keepAlive: true,
     });
     // A pooled connection that breaks while idle: dropped from the pool, the next use opens another.
     this.pool.on('error', () => undefined);
@@ -195,6 +230,10 @@ export class PostgresStore implements Store {
 
   describe(): string {
     return maskPostgresUrl(this.options.url);
+  }
+
+  async claim(): Promise<void> {
+    // Any number of daemons serve one database together.
   }
 
   async migrate(options: MigrateOptions = {}): Promise<string[]> {
@@ -225,24 +264,44 @@ export class PostgresStore implements Store {
     const conn = tracedConnection(pg, trace);
     const tracer = statementTracer(trace);
     let open = true; // roll back on failure even if only part of BEGIN went through
+    let committing = false;
     let broken: unknown;
     try {
       const now = tracer ? await tracer(POSTGRES_SQL.begin, () => pg.begin()) : await pg.begin();
       const tx = new PostgresTx(conn, now);
       const value = await work(tx);
       const events = toCommittedEvents(tx.events, this.options.daemonId, now);
+      await writeOutcomes(conn, tx.outcomes);
       await this.writeOutbox(conn, events);
+      committing = true;
       await conn.exec(POSTGRES_SQL.commit);
       open = false;
       return { value, events };
     } catch (err) {
-      if (open) await conn.exec(POSTGRES_SQL.rollback).catch((e: unknown) => (broken = e));
-      const failure = classify(err, 'the database is unavailable');
+      let failure = classify(err, 'the database is unavailable');
+      // COMMIT was sent and no answer came: the server may have committed. Only a re-send of the
+      // request (its id recorded, or not) can tell.
+      if (committing && failure instanceof StoreUnavailable) {
+        failure = new CommitInDoubt(`the database stopped answering while committing: ${(err as Error).message}`, { cause: err });
+      } else if (open && !(failure instanceof StoreUnavailable)) {
+        await conn.exec(POSTGRES_SQL.rollback).catch((e: unknown) => (broken = e));
+      }
       if (failure instanceof StoreUnavailable) broken ??= failure;
       throw failure;
     } finally {
       // A connection that failed is not given back for reuse.
       client.release(broken instanceof Error ? broken : undefined);
+    }
+  }
+
+  async identity(): Promise<string> {
+    const client = await this.connect();
+    try {
+      return String((await new PostgresConnection(client).query(POSTGRES_SQL.identity))[0]?.value ?? '');
+    } catch (err) {
+      throw classify(err, 'cannot read the store identity');
+    } finally {
+      client.release();
     }
   }
 
@@ -280,8 +339,8 @@ export class PostgresStore implements Store {
 
   /** Insert the events; the outbox's sequence numbers them. */
   private async writeOutbox(conn: SqlConnection, events: CommittedEvent[]): Promise<void> {
-    for (let i = 0; i < events.length; i += OUTBOX_INSERT_CHUNK) {
-      const chunk = events.slice(i, i + OUTBOX_INSERT_CHUNK);
+    for (let i = 0; i < events.length; i += INSERT_CHUNK) {
+      const chunk = events.slice(i, i + INSERT_CHUNK);
       const params: unknown[] = [];
       for (const e of chunk) params.push(e.id, e.type, e.name, e.lockJson, e.causeJson, e.daemon, e.at);
       const rows = await conn.query(POSTGRES_SQL.insertOutbox(chunk.length), params);

@@ -1,34 +1,58 @@
 /**
- * The statements only the PostgreSQL backend runs (the portable lock and outbox statements are in
- * store/sql-tx.ts and store/sql-outbox.ts). `?` placeholders, numbered when prepared.
+ * The statements only the PostgreSQL backend runs (the portable lock, outbox and outcome statements
+ * are in store/sql-tx.ts and store/sql-outbox.ts). `?` placeholders, numbered when prepared.
  */
-import { valuesList } from '../sql-outbox';
-import { LOCK_COLUMNS } from '../sql-tx';
+import { LIVE, LOCK_COLUMNS, valueRows, withOwnedTwin, type BackendLockSql } from '../sql-tx';
 
 /** Arbitrary constants naming the advisory locks of the schema migration and of the relay lease. */
 export const MIGRATION_LOCK_KEY = 7735342101;
 export const RELAY_LOCK_KEY = 7735342102;
 
+/**
+ * Renewals never shorten a lock; a lock that never expires stays that way unless made so. The new
+ * expiry counts from the moment of the statement (`lockmgr_now_ms()`, migration 0008): parameters
+ * () for forever, (ms) for add, (ms, ms) for extend, then (name, now[, token]).
+ */
+export const POSTGRES_LOCK_SQL: BackendLockSql = {
+  renew: {
+    forever: withOwnedTwin(`UPDATE lockmgr_locks SET locked_until = NULL, updated_at = lockmgr_now_ms() WHERE name = ? AND ${LIVE}`),
+    add: withOwnedTwin(
+      `UPDATE lockmgr_locks SET locked_until = CASE WHEN locked_until IS NULL THEN NULL ELSE locked_until + ? END, updated_at = lockmgr_now_ms() WHERE name = ? AND ${LIVE}`,
+    ),
+    extend: withOwnedTwin(
+      `UPDATE lockmgr_locks SET locked_until = CASE WHEN locked_until IS NULL OR locked_until >= lockmgr_now_ms() + ? THEN locked_until ELSE lockmgr_now_ms() + ? END, updated_at = lockmgr_now_ms() WHERE name = ? AND ${LIVE}`,
+    ),
+  },
+  // The soonest expired first, a page at a time, skipping rows another session holds (a stuck
+  // transaction must not stop the sweep of every other lock). The expiry test is repeated outside
+  // the subquery: PostgreSQL re-checks only the outer condition on a row another transaction
+  // changed meanwhile, so without it a sweep would delete a lock renewed by another daemon while
+  // the sweep waited for that row. (now, limit, now)
+  deleteExpired: `DELETE FROM lockmgr_locks WHERE name IN (SELECT name FROM lockmgr_locks WHERE locked_until IS NOT NULL AND locked_until <= ? ORDER BY locked_until LIMIT ? FOR UPDATE SKIP LOCKED) AND locked_until IS NOT NULL AND locked_until <= ? RETURNING ${LOCK_COLUMNS}`,
+};
+
 export const POSTGRES_SQL = {
   /** Open a transaction and read the database's clock (ms since the epoch) in one round trip. */
-  begin: 'BEGIN; SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS now',
+  begin: 'BEGIN; SELECT lockmgr_now_ms() AS now',
   commit: 'COMMIT',
   rollback: 'ROLLBACK',
   /**
-   * (name, locked_by, process, until, now): the row goes in with token 0 and takes its token from
-   * the sequence only once it is in, both inside one function (migration 0004).
+   * (name, locked_by, process, expires_ms): the row goes in with token 0 and takes its token from
+   * the sequence only once it is in, its expiry counted from that moment (migration 0008).
    */
-  insertLock: `SELECT ${LOCK_COLUMNS} FROM lockmgr_insert_lock(?, ?, ?, ?, ?)`,
-  /** (kinds[], names[], locked_by[], process[], until[], token[], now): see migration 0005. */
+  insertLock: `SELECT ${LOCK_COLUMNS} FROM lockmgr_grant(?, ?, ?, ?)`,
+  /** (kinds[], names[], locked_by[], process[], expires_ms[], token[]): see migrations 0005 and 0008. */
   firstPass:
     'SELECT op, l_name AS name, l_locked_by AS locked_by, l_lock_process AS lock_process, l_locked_until AS locked_until, ' +
     'l_created_at AS created_at, l_updated_at AS updated_at, l_token AS token ' +
-    'FROM lockmgr_first_pass(?::text[], ?::varchar[], ?::varchar[], ?::bigint[], ?::bigint[], ?::bigint[], ?::bigint)',
+    'FROM lockmgr_first_pass_v2(?::text[], ?::varchar[], ?::varchar[], ?::bigint[], ?::bigint[], ?::bigint[])',
   /** Events numbered by the outbox's sequence: (event_id, type, name, lock, cause, daemon, at) per row. */
   insertOutbox: (rows: number) =>
-    `INSERT INTO lockmgr_outbox (event_id, type, name, lock, cause, daemon, at) VALUES ${valuesList(rows, 7)} RETURNING seq, event_id`,
+    `INSERT INTO lockmgr_outbox (event_id, type, name, lock, cause, daemon, at) VALUES ${valueRows(rows, 7)} RETURNING seq, event_id`,
   /** (seqs[]) */
   removeOutboxRows: 'DELETE FROM lockmgr_outbox WHERE seq = ANY(?::bigint[])',
+  /** The store's identity (migration 0006). */
+  identity: "SELECT value FROM lockmgr_meta WHERE key = 'store_id'",
   /** (key) */
   tryLease: 'SELECT pg_try_advisory_lock(?) AS got',
   /** (key): held for the rest of the migration's transaction. */

@@ -4,7 +4,8 @@
  * while requests wait: a few milliseconds, once every couple of hundred commits. Here a worker
  * thread with a connection of its own runs passive checkpoints, which never block the writer,
  * every `intervalMs`; the writer's own automatic checkpoints are off while the worker runs and
- * come back if it stops.
+ * come back if it stops. Passive checkpoints never let the WAL start again from its beginning
+ * while the writer keeps committing: SqliteStore bounds the `-wal` file (`walLimitMb`).
  */
 import { Worker } from 'node:worker_threads';
 

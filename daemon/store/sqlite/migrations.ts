@@ -77,4 +77,26 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
   // PostgreSQL functions; nothing to do here. Listed so both backends number their steps alike.
   { name: '0004-postgres-insert-lock-function', up: [], down: [] },
   { name: '0005-postgres-first-pass-function', up: [], down: [] },
+  {
+    // The store's identity, drawn once: daemons advertise it, so that two daemons serving one
+    // prefix from different stores are told apart.
+    name: '0006-store-identity',
+    up: [
+      `CREATE TABLE lockmgr_meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)`,
+      `INSERT INTO lockmgr_meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))))`,
+    ],
+    down: ['DROP TABLE lockmgr_meta'],
+  },
+  {
+    // What a request that changed something answered, by request id, so that a re-send of it is
+    // answered the same and not done again; kept until expires_at.
+    name: '0007-request-outcomes',
+    up: [
+      `CREATE TABLE lockmgr_requests (id TEXT PRIMARY KEY NOT NULL, outcome TEXT NOT NULL, expires_at INTEGER NOT NULL)`,
+      `CREATE INDEX lockmgr_requests_expires_at ON lockmgr_requests (expires_at)`,
+    ],
+    down: ['DROP TABLE lockmgr_requests'],
+  },
+  // PostgreSQL functions reading the statement's clock; SQLite's daemon reads its own.
+  { name: '0008-postgres-statement-clock', up: [], down: [] },
 ];

@@ -10,15 +10,16 @@
  * and publishes its commits from memory (`soleWriter`). Every use of the connection — requests'
  * transactions, the relay's outbox reads and removals — runs one at a time.
  */
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { Sequelize } from 'sequelize';
 import { systemClock, type Cancel, type Clock } from '../../clock';
 import { applyMigrations } from '../migrate';
-import { OUTBOX_INSERT_CHUNK, OUTBOX_SQL, toOutboxEvent } from '../sql-outbox';
-import { firstLockRow, SqlTx, tracedConnection, type Row, type SqlConnection } from '../sql-tx';
+import { OUTBOX_SQL, toOutboxEvent } from '../sql-outbox';
+import { firstLockRow, INSERT_CHUNK, SqlTx, tracedConnection, writeOutcomes, type Row, type SqlConnection } from '../sql-tx';
 import {
+  StoreInUse,
   StoreUnavailable,
   toCommittedEvents,
   type CommittedEvent,
@@ -26,6 +27,7 @@ import {
   type MigrateOptions,
   type OutboxEvent,
   type RelayLease,
+  type Renewal,
   type Requester,
   type Store,
   type StoreTx,
@@ -33,7 +35,7 @@ import {
 } from '../store';
 import { Checkpointer } from './checkpointer';
 import { SQLITE_MIGRATIONS } from './migrations';
-import { SQLITE_PRAGMAS, SQLITE_SQL } from './sql';
+import { SQLITE_LOCK_SQL, SQLITE_PRAGMAS, SQLITE_SQL } from './sql';
 import { ReservedSeries } from './reserved-series';
 
 export interface SqliteStoreOptions {
@@ -48,13 +50,25 @@ export interface SqliteStoreOptions {
   synchronous?: 'FULL' | 'NORMAL';
   /** ms between WAL checkpoints by a worker thread; 0 leaves them to SQLite, inside commits. */
   checkpointIntervalMs?: number;
+  /**
+   * Bound on the `-wal` file, in MiB (default 64): past half of it the writer checkpoints what is
+   * left so that the WAL restarts, and the file is cut back to half (journal_size_limit).
+   */
+  walLimitMb?: number;
   /** More pragmas for the writer connection (`cache_size = -65536`...), for tools that compare settings. */
   pragmas?: readonly string[];
   clock?: Clock;
 }
 
+/** How long a statement waits for another process's write lock on the file (ms). */
+const BUSY_TIMEOUT_MS = 250;
+
 /** Delivered outbox rows are removed by the next transaction, or by one of their own after this many ms. */
 const REMOVAL_DELAY_MS = 20;
+
+/** ms between looks at the `-wal` file's size, and after a checkpoint a reader held back. */
+const WAL_CHECK_MS = 2;
+const WAL_HELD_RETRY_MS = 1000;
 
 const UNAVAILABLE = new Set(['SQLITE_BUSY', 'SQLITE_LOCKED', 'SQLITE_CANTOPEN', 'SQLITE_IOERR', 'SQLITE_FULL', 'SQLITE_READONLY']);
 
@@ -113,19 +127,27 @@ class SqliteTx extends SqlTx {
 
   constructor(
     conn: SqlConnection,
-    now: number,
+    private readonly clock: Clock,
     private readonly tokenBase: number,
   ) {
-    super(conn, now);
+    super(conn, clock.now(), SQLITE_LOCK_SQL);
   }
 
-  async insertLock(name: string, lockedUntil: number | null, who: Requester): Promise<LockRow | null> {
+  async insertLock(name: string, expiresMs: number | null, who: Requester): Promise<LockRow | null> {
     const token = this.tokenBase + this.tokensUsed + 1;
-    const row = firstLockRow(
-      await this.conn.query(SQLITE_SQL.insertLock, [name, who.lockedBy, who.process, lockedUntil, this.now, this.now, token]),
-    );
+    // The grant's lifetime starts now, however long the transaction has run.
+    const at = this.clock.now();
+    const until = expiresMs === null ? null : at + expiresMs;
+    const row = firstLockRow(await this.conn.query(SQLITE_SQL.insertLock, [name, who.lockedBy, who.process, until, at, at, token]));
     if (row) this.tokensUsed += 1;
     return row;
+  }
+
+  protected renewParams(renewal: Renewal): unknown[] {
+    const at = this.clock.now();
+    if (renewal.kind === 'forever') return [at];
+    if (renewal.kind === 'add') return [renewal.ms, at];
+    return [at + renewal.ms, at + renewal.ms, at];
   }
 }
 
@@ -135,6 +157,8 @@ export class SqliteStore implements Store {
   readonly soleWriter = true;
   readonly file: string;
   private conn?: SqliteConnection;
+  /** The daemon's claim on the file: an exclusive lock held on a file beside it (see claim()). */
+  private claimed?: BetterSqlite3.Database;
   private checkpointer?: Checkpointer;
   private closed = false;
   private readonly clock: Clock;
@@ -147,15 +171,52 @@ export class SqliteStore implements Store {
   private removedUpTo = 0;
   private cancelRemoval?: Cancel;
   private readonly lease: RelayLease;
+  /** Size of the `-wal` file past which the writer checkpoints (half the limit), and to which it is cut. */
+  private readonly walKeepBytes: number;
+  /** When (performance.now()) the writer next looks at the `-wal` file's size. */
+  private nextWalCheck = 0;
 
   constructor(private readonly options: SqliteStoreOptions) {
     this.file = resolve(options.file.replace(/^sqlite:(\/\/)?/, ''));
     this.clock = options.clock ?? systemClock;
+    this.walKeepBytes = Math.floor(((options.walLimitMb ?? 64) * 1024 * 1024) / 2);
     this.lease = this.makeLease();
   }
 
   describe(): string {
     return `sqlite:${this.file}`;
+  }
+
+  /**
+   * One daemon per file: hold an exclusive SQLite lock on `<file>.daemon-lock` for the daemon's
+   * lifetime (the operating system drops it when the process ends, even by kill -9), and say who
+   * holds it in `<file>.daemon`.
+   */
+  async claim(): Promise<void> {
+    if (this.claimed) return;
+    mkdirSync(dirname(this.file), { recursive: true });
+    let lock: BetterSqlite3.Database | undefined;
+    try {
+      lock = new BetterSqlite3(`${this.file}.daemon-lock`, { timeout: 0 });
+      lock.pragma('locking_mode = EXCLUSIVE');
+      lock.exec('BEGIN EXCLUSIVE');
+    } catch (err) {
+      lock?.close();
+      if (!/^SQLITE_(BUSY|LOCKED)/.test(String((err as { code?: unknown }).code))) {
+        throw new StoreUnavailable(`cannot lock SQLite database ${this.file}: ${(err as Error).message}`, { cause: err });
+      }
+      let holder = '';
+      try {
+        holder = ` (${readFileSync(`${this.file}.daemon`, 'utf8').trim()})`;
+      } catch {
+        // not written yet
+      }
+      throw new StoreInUse(
+        `another daemon serves ${this.file}${holder}: one daemon per SQLite file; stop it first, or give this one another database (PostgreSQL for several daemons)`,
+      );
+    }
+    this.claimed = lock;
+    writeFileSync(`${this.file}.daemon`, `daemon ${this.options.daemonId}\n`);
   }
 
   async migrate(options: MigrateOptions = {}): Promise<string[]> {
@@ -179,6 +240,10 @@ export class SqliteStore implements Store {
     });
   }
 
+  identity(): Promise<string> {
+    return this.use('cannot read the store identity', (conn) => String(conn.run(SQLITE_SQL.identity)[0]?.value ?? ''));
+  }
+
   relayLease(): RelayLease {
     return this.lease;
   }
@@ -190,6 +255,10 @@ export class SqliteStore implements Store {
     await this.tail.catch(() => undefined);
     await this.checkpointer?.stop();
     this.conn?.close();
+    if (this.claimed) {
+      rmSync(`${this.file}.daemon`, { force: true });
+      this.claimed.close();
+    }
   }
 
   /** One statement (or a few) on the connection, outside a transaction, in its turn. */
@@ -210,10 +279,12 @@ export class SqliteStore implements Store {
     if (this.conn) return this.conn;
     try {
       mkdirSync(dirname(this.file), { recursive: true });
-      // Short busy timeout: this call blocks the event loop while another process writes.
-      const raw = new BetterSqlite3(this.file, { timeout: 1000 });
+      // Short busy timeout: this call blocks the event loop while another process (a backup, the
+      // sqlite3 shell) writes; well under a client's attempt timeout, so the answer arrives.
+      const raw = new BetterSqlite3(this.file, { timeout: BUSY_TIMEOUT_MS });
       raw.pragma(SQLITE_PRAGMAS.wal);
       raw.pragma(SQLITE_PRAGMAS.synchronous(this.options.synchronous ?? 'NORMAL'));
+      raw.pragma(SQLITE_PRAGMAS.journalSizeLimit(this.walKeepBytes));
       for (const pragma of this.options.pragmas ?? []) raw.pragma(pragma);
       this.conn = new SqliteConnection(raw);
       this.startCheckpointer(raw);
@@ -231,14 +302,16 @@ export class SqliteStore implements Store {
       open = true;
       const removal = this.removeUpTo > this.removedUpTo ? this.removeUpTo : 0;
       if (removal) await conn.query(OUTBOX_SQL.removeThrough, [removal]);
-      const tx = new SqliteTx(conn, this.clock.now(), await this.tokens.base(conn));
+      const tx = new SqliteTx(conn, this.clock, await this.tokens.base(conn));
       const value = await work(tx);
       const events = toCommittedEvents(tx.events, this.options.daemonId, tx.now);
+      await writeOutcomes(conn, tx.outcomes);
       const afterCommit = [await this.tokens.reserve(conn, tx.tokensUsed), await this.writeOutbox(conn, events)];
       await conn.exec(SQLITE_SQL.commit);
       open = false;
       for (const advance of afterCommit) advance();
       if (removal > this.removedUpTo) this.removedUpTo = removal;
+      this.boundWal();
       return { value, events };
     } catch (err) {
       if (open) {
@@ -256,8 +329,8 @@ export class SqliteStore implements Store {
   private async writeOutbox(conn: SqlConnection, events: CommittedEvent[]): Promise<() => void> {
     if (events.length === 0) return () => undefined;
     let seq = await this.eventSeqs.base(conn);
-    for (let i = 0; i < events.length; i += OUTBOX_INSERT_CHUNK) {
-      const chunk = events.slice(i, i + OUTBOX_INSERT_CHUNK);
+    for (let i = 0; i < events.length; i += INSERT_CHUNK) {
+      const chunk = events.slice(i, i + INSERT_CHUNK);
       const params: unknown[] = [];
       for (const e of chunk) {
         e.seq = ++seq;
@@ -303,6 +376,30 @@ export class SqliteStore implements Store {
       },
       release: async () => undefined,
     };
+  }
+
+  /**
+   * Keeps the `-wal` file within the limit. The WAL starts again from its beginning only when a
+   * transaction begins with every frame checkpointed, which the worker's passive checkpoints never
+   * achieve while the writer keeps committing (it appends during each of them). So once the file
+   * passes half the limit, the writer itself checkpoints what the worker has not copied yet (its
+   * last interval's pages, a few ms, as an automatic checkpoint would); its next transaction then
+   * restarts the WAL, and that commit cuts the file back to half the limit (journal_size_limit).
+   * Called after a commit, which has succeeded whatever happens here.
+   */
+  private boundWal(): void {
+    const now = performance.now();
+    if (now < this.nextWalCheck || !this.conn) return;
+    this.nextWalCheck = now + WAL_CHECK_MS;
+    try {
+      if ((statSync(`${this.file}-wal`, { throwIfNoEntry: false })?.size ?? 0) <= this.walKeepBytes) return;
+      const [result] = this.conn.db.pragma(SQLITE_PRAGMAS.checkpoint) as { busy: number; log: number; checkpointed: number }[];
+      // Busy: the worker is checkpointing, the next look tries again. Frames left over: a reader
+      // (a backup) holds an older snapshot, and the WAL cannot restart before it ends.
+      if (result && !result.busy && result.checkpointed < result.log) this.nextWalCheck = now + WAL_HELD_RETRY_MS;
+    } catch {
+      // Tried again at the next look.
+    }
   }
 
   /** WAL checkpoints in a worker thread rather than inside the daemon's commits. */

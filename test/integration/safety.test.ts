@@ -1,0 +1,359 @@
+/**
+ * The daemon's safety rules, each caused for real against real daemons, NATS and databases:
+ * one authority per prefix (a second store refused at start and while serving; a SQLite file
+ * serves one daemon), request ids (a re-sent request is never done twice), replies that always
+ * fit, grants withdrawn when their reply would come too late, and a PostgreSQL row held by a stuck
+ * session holding up only the requests for that name.
+ */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { Client } from 'pg';
+import { AuthorityConflict, LockClient, Locked, ReplyTooLarge, StoreUnavailable } from '../../client/index';
+import { AuthorityConflict as DaemonAuthorityConflict } from '../../daemon/authority';
+import { CHANNELS } from '../../daemon/diagnostics';
+import { StoreInUse } from '../../daemon/store/store';
+import { eventSubject, type LockEvent } from '../../shared/events';
+import { servicePingSubject, type Api, type Endpoint, type Reply } from '../../shared/protocol';
+import { runCli } from '../helpers/cli';
+import { createTestDatabase, STORES } from '../helpers/databases';
+import { quietLogger, startStack, type Stack } from '../helpers/stack';
+import { LockDaemon } from '../../daemon/lock-daemon';
+
+jest.setTimeout(60_000);
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** One raw request, as any NATS client would send it; the parsed reply. */
+/** The events of `name` published from now on: `seen` fills as they arrive. */
+async function follow(
+  stack: Stack,
+  name: string,
+): Promise<{ seen: LockEvent[]; settled(count: number): Promise<LockEvent[]>; stop(): void }> {
+  const seen: LockEvent[] = [];
+  const sub = stack.client.nc.subscribe(eventSubject(stack.prefix, '*', name), {
+    callback: (_err, m) => seen.push(JSON.parse(decoder.decode(m.data)) as LockEvent),
+  });
+  await stack.client.nc.flush();
+  return {
+    seen,
+    // Wait for `count` events, then a little longer for any that should not come.
+    settled: async (count) => {
+      for (let i = 0; i < 100 && seen.length < count; i++) await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 300));
+      return seen;
+    },
+    stop: () => sub.unsubscribe(),
+  };
+}
+
+async function raw<E extends Endpoint>(stack: Stack, endpoint: E, body: object): Promise<Reply<Api[E]['result']>> {
+  const msg = await stack.client.nc.request(`${stack.prefix}.${endpoint}`, encoder.encode(JSON.stringify(body)), { timeout: 5000 });
+  return JSON.parse(decoder.decode(msg.data)) as Reply<Api[E]['result']>;
+}
+
+describe.each(STORES)('request ids on %s: a re-sent request is never done twice', (store) => {
+  let stack: Stack;
+  beforeAll(async () => {
+    // Events stay in the outbox where the test can count them: no relay delivers them.
+    stack = await startStack({ store, config: { eventsJetstream: 'off' } });
+  });
+  afterAll(async () => stack?.stop());
+
+  it('a get sent again (a re-send, or the same first attempt twice) answers the first grant; one grant, one event', async () => {
+    const events = await follow(stack, 'rid.get');
+    const first = await raw(stack, 'get', { name: 'rid.get', request_id: 'g-1' });
+    const resent = await raw(stack, 'get', { name: 'rid.get', request_id: 'g-1', attempt: 2 });
+    const again = await raw(stack, 'get', { name: 'rid.get', request_id: 'g-1' });
+    expect(first.ok && resent.ok && again.ok).toBe(true);
+    expect(resent).toEqual(first);
+    expect(again).toEqual(first);
+    // Another request id is another request: Locked.
+    const other = await raw(stack, 'get', { name: 'rid.get', request_id: 'g-2' });
+    expect(other).toMatchObject({ ok: false, error: { code: 'LOCKED' } });
+    expect((await events.settled(1)).map((e) => e.type)).toEqual(['created']);
+    events.stop();
+  });
+
+  it('an unlock sent again answers unlocked: true, and does not release a grant made since', async () => {
+    const lock = await stack.client.getLock('rid.unlock');
+    const first = await raw(stack, 'unlock', { name: 'rid.unlock', request_id: 'u-1' });
+    expect(first).toEqual({ ok: true, result: { unlocked: true } });
+    const next = await stack.client.getLock('rid.unlock');
+    expect(next.token).toBeGreaterThan(lock.token);
+    expect(await raw(stack, 'unlock', { name: 'rid.unlock', request_id: 'u-1', attempt: 2 })).toEqual(first);
+    expect((await stack.client.lockInfo('rid.unlock'))?.token).toBe(next.token);
+  });
+
+  it('a reset sent again answers the first count and removes nothing taken since', async () => {
+    const prefixed = await startStack({ store, config: { eventsJetstream: 'off' }, nats: stack.nats });
+    try {
+      await prefixed.client.setLock('r.a', 'r.b');
+      const first = await raw(prefixed, 'reset', { request_id: 'reset-1' });
+      expect(first).toEqual({ ok: true, result: { removed: 2 } });
+      await prefixed.client.getLock('r.after');
+      expect(await raw(prefixed, 'reset', { request_id: 'reset-1', attempt: 2 })).toEqual(first);
+      expect(await prefixed.client.isLocked('r.after')).toBe(true);
+    } finally {
+      await prefixed.stop();
+    }
+  });
+
+  it('the client sends one request id per call and re-sends it: a daemon paused past an attempt costs a re-send, not a double grant', async () => {
+    // The first attempt's reply is held back past the client's attempt timeout (the daemon's
+    // event loop is kept busy after the grant): the client sends the request again, same id.
+    const client = await stack.newClient({ timeout: 8000 });
+    const slow = new LockClient(client.nc, { prefix: stack.prefix, timeout: 8000, attemptTimeout: 300 });
+    let stalls = 1;
+    const stall = (m: unknown) => {
+      const { phase } = m as { phase: string };
+      if (phase !== 'end' || stalls === 0) return;
+      stalls -= 1;
+      const until = Date.now() + 600;
+      while (Date.now() < until); // the daemon cannot answer meanwhile
+    };
+    const events = await follow(stack, 'rid.paused');
+    subscribe(CHANNELS.operation, stall);
+    subscribe(CHANNELS.transaction, stall);
+    try {
+      const lock = await slow.getLock('rid.paused', { expires: 60 });
+      expect(lock.name).toBe('rid.paused');
+      expect(await stack.client.lockInfo('rid.paused')).toMatchObject({ token: lock.token });
+      expect((await events.settled(1)).map((e) => [e.type, e.lock.token])).toEqual([['created', lock.token]]);
+    } finally {
+      events.stop();
+      unsubscribe(CHANNELS.operation, stall);
+      unsubscribe(CHANNELS.transaction, stall);
+    }
+  });
+});
+
+describe.each(STORES)('replies that always fit on %s', (store) => {
+  let stack: Stack;
+  beforeAll(async () => {
+    stack = await startStack({ store, config: { eventsJetstream: 'off' } });
+  });
+  afterAll(async () => stack?.stop());
+
+  it('a set whose reply would pass max_payload is refused (REPLY_TOO_LARGE) with nothing done', async () => {
+    // 1000 long names, and a locked_by JSON must escape (each '"' takes 2 bytes): over 1 MiB of reply.
+    const names = Array.from({ length: 1000 }, (_, i) => `big.${String(i).padStart(4, '0')}.${'n'.repeat(200)}`);
+    const events = await follow(stack, 'big.>');
+    const err = await stack.client.setLock(names, { locked_by: '"'.repeat(255) }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ReplyTooLarge);
+    expect((err as ReplyTooLarge).message).toMatch(/would be \d+ bytes, more than the \d+ a NATS message may carry/);
+    expect(await stack.client.listLocks({ prefix: 'big.' })).toEqual([]);
+    // A set that fits is unaffected; its events are the only ones.
+    expect((await stack.client.setLock(names.slice(0, 100), { locked_by: '"'.repeat(255) })).counts.created).toBe(100);
+    expect((await events.settled(100)).length).toBe(100);
+    events.stop();
+  });
+
+  it('list pages are bounded by size as well as count; listLocks() returns every lock', async () => {
+    const long = (i: number) => `page.${String(i).padStart(5, '0')}.${'p'.repeat(230)}`;
+    for (let i = 0; i < 7; i++) await stack.client.setLock(Array.from({ length: 1000 }, (_, j) => long(i * 1000 + j)));
+    const page = await stack.client.listLocksPage({ prefix: 'page.', limit: 10_000 });
+    expect(page.next).toBeDefined();
+    expect(page.locks.length).toBeGreaterThan(100);
+    expect(page.locks.length).toBeLessThan(7000);
+    const all = await stack.client.listLocks({ prefix: 'page.' });
+    expect(all.map((l) => l.name)).toEqual(Array.from({ length: 7000 }, (_, i) => long(i)));
+  });
+});
+
+describe.each(STORES)('grants that would arrive too late on %s', (store) => {
+  let stack: Stack;
+  beforeAll(async () => {
+    stack = await startStack({ store, config: { eventsJetstream: 'off' } });
+  });
+  afterAll(async () => stack?.stop());
+
+  it('a grant with less than a quarter of its lifetime left when the reply goes out is withdrawn, not sent', async () => {
+    // The daemon is held up after the grant (a pause between commit and reply), 800 ms of a 1 s lock.
+    let stalls = 1;
+    const stall = (m: unknown) => {
+      if ((m as { phase: string }).phase !== 'end' || stalls === 0) return;
+      stalls -= 1;
+      const until = Date.now() + 800;
+      while (Date.now() < until);
+    };
+    const events = await follow(stack, 'late.1');
+    subscribe(CHANNELS.transaction, stall);
+    let err: unknown;
+    try {
+      const client = new LockClient(stack.client.nc, { prefix: stack.prefix, timeout: 5000, attemptTimeout: 4000 });
+      err = await client.getLock('late.1', { expires: 1 }).catch((e: unknown) => e);
+    } finally {
+      unsubscribe(CHANNELS.transaction, stall);
+    }
+    expect(err).toBeInstanceOf(StoreUnavailable);
+    expect((err as Error).message).toMatch(/less than a quarter of the lock's lifetime was left: released it/);
+    // Released at once (not left to expire), with the cause saying why.
+    expect(await stack.client.isLocked('late.1')).toBe(false);
+    expect((await events.settled(2)).map((e) => [e.type, e.cause.operation])).toEqual([
+      ['created', 'get'],
+      ['released', 'withdraw'],
+    ]);
+    events.stop();
+  });
+
+  it('a grant that arrives in good time is sent as usual', async () => {
+    const lock = await stack.client.getLock('late.2', { expires: 1 });
+    expect(lock.locked_until!.getTime() - lock.created_at.getTime()).toBe(1000);
+  });
+});
+
+describe('one authority per prefix', () => {
+  it('SQLite: a second daemon on the same file refuses to start; a daemon on another file and the same prefix too', async () => {
+    const stack = await startStack({ store: 'sqlite' });
+    try {
+      const sameFile = new LockDaemon({
+        config: { natsUrl: stack.nats.url, db: stack.db.url, prefix: `${stack.prefix}_x` },
+        logger: quietLogger(),
+      });
+      await expect(sameFile.start()).rejects.toBeInstanceOf(StoreInUse);
+      await sameFile.stop(1000);
+      const other = await createTestDatabase('sqlite');
+      const otherFile = new LockDaemon({ config: { natsUrl: stack.nats.url, db: other.url, prefix: stack.prefix }, logger: quietLogger() });
+      const refused = await otherFile.start().catch((e: unknown) => e);
+      await otherFile.stop(1000);
+      expect(refused).toBeInstanceOf(DaemonAuthorityConflict);
+      expect((refused as Error).message).toMatch(/also serves prefix ".*", but not from this daemon's sqlite store/);
+      // The first daemon serves on, alone.
+      expect((await stack.client.getLock('auth.a')).name).toBe('auth.a');
+    } finally {
+      await stack.stop();
+    }
+  });
+
+  it('the lockmgr command: one line saying what to do, exit 75', async () => {
+    const stack = await startStack({ store: 'sqlite' });
+    try {
+      const r = await runCli([
+        'daemon',
+        '--nats-url',
+        stack.nats.url,
+        '--db',
+        stack.db.url,
+        '--prefix',
+        stack.prefix,
+        '--log-format',
+        'json',
+      ]);
+      expect(r.code).toBe(75);
+      const lines = (r.stdout + r.stderr)
+        .trim()
+        .split('\n')
+        .filter((l) => l.includes('"error"'));
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatch(/daemon refused to start: another daemon serves .*: one daemon per SQLite file; stop it first/);
+    } finally {
+      await stack.stop();
+    }
+  });
+
+  it('PostgreSQL: daemons sharing the database serve together; a daemon on another database and the same prefix is refused', async () => {
+    const stack = await startStack({ store: 'postgres', daemons: 2 });
+    try {
+      expect(stack.daemons).toHaveLength(2);
+      const other = await createTestDatabase('postgres');
+      const stranger = new LockDaemon({ config: { natsUrl: stack.nats.url, db: other.url, prefix: stack.prefix }, logger: quietLogger() });
+      await expect(stranger.start()).rejects.toBeInstanceOf(DaemonAuthorityConflict);
+      await stranger.stop(1000);
+      await other.drop();
+    } finally {
+      await stack.stop();
+    }
+  });
+
+  it('a conflicting peer appearing while a daemon serves: it refuses lock requests (AUTHORITY_CONFLICT) until the peer is gone', async () => {
+    const stack = await startStack({ store: 'sqlite', config: { authorityCheckInterval: 0.2 } });
+    try {
+      // Another authority on the prefix, as the services framework sees it.
+      const peer = await stack.client.nc.services.add({
+        name: 'lockmgr',
+        version: '0.0.0',
+        metadata: { prefix: stack.prefix, store: 'sqlite', store_id: 'someone-else', writers: 'one', daemon: 'intruder' },
+      });
+      const probe = async () =>
+        stack.client.isLocked('auth.b').then(
+          () => 'served',
+          (e: unknown) => e,
+        );
+      let answer: unknown;
+      for (let i = 0; i < 50 && !(answer instanceof AuthorityConflict); i++) {
+        answer = await probe();
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(answer).toBeInstanceOf(AuthorityConflict);
+      expect((answer as Error).message).toMatch(/daemon intruder .* also serves prefix/);
+      // Lock requests too, not only reads.
+      await expect(stack.client.getLock('auth.b')).rejects.toBeInstanceOf(AuthorityConflict);
+      await peer.stop();
+      for (let i = 0; i < 50 && answer !== 'served'; i++) {
+        answer = await probe();
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(answer).toBe('served');
+      expect((await stack.client.getLock('auth.b')).name).toBe('auth.b');
+    } finally {
+      await stack.stop();
+    }
+  });
+
+  it('the daemons advertise their store identity in the service metadata', async () => {
+    const stack = await startStack({ store: 'postgres', daemons: 2 });
+    try {
+      const replies = await stack.client.nc.requestMany(servicePingSubject(), new Uint8Array(), { maxWait: 500 });
+      const ours: Record<string, string>[] = [];
+      for await (const m of replies) {
+        const info = JSON.parse(decoder.decode(m.data)) as { metadata: Record<string, string> };
+        if (info.metadata.prefix === stack.prefix) ours.push(info.metadata);
+      }
+      expect(ours).toHaveLength(2);
+      expect(new Set(ours.map((m) => m.store_id)).size).toBe(1);
+      expect(ours[0]).toMatchObject({ store: 'postgres', writers: 'many', store_id: expect.stringMatching(/^[0-9a-f]{32}$/) });
+    } finally {
+      await stack.stop();
+    }
+  });
+});
+
+describe('PostgreSQL: a session stuck on one name holds up only that name', () => {
+  let stack: Stack;
+  let stuck: Client;
+  beforeAll(async () => {
+    stack = await startStack({ store: 'postgres', config: { eventsJetstream: 'off' } });
+    stuck = new Client({ connectionString: stack.db.url });
+    await stuck.connect();
+  });
+  afterAll(async () => {
+    await stuck?.end().catch(() => undefined);
+    await stack?.stop();
+  });
+
+  it('requests for other names, even in the same batch, are answered as usual; the busy name gets LOCKED; a waiter gets it once the session ends', async () => {
+    // A person in psql, or a daemon paused mid-batch: an uncommitted insert of the busy name.
+    await stuck.query('BEGIN');
+    await stuck.query(
+      `INSERT INTO lockmgr_locks (name, locked_by, lock_process, locked_until, created_at, updated_at, token) VALUES ('stuck.busy', 'psql', NULL, NULL, 0, 0, 0)`,
+    );
+    try {
+      const started = performance.now();
+      const busy = stack.client.getLock('stuck.busy').catch((e: unknown) => e);
+      const others = await Promise.all(Array.from({ length: 20 }, (_, i) => stack.client.getLock(`stuck.other${i}`)));
+      const othersMs = performance.now() - started;
+      expect(others.map((l) => l.name)).toEqual(Array.from({ length: 20 }, (_, i) => `stuck.other${i}`));
+      expect(othersMs).toBeLessThan(2000);
+      const err = await busy;
+      expect(err).toBeInstanceOf(Locked);
+      expect((err as Error).message).toMatch(/held by another database session/);
+      // A waiter keeps waiting through it, and gets the name once the session rolls back.
+      const waiter = stack.client.getLock('stuck.busy', { wait: 10 });
+      await new Promise((r) => setTimeout(r, 700));
+      await stuck.query('ROLLBACK');
+      expect((await waiter).name).toBe('stuck.busy');
+    } finally {
+      await stuck.query('ROLLBACK').catch(() => undefined);
+    }
+  });
+});
