@@ -83,7 +83,8 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
   async function withdrawIfLate(granted: readonly LockRow[], startedAt: number, req: Mutation, ctx: RequestContext): Promise<void> {
     const late = lateGrants(granted, startedAt);
     if (late.length === 0) return;
-    await batcher.run(ops.withdraw(granted, req.requestId, ctx.who), ctx.tag);
+    // A repeat already answered with these grants keeps them, and this late reply says the same.
+    if (!(await batcher.run(ops.withdraw(granted, req.requestId, ctx.who), ctx.tag))) return;
     const names = late.length > 3 ? `${late.length} locks (${late[0]!.name}, …)` : late.map((g) => g.name).join(', ');
     throw new StoreUnavailable(
       `granting ${names} took so long that less than a quarter of the lock's lifetime was left: released ${granted.length > 1 ? 'them' : 'it'}; try again`,

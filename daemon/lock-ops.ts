@@ -302,17 +302,19 @@ export const ops = {
     return { run: (tx) => resetLocks(tx, who) };
   },
   /**
-   * Undo grants whose reply would come too late: release each (if that grant still holds its
-   * name; event cause `withdraw`) and forget the request's recorded outcome.
+   * Undo grants whose reply would come too late: forget the request's recorded outcome and release
+   * each grant that still holds its name (event cause `withdraw`). False, and nothing undone, when
+   * a repeat of the request was already answered with those grants: they are the client's now.
    */
-  withdraw(grants: readonly LockRow[], requestId: string | null, who: Requester): Operation<void> {
+  withdraw(grants: readonly LockRow[], requestId: string | null, who: Requester): Operation<boolean> {
     return {
       run: async (tx) => {
+        if (requestId !== null && !(await tx.forget(requestId))) return false;
         for (const g of grants) {
           const row = await tx.deleteLock(g.name, g.token);
           if (row) tx.emit('released', toLockRecord(row), causeOf(who, 'withdraw'));
         }
-        if (requestId !== null) await tx.forget(requestId);
+        return true;
       },
     };
   },

@@ -63,13 +63,14 @@ const DELETE_SQL = withOwnedTwin(LOCK_SQL.deleteLock);
 
 /** Recorded outcomes of requests (`LockTx.remember`): statements both backends run unchanged. */
 export const OUTCOME_SQL = {
-  /** (id…, now) */
-  recall: (count: number) => `SELECT id, outcome FROM lockmgr_requests WHERE id IN (${placeholders(count)}) AND expires_at > ?`,
+  /** (id…, now): found outcomes are marked answered to a repeat. */
+  recall: (count: number) =>
+    `UPDATE lockmgr_requests SET replayed = 1 WHERE id IN (${placeholders(count)}) AND expires_at > ? RETURNING id, outcome`,
   /** (id, outcome, expires_at)… : the ids that went in (an id already there does not) */
   insert: (rows: number) =>
     `INSERT INTO lockmgr_requests (id, outcome, expires_at) VALUES ${valueRows(rows, 3)} ON CONFLICT (id) DO NOTHING RETURNING id`,
-  /** (id) */
-  forget: 'DELETE FROM lockmgr_requests WHERE id = ?',
+  /** (id): only an outcome no repeat has been answered with. */
+  forget: 'DELETE FROM lockmgr_requests WHERE id = ? AND replayed = 0 RETURNING id',
   /** (now, limit) */
   deleteExpired: 'DELETE FROM lockmgr_requests WHERE id IN (SELECT id FROM lockmgr_requests WHERE expires_at <= ? LIMIT ?) RETURNING id',
 } as const;
@@ -196,8 +197,8 @@ export abstract class SqlTx implements StoreTx {
     this.outcomes.push({ id, outcome, expiresAt });
   }
 
-  async forget(id: string): Promise<void> {
-    await this.conn.query(OUTCOME_SQL.forget, [id]);
+  async forget(id: string): Promise<boolean> {
+    return (await this.conn.query(OUTCOME_SQL.forget, [id])).length > 0;
   }
 
   async deleteExpiredOutcomes(limit: number): Promise<number> {

@@ -77,15 +77,21 @@ export interface LockTx {
   listLive(query: { prefix: string | null; after: string | null; limit: number }): Promise<LockRow[]>;
   /** Record a change in this transaction's outbox. */
   emit(type: EventType, lock: LockRecord, cause: EventCause): void;
-  /** The outcomes (JSON) recorded under these request ids and not yet expired. */
+  /**
+   * The outcomes (JSON) recorded under these request ids and not yet expired. Each found is
+   * marked as answered to a repeat (kept if this transaction commits), so it can no longer be forgotten.
+   */
   recall(ids: readonly string[]): Promise<Map<string, string>>;
   /**
    * Record the outcome of request `id` with this transaction, kept until `expiresAt`. At commit,
    * an id recorded meanwhile by another transaction fails this one with DuplicateRequest.
    */
   remember(id: string, outcome: string, expiresAt: number): void;
-  /** Drop the outcome recorded under `id` (its change was undone). */
-  forget(id: string): Promise<void>;
+  /**
+   * Drop the outcome recorded under `id`, to undo its change. False when a repeat of the request
+   * has already been answered with it (or there is none): then the change must stay.
+   */
+  forget(id: string): Promise<boolean>;
   /** Delete up to `limit` outcomes kept past their time; returns how many. */
   deleteExpiredOutcomes(limit: number): Promise<number>;
   /** Run `fn` so that, if it throws, none of its writes or events are kept (the rest are). */

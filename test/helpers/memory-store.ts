@@ -39,6 +39,9 @@ export interface MemoryStoreOptions {
   prefetch?: (items: readonly FirstStatement[]) => Promise<boolean>;
 }
 
+/** An outcome as kept: `replayed` once a repeat of its request was answered with it. */
+type RecordedOutcome = PendingOutcome & { replayed?: boolean };
+
 const live = (row: LockRow | undefined, now: number): row is LockRow => !!row && (row.locked_until === null || row.locked_until > now);
 const expired = (row: LockRow | undefined, now: number): row is LockRow => !!row && row.locked_until !== null && row.locked_until <= now;
 
@@ -51,7 +54,7 @@ class MemoryTx implements StoreTx {
     /** This transaction's view: a copy of the committed map, replaced (never mutated in place) by atomically. */
     public locks: Map<string, LockRow>,
     /** Recorded outcomes: a copy of the committed map, written at commit. */
-    public recorded: Map<string, PendingOutcome>,
+    public recorded: Map<string, RecordedOutcome>,
     readonly now: number,
     private readonly nextToken: () => number,
   ) {}
@@ -134,7 +137,10 @@ class MemoryTx implements StoreTx {
     const found = new Map<string, string>();
     for (const id of ids) {
       const o = this.recorded.get(id);
-      if (o && o.expiresAt > this.now) found.set(id, o.outcome);
+      if (o && o.expiresAt > this.now) {
+        found.set(id, o.outcome);
+        this.recorded.set(id, { ...o, replayed: true });
+      }
     }
     return found;
   }
@@ -143,8 +149,9 @@ class MemoryTx implements StoreTx {
     this.outcomes.push({ id, outcome, expiresAt });
   }
 
-  async forget(id: string): Promise<void> {
-    this.recorded.delete(id);
+  async forget(id: string): Promise<boolean> {
+    if (!this.recorded.has(id) || this.recorded.get(id)?.replayed) return false;
+    return this.recorded.delete(id);
   }
 
   async deleteExpiredOutcomes(limit: number): Promise<number> {
@@ -239,7 +246,7 @@ export class MemoryStore implements Store {
   readonly soleWriter: boolean;
   locks = new Map<string, LockRow>();
   /** Recorded request outcomes, by id. */
-  outcomes = new Map<string, PendingOutcome>();
+  outcomes = new Map<string, RecordedOutcome>();
   /** Committed, undelivered events in seq order. */
   outbox: OutboxEvent[] = [];
   /** Transactions committed so far. */

@@ -9,6 +9,7 @@
  */
 import { rmSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { ops } from '../../daemon/lock-ops';
 import { toLockRecord } from '../../daemon/lock-records';
 import { PostgresStore } from '../../daemon/store/postgres/postgres-store';
 import { SqliteStore } from '../../daemon/store/sqlite/sqlite-store';
@@ -471,16 +472,49 @@ describe.each(KINDS)('Store contract: %s', (kind) => {
     expect(await run((tx) => tx.selectLive('twice'))).toBeNull();
     expect(await run((tx) => tx.recall(['req-1']))).toEqual(new Map([['req-1', '{"result":1}']]));
     // A record undone with atomically, or forgotten, is gone.
-    await run(async (tx) => {
+    await run(async (tx) => tx.remember('req-4', '{}', tx.now + MINUTE));
+    const forgotten = await run(async (tx) => {
       await tx
         .atomically(async () => {
           tx.remember('req-3', '{}', tx.now + MINUTE);
           throw new Error('undone');
         })
         .catch(() => undefined);
-      await tx.forget('req-1');
+      return tx.forget('req-4');
     });
-    expect((await run((tx) => tx.recall(['req-1', 'req-3']))).size).toBe(0);
+    expect(forgotten).toBe(true);
+    expect((await run((tx) => tx.recall(['req-3', 'req-4']))).size).toBe(0);
+    // One a repeat was answered with stays: forget refuses it, in the transaction and after.
+    expect(await run((tx) => tx.forget('req-1'))).toBe(false);
+    expect(await run((tx) => tx.forget('never-recorded'))).toBe(false);
+    expect(await run((tx) => tx.recall(['req-1']))).toEqual(new Map([['req-1', '{"result":1}']]));
+  });
+
+  it('a recall and a forget of the same outcome in one transaction: the recall wins', async () => {
+    await run(async (tx) => tx.remember('req-6', '{"result":6}', tx.now + MINUTE));
+    expect(
+      await run(async (tx) => {
+        const seen = await tx.recall(['req-6']);
+        return { seen: seen.get('req-6'), forgotten: await tx.forget('req-6') };
+      }),
+    ).toEqual({ seen: '{"result":6}', forgotten: false });
+  });
+
+  it('a late grant is withdrawn unless a repeat of its request was already answered with it', async () => {
+    const recordGrant = (name: string, id: string) =>
+      run(async (tx) => {
+        const row = (await tx.insertLock(name, MINUTE, who))!;
+        tx.remember(id, JSON.stringify(toLockRecord(row)), tx.now + MINUTE);
+        return row;
+      });
+    const alone = await recordGrant('late.alone', 'req-late-1');
+    expect(await run((tx) => ops.withdraw([alone], 'req-late-1', who).run(tx))).toBe(true);
+    expect(await run((tx) => tx.selectLive('late.alone'))).toBeNull();
+
+    const repeated = await recordGrant('late.repeated', 'req-late-2');
+    await run((tx) => tx.recall(['req-late-2'])); // a repeat, answered with the grant
+    expect(await run((tx) => ops.withdraw([repeated], 'req-late-2', who).run(tx))).toBe(false);
+    expect((await run((tx) => tx.selectLive('late.repeated')))?.token).toBe(repeated.token);
   });
 
   it('outcomes past their time are not recalled, and are deleted page by page', async () => {

@@ -112,7 +112,7 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
     // any daemon of the database) is answered the same and not done again; kept until expires_at.
     name: '0007-request-outcomes',
     up: [
-      `CREATE TABLE lockmgr_requests (id VARCHAR(64) COLLATE "C" PRIMARY KEY, outcome TEXT NOT NULL, expires_at BIGINT NOT NULL)`,
+      `CREATE TABLE lockmgr_requests (id VARCHAR(64) COLLATE "C" PRIMARY KEY, outcome TEXT NOT NULL, expires_at BIGINT NOT NULL, replayed SMALLINT NOT NULL DEFAULT 0)`,
       `CREATE INDEX lockmgr_requests_expires_at ON lockmgr_requests (expires_at)`,
     ],
     down: ['DROP TABLE lockmgr_requests'],

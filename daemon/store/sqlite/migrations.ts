@@ -92,7 +92,7 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
     // answered the same and not done again; kept until expires_at.
     name: '0007-request-outcomes',
     up: [
-      `CREATE TABLE lockmgr_requests (id TEXT PRIMARY KEY NOT NULL, outcome TEXT NOT NULL, expires_at INTEGER NOT NULL)`,
+      `CREATE TABLE lockmgr_requests (id TEXT PRIMARY KEY NOT NULL, outcome TEXT NOT NULL, expires_at INTEGER NOT NULL, replayed INTEGER NOT NULL DEFAULT 0)`,
       `CREATE INDEX lockmgr_requests_expires_at ON lockmgr_requests (expires_at)`,
     ],
     down: ['DROP TABLE lockmgr_requests'],
