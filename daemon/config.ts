@@ -41,7 +41,7 @@ export const OPTIONS = {
   },
   dbIdleInTransactionTimeout: {
     kind: 'number',
-    default: 5,
+    default: 2,
     min: 0.01,
     describe: 'PostgreSQL: seconds a session may idle inside a transaction (a paused daemon) before the server ends it',
   },

@@ -4,7 +4,8 @@
  * daemon can no longer write, or that another writer holds). Requests then fail at once with a
  * coded error (NoDaemon, StoreUnavailable), never by running into the request timeout, and the
  * same daemon serves again once the database is back, with every lock it acknowledged before.
- * A PostgreSQL session ended in the middle of a transaction fails that transaction only.
+ * A PostgreSQL cut off without a reset is given up within the statement timeout; a session ended
+ * in the middle of a transaction fails that transaction only.
  */
 import { eventually } from '../helpers/cli';
 import { execFileSync } from 'node:child_process';
@@ -17,6 +18,7 @@ import { StoreUnavailable as StoreUnavailableError } from '../../daemon/store/st
 import { createTestDatabase, PG_ADMIN_URL, STORES } from '../helpers/databases';
 import { sqlQuery } from '../helpers/events';
 import { startStack, type Stack } from '../helpers/stack';
+import { startTcpProxy } from '../helpers/tcp-proxy';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -184,6 +186,42 @@ describe('PostgreSQL going away under a running daemon', () => {
     const fresh = await client.getLock('pg_fault.new');
     expect(fresh.token).toBeGreaterThan(held.token);
     expect(await client.unlock(held)).toBe(true);
+  });
+});
+
+describe('PostgreSQL cut off without a word (a network that drops every packet)', () => {
+  it('requests get StoreUnavailable within the statement timeout, not the client timeout; restored, the daemon serves, nothing refused was done', async () => {
+    const stack = await startStack({ store: 'postgres', daemons: 0 });
+    const pg = new URL(stack.db.url);
+    const proxy = await startTcpProxy({ host: pg.hostname, port: Number(pg.port || 5432) });
+    try {
+      pg.port = String(proxy.port);
+      await stack.startDaemon({ db: pg.toString(), dbStatementTimeout: 1 });
+      const client = stack.client; // timeout 10 s
+      const held = await client.getLock('bh.held', { expires: 600 });
+
+      proxy.blackhole();
+      for (const [call, fn] of [
+        ['getLock', () => client.getLock('bh.new')],
+        ['isLocked', () => client.isLocked(held.name)],
+        ['unlock', () => client.unlock(held)],
+      ] as const) {
+        const { err, ms } = await failure(fn);
+        expect({ call, err }).toEqual({ call, err: expect.any(StoreUnavailable) });
+        // dbStatementTimeout (1 s) and the daemon's 0.25 s margin, far from the client's 10 s.
+        expect({ call, ms: ms < 2000 }).toEqual({ call, ms: true });
+      }
+      proxy.restore();
+
+      const row = await eventually(() => client.lockInfo(held.name), 10_000);
+      expect(row?.token).toBe(held.token);
+      expect(await client.isLocked('bh.new')).toBe(false);
+      expect((await client.getLock('bh.new')).token).toBeGreaterThan(held.token);
+    } finally {
+      proxy.restore();
+      await stack.stop();
+      await proxy.close();
+    }
   });
 });
 

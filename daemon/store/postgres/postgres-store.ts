@@ -49,14 +49,14 @@ export interface PostgresStoreOptions {
   lockTimeoutMs?: number;
   /** ms a statement may run, and the client waits for its answer, before the database counts as unavailable. Default 2000. */
   statementTimeoutMs?: number;
-  /** ms a session may sit inside a transaction without a statement before the server ends it (a paused daemon). Default 5000. */
+  /** ms a session may sit inside a transaction without a statement before the server ends it (a paused daemon). Default 2000. */
   idleInTransactionTimeoutMs?: number;
 }
 
-/** How long opening a connection may take before the database counts as unavailable. */
+/** How long opening a connection may take before the database counts as unavailable (outside requests). */
 const CONNECT_TIMEOUT_MS = 5000;
-/** The client stops waiting for an answer this long after the server's own statement timeout. */
-const ANSWER_MARGIN_MS = 1000;
+/** The client stops waiting for an answer (or a new connection) this long after the server's own statement timeout. */
+const ANSWER_MARGIN_MS = 250;
 
 const NET_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH']);
 
@@ -211,12 +211,13 @@ export class PostgresStore implements Store {
       connectionString: options.url,
       max: size,
       idleTimeoutMillis: 10_000,
-      connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+      // A request never waits longer for a connection than for a statement.
+      connectionTimeoutMillis: statementTimeout + ANSWER_MARGIN_MS,
       // No session may freeze the service: a row held by another session, a statement that runs
       // on, a transaction left open by a paused daemon, a server that stops answering.
       lock_timeout: options.lockTimeoutMs ?? 250,
       statement_timeout: statementTimeout,
-      idle_in_transaction_session_timeout: options.idleInTransactionTimeoutMs ?? 5000,
+      idle_in_transaction_session_timeout: options.idleInTransactionTimeoutMs ?? 2000,
       query_timeout: statementTimeout + ANSWER_MARGIN_MS,
       keepAlive: true,
     });
