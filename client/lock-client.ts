@@ -5,15 +5,26 @@
  */
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import { ErrorCode as NatsErrorCode, headers, type ConnectionOptions, type NatsConnection } from 'nats';
+import {
+  ErrorCode as NatsErrorCode,
+  headers,
+  NatsError,
+  RequestStrategy,
+  type ConnectionOptions,
+  type Msg,
+  type MsgHdrs,
+  type NatsConnection,
+} from 'nats';
 import { connectNats } from '../shared/connect';
 import {
   CLIENT_HEADER,
   DEFAULT_EXPIRES,
   DEFAULT_PREFIX,
+  isWaitingNotice,
   requestSubject,
   type Api,
   type Endpoint,
+  type GetRequest,
   type ListResult,
   type MutationFields,
   type Reply,
@@ -30,11 +41,12 @@ export interface LockClientOptions {
   /** Milliseconds a call may take, its re-sends included (default 10000); `getLock` adds its `wait`. */
   timeout?: number;
   /**
-   * Milliseconds one attempt waits for its reply (plus a `getLock`'s `wait`) before the call is
-   * sent again, to whichever daemon NATS picks, under the same request id (default 1000): a daemon
-   * that is paused or gone costs a re-send, not the call.
+   * Milliseconds without an answer before a call is sent again (default 100), to whichever daemon
+   * NATS picks, under the same request id: a daemon that is paused or cut off costs a re-send, not
+   * the call. Later re-sends come half as long again apart, up to four times this. A `getLock` that
+   * waits is not sent again while a daemon says it is waiting for the lock.
    */
-  attemptTimeout?: number;
+  resendAfter?: number;
   /** Default `locked_by` for requests that name none (default: this machine's hostname). */
   locked_by?: string;
 }
@@ -97,19 +109,45 @@ const encoder = new TextEncoder();
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** The requests that change something: each call carries a request id, kept across its attempts. */
 const MUTATIONS: ReadonlySet<Endpoint> = new Set(['set', 'get', 'unlock', 'renew', 'clean', 'reset']);
+/**
+ * Copies of an unanswered call: the first after this, then each half as long again after the
+ * last, up to four times as long. Well above an answer's usual time (ms), so that copies go out
+ * only when a daemon is paused, cut off or gone; a copy that reaches a daemon still working on
+ * the request joins it.
+ */
+const DEFAULT_RESEND_AFTER_MS = 100;
+const RESEND_GROWTH = 1.5;
+const RESEND_MAX_FACTOR = 4;
 /** Pauses before asking again when no daemon answered: doubling from the first to the most. */
 const FIRST_PAUSE_MS = 50;
 const MAX_PAUSE_MS = 500;
-/** What one more name adds to the time a `setLock` attempt waits for its answer. */
-const SET_ATTEMPT_MS_PER_NAME = 2;
-/** An attempt needs at least this long to be answered; with less left the call ends. */
+/** What one more name adds to the time a `setLock` copy waits for its answer before it is sent again. */
+const SET_MS_PER_NAME = 2;
+/** A copy needs at least this long to be answered; with less left none is sent. */
 const MIN_ATTEMPT_MS = 20;
+
+export interface CallOptions {
+  /** A get's wait (ms): copies ask for progress and carry what is left of it. */
+  waitMs?: number;
+  /** More time (ms) the request takes to do, before a copy is sent again. */
+  slowMs?: number;
+  /** Set to when (performance.now()) the call's first copy went out. */
+  answered?: { sentAt: number };
+}
 
 /** A request id unique to one call: 128 random bits. */
 function requestId(): string {
   return randomBytes(16).toString('base64url');
 }
 const decoder = new TextDecoder();
+
+function parseOrNull(data: Uint8Array): unknown {
+  try {
+    return JSON.parse(decoder.decode(data));
+  } catch {
+    return null;
+  }
+}
 
 function checkName(name: unknown): string {
   const problem = lockNameProblem(name);
@@ -126,7 +164,7 @@ function compact<T extends object>(o: T): T {
 export class LockClient {
   readonly prefix: string;
   readonly timeout: number;
-  readonly attemptTimeout: number;
+  readonly resendAfter: number;
   readonly lockedBy: string;
   private readonly ownsConnection: boolean;
   private clientHeaders?: ReturnType<typeof headers>;
@@ -139,7 +177,7 @@ export class LockClient {
   ) {
     this.prefix = options.prefix ?? DEFAULT_PREFIX;
     this.timeout = options.timeout ?? 10_000;
-    this.attemptTimeout = options.attemptTimeout ?? 1000;
+    this.resendAfter = options.resendAfter ?? DEFAULT_RESEND_AFTER_MS;
     this.lockedBy = options.locked_by ?? hostname();
     this.ownsConnection = ownsConnection;
   }
@@ -164,64 +202,130 @@ export class LockClient {
   }
 
   /**
-   * Send a request; resolve its result or throw the mapped error. An attempt that gets no answer
-   * within `attemptTimeout` (plus `extraMs`: a get's wait, a large set's work), finds no daemon, or hears that the
-   * daemon lost its database while committing is sent again — with the same request id, so a
-   * request that changes something is never done twice — until `timeoutMs` is spent.
+   * Send a request; resolve its result or throw the mapped error. While no answer has come, a copy
+   * goes out again after `resendAfter` ms (half as long again each time, up to four times as long), to
+   * whichever daemon NATS picks, under the same request id — so a request that changes something
+   * is never done twice, and a paused or cut-off daemon costs a re-send, not the call. Every copy
+   * stays in the race: the first answer wins. No daemon at all, or one that lost its database
+   * while committing, is asked again after a pause. The call ends after `timeoutMs`.
    */
   async call<E extends Endpoint>(
     endpoint: E,
     request: Api[E]['request'],
     timeoutMs = this.timeout,
-    extraMs = 0,
-    /** Set to when (performance.now()) the attempt that was answered went out. */
-    answered?: { sentAt: number },
+    options: CallOptions = {},
   ): Promise<Api[E]['result']> {
     const subject = requestSubject(this.prefix, endpoint);
     const h = (this.clientHeaders ??= this.makeClientHeaders());
-    const body: Api[E]['request'] & MutationFields = MUTATIONS.has(endpoint) ? { ...request, request_id: requestId() } : { ...request };
-    const deadline = performance.now() + timeoutMs;
+    const body: Api[E]['request'] & MutationFields & Pick<GetRequest, 'wait' | 'progress'> = MUTATIONS.has(endpoint)
+      ? { ...request, request_id: requestId() }
+      : { ...request };
+    const waitMs = options.waitMs ?? 0;
+    if (waitMs > 0) body.progress = true;
+    const started = performance.now();
+    const deadline = started + timeoutMs;
+    if (options.answered) options.answered.sentAt = started;
+    const firstResend = this.resendAfter + (options.slowMs ?? 0);
+    let resendIn = firstResend;
     let pause = FIRST_PAUSE_MS;
-    let failure: LockError | undefined;
-    for (let attempt = 1; ; attempt++) {
-      if (attempt > 1 && body.request_id !== undefined) body.attempt = attempt;
-      // Timers cannot run longer than 2^31-1 ms (a longer one fires at once): a long `wait` would
-      // otherwise time out immediately while the daemon still waits for the lock.
-      const left = deadline - performance.now();
-      // Too little time for another answer: the last attempt's failure is the call's.
-      if (failure && left < MIN_ATTEMPT_MS) throw failure;
-      const timeout = Math.max(1, Math.min(left, this.attemptTimeout + extraMs, MAX_TIMER_MS));
-      let data: Uint8Array;
-      const sentAt = performance.now();
-      if (answered) answered.sentAt = sentAt;
-      try {
-        data = (await this.nc.request(subject, encoder.encode(JSON.stringify(body)), { timeout, headers: h })).data;
-      } catch (err) {
+    let copies = 0;
+    let unanswered = 0;
+
+    return new Promise<Api[E]['result']>((resolve, reject) => {
+      let failure: Error = new RequestTimeout(subject, timeoutMs);
+      let resend: ReturnType<typeof setTimeout> | undefined;
+      let ended = false;
+      const end = (settle: () => void) => {
+        if (ended) return;
+        ended = true;
+        clearTimeout(resend);
+        clearTimeout(expiry);
+        settle();
+      };
+      // Timers cannot run longer than 2^31-1 ms (a longer one fires at once): a long `wait` is
+      // timed in steps.
+      const expire = () => {
+        const left = deadline - performance.now();
+        if (left > 0) expiry = setTimeout(expire, Math.min(left, MAX_TIMER_MS));
+        else end(() => reject(failure));
+      };
+      let expiry = setTimeout(expire, Math.min(timeoutMs, MAX_TIMER_MS));
+      const sendIn = (ms: number) => {
+        clearTimeout(resend);
+        if (!ended) resend = setTimeout(send, Math.max(0, Math.min(ms, deadline - performance.now() - MIN_ATTEMPT_MS, MAX_TIMER_MS)));
+      };
+      const send = () => {
+        const now = performance.now();
+        const left = deadline - now;
+        if (ended || left < MIN_ATTEMPT_MS) return; // the expiry ends the call
+        copies += 1;
+        unanswered += 1;
+        if (copies > 1 && body.request_id !== undefined) body.attempt = copies;
+        // A copy waits only for what is left of the wait the call asked for.
+        const waitLeft = Math.max(0, waitMs - (now - started));
+        if (waitMs > 0) body.wait = waitLeft / 1000;
+        const data = encoder.encode(JSON.stringify(body));
+        // A copy listens until the call ends, or as long as a timer can run: then a new copy goes.
+        const listen = Math.min(left, MAX_TIMER_MS);
+        const copy =
+          waitLeft > 0
+            ? this.requestWithNotice(subject, data, h, listen, () => sendIn(Math.min(waitLeft + firstResend, listen)))
+            : this.nc.request(subject, data, { timeout: listen, headers: h });
+        copy.then(answer, fail);
+        sendIn(resendIn);
+        resendIn = Math.min(resendIn * RESEND_GROWTH, firstResend * RESEND_MAX_FACTOR);
+      };
+      const answer = (msg: Msg) => {
+        unanswered -= 1;
+        let reply: Reply<Api[E]['result']>;
+        try {
+          reply = JSON.parse(decoder.decode(msg.data));
+        } catch {
+          return end(() => reject(new LockError('PROTOCOL_MISMATCH', `reply on ${subject} is not JSON`)));
+        }
+        if (reply.ok === true) return end(() => resolve(reply.result));
+        if (reply.ok !== false || !reply.error)
+          return end(() => reject(new LockError('PROTOCOL_MISMATCH', `reply on ${subject} is not a lockmgr reply`)));
+        const error = errorFromWire(reply.error);
+        // Committed or not, only a re-send of the same request id can tell.
+        if (reply.error.code !== 'OUTCOME_UNKNOWN' || body.request_id === undefined) return end(() => reject(error));
+        failure = error;
+        sendIn(pause);
+        pause = Math.min(pause * 2, MAX_PAUSE_MS);
+      };
+      const fail = (err: unknown) => {
+        unanswered -= 1;
         const code = (err as { code?: string }).code;
-        if (code !== NatsErrorCode.NoResponders && code !== NatsErrorCode.Timeout) throw err;
-        const noDaemon = code === NatsErrorCode.NoResponders;
-        failure = noDaemon ? new NoDaemon(subject, { cause: err }) : new RequestTimeout(subject, timeoutMs, { cause: err });
-        // No daemon yet (a restart): ask again after a pause. No answer: ask again at once.
-        if (noDaemon) await new Promise((r) => setTimeout(r, Math.max(0, Math.min(pause, deadline - performance.now() - MIN_ATTEMPT_MS))));
+        if (code === NatsErrorCode.Timeout) return; // the call's own expiry says so
+        if (code !== NatsErrorCode.NoResponders) return end(() => reject(err as Error));
+        // No daemon yet (a restart): ask again after a pause, unless a copy is still out.
+        failure = new NoDaemon(subject, { cause: err });
+        if (unanswered === 0) sendIn(pause);
         pause = Math.min(pause * 2, MAX_PAUSE_MS);
+      };
+      send();
+    });
+  }
+
+  /**
+   * One copy of a get that may wait: the daemon says when it starts waiting (`onWaiting`), then
+   * answers by the end of the wait. Resolves the answer.
+   */
+  private async requestWithNotice(subject: string, data: Uint8Array, h: MsgHdrs, timeout: number, onWaiting: () => void): Promise<Msg> {
+    const replies = await this.nc.requestMany(subject, data, {
+      strategy: RequestStrategy.Count,
+      maxMessages: 2,
+      maxWait: timeout,
+      headers: h,
+    });
+    for await (const msg of replies) {
+      if (msg.data.length < 64 && isWaitingNotice(parseOrNull(msg.data))) {
+        onWaiting();
         continue;
       }
-      let reply: Reply<Api[E]['result']>;
-      try {
-        reply = JSON.parse(decoder.decode(data));
-      } catch {
-        throw new LockError('PROTOCOL_MISMATCH', `reply on ${subject} is not JSON`);
-      }
-      if (reply.ok === true) return reply.result;
-      if (reply.ok !== false || !reply.error) throw new LockError('PROTOCOL_MISMATCH', `reply on ${subject} is not a lockmgr reply`);
-      // Committed or not, only a re-send of the same request id can tell.
-      if (reply.error.code === 'OUTCOME_UNKNOWN' && body.request_id !== undefined && performance.now() + pause < deadline) {
-        await new Promise((r) => setTimeout(r, pause));
-        pause = Math.min(pause * 2, MAX_PAUSE_MS);
-        continue;
-      }
-      throw errorFromWire(reply.error);
+      return msg;
     }
+    throw NatsError.errorForCode(NatsErrorCode.Timeout);
   }
 
   /**
@@ -244,8 +348,8 @@ export class LockClient {
         process_id: options.process_id,
       }),
       this.timeout,
-      // Many names take longer to do: their attempt waits longer before it is sent again.
-      names.length * SET_ATTEMPT_MS_PER_NAME,
+      // Many names take longer to do: a copy waits longer before it is sent again.
+      { slowMs: names.length * SET_MS_PER_NAME },
     );
     return new LockSetResult(result);
   }
@@ -264,8 +368,7 @@ export class LockClient {
         wait: wait || undefined,
       }),
       this.timeout + Math.max(0, wait) * 1000,
-      Math.max(0, wait) * 1000,
-      answered,
+      { waitMs: Math.max(0, wait) * 1000, answered },
     );
     const lock = Lock.fromRecord(record);
     if (!wait) await this.refuseIfLate(lock, answered.sentAt);
@@ -274,7 +377,7 @@ export class LockClient {
 
   /**
    * A grant is worth having only with a quarter of its lifetime left. Its lifetime started after
-   * the request went out, so the round trip bounds what it lost on the way: if that leaves less
+   * the call's first copy went out, so the time since bounds what it lost on the way: if that leaves less
    * than a quarter, release it (by its token) and fail the call. (After a `wait`, the daemon
    * makes this check itself before it replies.)
    */

@@ -50,9 +50,25 @@ export interface Operation<T> {
   once?: Once<T>;
 }
 
-/** The result recorded by an earlier run of the same request id. */
+/** A refusal recorded as the outcome of a request id (the lock rules' code, message and lock). */
+export interface RecordedRefusal {
+  code: string;
+  message: string;
+  lock?: unknown;
+}
+
+/** The outcome recorded by an earlier run of the same request id: its result, or its refusal. */
 export class Recalled {
-  constructor(readonly result: unknown) {}
+  constructor(
+    readonly result: unknown,
+    readonly refusal?: RecordedRefusal,
+  ) {}
+
+  /** From the outcome as recorded (StoreTx.remember): `{"result": …}` or `{"refusal": …}`. */
+  static from(recorded: string): Recalled {
+    const o = JSON.parse(recorded) as { result?: unknown; refusal?: RecordedRefusal };
+    return new Recalled(o.result, o.refusal);
+  }
 }
 
 interface Queued {
@@ -237,7 +253,7 @@ export class Batcher {
         for (const q of batch) {
           const done = q.op.once ? recalled.get(q.op.once.id) : undefined;
           if (done !== undefined) {
-            out.push({ ok: true, value: new Recalled((JSON.parse(done) as { result: unknown }).result) });
+            out.push({ ok: true, value: Recalled.from(done) });
             continue;
           }
           try {
@@ -250,6 +266,7 @@ export class Batcher {
             out.push({ ok: false, error: err });
           }
         }
+        if (!this.store.soleWriter) await this.recallLate(tx, batch, out);
         return out;
       }, trace);
       ok = true;
@@ -264,6 +281,26 @@ export class Batcher {
   private async recall(tx: StoreTx, batch: readonly Queued[]): Promise<Map<string, string>> {
     const ids = batch.filter((q) => q.op.once).map((q) => q.op.once!.id);
     return ids.length > 0 ? tx.recall(ids) : new Map<string, string>();
+  }
+
+  /**
+   * Another daemon may have run a copy of the same request meanwhile: an operation that waited for
+   * a row the copy held then found the copy's change (the lock taken, the lock gone) and changed
+   * nothing. Its answer is the copy's, committed by now: look again for those that changed nothing.
+   */
+  private async recallLate(tx: StoreTx, batch: readonly Queued[], out: Outcome[]): Promise<void> {
+    const unchanged = batch.flatMap((q, i) => {
+      const o = out[i]!;
+      const once = q.op.once;
+      if (!once || (o.ok && (o.value instanceof Recalled || once.outcome(o.value) !== undefined))) return [];
+      return [i];
+    });
+    if (unchanged.length === 0) return;
+    const found = await tx.recall(unchanged.map((i) => batch[i]!.op.once!.id));
+    for (const i of unchanged) {
+      const done = found.get(batch[i]!.op.once!.id);
+      if (done !== undefined) out[i] = { ok: true, value: Recalled.from(done) };
+    }
   }
 
   /** Record what an idempotent operation answered, if it changed something. */

@@ -4,24 +4,27 @@
  * not compile.
  *
  * Requests that change something and carry a request id run once: a re-send is answered with the
- * recorded result of the first run that changed something. A grant whose reply would leave less
+ * recorded result of the first run that changed something, or joins the first while it runs. A grant whose reply would leave less
  * than a quarter of its lifetime (the transaction took that long, or the daemon was paused) is
  * withdrawn, not sent as a success.
  */
 import { hostname } from 'node:os';
-import type { Api, Endpoint, LockRecord, LockSetResultRecord } from '../shared/protocol';
+import type { Api, Endpoint, ErrorCode, LockRecord, LockSetResultRecord } from '../shared/protocol';
 import type { Mutation, NormalizedRequests } from '../shared/validate';
-import type { Batcher, Once, Operation } from './batcher';
+import { AnswerMemory, settle, type Answer } from './answers';
+import type { Batcher, Once, Operation, RecordedRefusal } from './batcher';
 import type { Clock } from './clock';
 import { toLockRecord } from './lock-records';
-import { EXPIRED_PAGE, lockedError, ops, type AcquireResult } from './lock-ops';
-import { RowBusy, StoreUnavailable, type LockRow, type Requester } from './store/store';
+import { EXPIRED_PAGE, LockRuleError, lockedError, ops, type AcquireResult } from './lock-ops';
+import { CommitInDoubt, RowBusy, StoreUnavailable, type LockRow, type Requester } from './store/store';
 import type { WaitQueue } from './waiters';
 
 export interface RequestContext {
   who: Requester;
   /** Names the request in the diagnostics (the request's message). */
   tag?: object;
+  /** Tells the client the daemon has started to wait for the lock (a get that asked for progress). */
+  waiting?: () => void;
 }
 
 export type Handler<E extends Endpoint> = (req: NormalizedRequests[E], ctx: RequestContext) => Promise<Api[E]['result']>;
@@ -32,6 +35,8 @@ export interface HandlerOptions {
   requestWindowMs: number;
   /** The largest reply a NATS message may carry now (the server's max_payload, less a margin). */
   maxReplyBytes(): number;
+  /** Other daemons serve the same store (PostgreSQL): answers to copies are recorded in it. */
+  sharedStore: boolean;
 }
 
 /** The seed's default owner: requests that name none are recorded as this host's. */
@@ -40,6 +45,8 @@ const FALLBACK_OWNER = hostname();
 const LEAST_LIFETIME_LEFT = 0.25;
 /** A waiting get looks again this often at a name whose row another session holds. */
 const BUSY_LOOK_MS = 250;
+/** Answers kept for copies of requests: at most this many (the newest). */
+const MAX_ANSWERS_KEPT = 20_000;
 
 /** Who a request says it is (`locked_by`, process id) and which NATS client sent it. */
 export function requesterOf(req: NormalizedRequests[Endpoint], client: string | null): Requester {
@@ -76,7 +83,9 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
     if (req.requestId === null) return { value: await batcher.run(op, ctx.tag) };
     const spec: Once<T> = { id: req.requestId, keepMs: options.requestWindowMs + waitMs, outcome };
     const r = await batcher.runOnce({ ...op, once: spec }, ctx.tag);
-    return 'value' in r ? r : { recalled: r.result as R };
+    if ('value' in r) return r;
+    if (r.refusal) throw refusalError(r.refusal);
+    return { recalled: r.result as R };
   }
 
   /** Release grants that would be sent too late, and say so instead of granting. */
@@ -127,6 +136,7 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
           if (r.held) throw lockedError(r.held);
           throw new RowBusy(`the row of lock ${req.name} is held by another database session`);
         }
+        if (!front) ctx.waiting?.();
         const heldUntil = r.held ? (r.held.locked_until ?? Infinity) : clock.now() + BUSY_LOOK_MS;
         await waiters.wait(ticket, Math.min(deadline, heldUntil + 1), front);
         front = true;
@@ -148,17 +158,76 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
     return r.value;
   }
 
+  /**
+   * Copies of one request (the client sends one when no answer came in time) get one answer and
+   * the request is done once: a copy that arrives while the first is handled joins it (a get that
+   * waits tells the copy so); one that arrives later gets the answer given, kept for
+   * `requestWindowMs`. With a store other daemons share, the answer to a copy is recorded there
+   * too, so that a copy still on its way to another daemon answers the same.
+   */
+  const running = new Map<string, Promise<unknown>>();
+  const answered = new AnswerMemory(options.requestWindowMs, MAX_ANSWERS_KEPT);
+  function joinCopies<E extends Endpoint>(handler: Handler<E>): Handler<E> {
+    return (req, ctx) => {
+      const { requestId: id, attempt } = req as Partial<Mutation>;
+      if (id === undefined || id === null) return handler(req, ctx);
+      const given = answered.get(id, clock.now());
+      if (given) return Promise.resolve().then(() => settle<Api[E]['result']>(given));
+      const first = running.get(id) as ReturnType<Handler<E>> | undefined;
+      if (first) {
+        if ((req as Partial<NormalizedRequests['get']>).waitMs) ctx.waiting?.();
+        return first;
+      }
+      const done = answerOnce(handler, req, ctx, id, attempt ?? 1).finally(() => running.delete(id));
+      running.set(id, done);
+      return done;
+    };
+  }
+
+  async function answerOnce<E extends Endpoint>(
+    handler: Handler<E>,
+    req: NormalizedRequests[E],
+    ctx: RequestContext,
+    id: string,
+    attempt: number,
+  ): Promise<Api[E]['result']> {
+    let answer: Answer;
+    try {
+      answer = { value: await handler(req, ctx) };
+    } catch (error) {
+      answer = { error };
+    }
+    if (options.sharedStore && attempt > 1 && ('value' in answer || answer.error instanceof LockRuleError)) {
+      answer = await settleShared(id, answer, ctx);
+    }
+    // Committed or not is unknown: a copy must find out again.
+    if (!('error' in answer && answer.error instanceof CommitInDoubt)) answered.set(id, answer, clock.now());
+    return settle<Api[E]['result']>(answer);
+  }
+
+  /** The answer to a copy, as recorded in the shared store: this one, or one recorded before. */
+  async function settleShared(id: string, answer: Answer, ctx: RequestContext): Promise<Answer> {
+    const recorded = 'value' in answer ? { result: answer.value } : { refusal: refusalOf(answer.error as LockRuleError) };
+    try {
+      const before = await batcher.run(ops.settle(id, JSON.stringify(recorded), options.requestWindowMs), ctx.tag);
+      if (!before) return answer;
+      return before.refusal ? { error: refusalError(before.refusal) } : { value: before.result };
+    } catch {
+      return answer; // not recorded: the store is away, and the answer stands as given
+    }
+  }
+
   return {
-    set,
-    get: getWithWait,
-    unlock: async (req, ctx) => {
+    set: joinCopies(set),
+    get: joinCopies(getWithWait),
+    unlock: joinCopies(async (req, ctx) => {
       const r = await once(ops.unlock(req, ctx.who), req, ctx, (released) => (released ? { unlocked: true } : undefined));
       return 'recalled' in r ? r.recalled : { unlocked: r.value };
-    },
-    renew: async (req, ctx) => {
+    }),
+    renew: joinCopies(async (req, ctx) => {
       const r = await once(ops.renew(req, ctx.who), req, ctx, toLockRecord);
       return 'recalled' in r ? r.recalled : toLockRecord(r.value);
-    },
+    }),
     is_locked: async (req, ctx) => {
       const row = await batcher.run(ops.isLocked(req.name), ctx.tag);
       return { locked: row !== null, lock: row ? toLockRecord(row) : null };
@@ -174,11 +243,20 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
       }
     },
     // Recorded even when nothing was removed: a repeat must not remove locks taken since.
-    reset: async (req, ctx) => {
+    reset: joinCopies(async (req, ctx) => {
       const r = await once(ops.reset(ctx.who), req, ctx, (rows) => ({ removed: rows.length }));
       return 'recalled' in r ? r.recalled : { removed: r.value.length };
-    },
+    }),
   };
+}
+
+function refusalOf(e: LockRuleError): RecordedRefusal {
+  return e.lock ? { code: e.code, message: e.message, lock: e.lock } : { code: e.code, message: e.message };
+}
+
+/** A refusal recorded for a request id, as the error it was. */
+function refusalError(r: RecordedRefusal): LockRuleError {
+  return new LockRuleError(r.code as ErrorCode, r.message, r.lock as LockRecord | undefined);
 }
 
 /** A granted lock's record as the row it came from (times in ms). */

@@ -183,6 +183,7 @@ export class LockDaemon {
       requestWindowMs: c.requestWindow * 1000,
       // What a reply may take: the server's max_payload, less room for headers.
       maxReplyBytes: () => (nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD) - REPLY_HEADROOM,
+      sharedStore: !store.soleWriter,
     });
     const lockService = new LockService(handlers, this.logger, () => authority.refusal());
     this.lockService = lockService;

@@ -7,7 +7,7 @@
 import type { EventCause } from '../shared/events';
 import { ErrorCode, type ListResult, type LockRecord, type LockSetResultRecord, type LockSetStatus } from '../shared/protocol';
 import type { NormalizedGet, NormalizedList, NormalizedRenew, NormalizedSet, NormalizedUnlock } from '../shared/validate';
-import type { Operation } from './batcher';
+import { Recalled, type Operation } from './batcher';
 import { toLockRecord } from './lock-records';
 import { TransactionConflict, type DomainError, type LockRow, type LockTx, type Renewal, type Requester } from './store/store';
 
@@ -300,6 +300,21 @@ export const ops = {
   },
   reset(who: Requester): Operation<LockRow[]> {
     return { run: (tx) => resetLocks(tx, who) };
+  },
+  /**
+   * Record `answer` (JSON, as `remember` takes it) as the outcome of request `id`, unless the id
+   * has one already: then that one is the answer. Several daemons share the store, and a copy of
+   * the request may still reach another: it must answer the same, not do the request again.
+   */
+  settle(id: string, answer: string, keepMs: number): Operation<Recalled | null> {
+    return {
+      run: async (tx) => {
+        const found = (await tx.recall([id])).get(id);
+        if (found !== undefined) return Recalled.from(found);
+        tx.remember(id, answer, tx.now + keepMs);
+        return null;
+      },
+    };
   },
   /**
    * Undo grants whose reply would come too late: forget the request's recorded outcome and release

@@ -1,7 +1,7 @@
 /**
  * The request side of the daemon: decode, validate, hand to the endpoint's handler, reply. Every
  * request gets exactly one reply, whatever happens: a result, or a coded error with the NATS
- * service error headers set.
+ * service error headers set. (A get that asked for progress may get a WaitingNotice before it.)
  */
 import type { Msg, MsgHdrs } from 'nats';
 import {
@@ -12,11 +12,12 @@ import {
   type Api,
   type Endpoint,
   type Reply,
+  type WaitingNotice,
   type WireError,
 } from '../shared/protocol';
-import { RequestInvalid, validateRequest } from '../shared/validate';
+import { RequestInvalid, validateRequest, type NormalizedRequests } from '../shared/validate';
 import { requestChannel } from './diagnostics';
-import { requesterOf, type Handlers } from './handlers';
+import { requesterOf, type Handlers, type RequestContext } from './handlers';
 import { LockRuleError } from './lock-ops';
 import type { Logger } from './logger';
 import { CommitInDoubt, RowBusy, StoreUnavailable } from './store/store';
@@ -31,6 +32,8 @@ export interface Responder {
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
+
+const WAITING_NOTICE = encoder.encode(JSON.stringify({ waiting: true } satisfies WaitingNotice));
 
 export function encodeReply<E extends Endpoint>(reply: Reply<Api[E]['result']>): Uint8Array {
   return encoder.encode(JSON.stringify(reply));
@@ -75,8 +78,8 @@ export class LockService {
       });
   }
 
-  /** `tag` names the request in the diagnostics. */
-  private async process<E extends Endpoint>(endpoint: E, msg: Responder, tag: object): Promise<void> {
+  /** `original` is the message as it came (it names the request in the diagnostics). */
+  private async process<E extends Endpoint>(endpoint: E, msg: Responder, original: Responder): Promise<void> {
     const refused = this.refusal();
     if (refused) return this.fail(msg, refused);
     if (msg.data.length > MAX_PAYLOAD_BYTES) {
@@ -111,7 +114,9 @@ export class LockService {
     }
     const handler: Handlers[E] = this.handlers[endpoint];
     try {
-      const result = await handler(req, { who: requesterOf(req, msg.headers?.get(CLIENT_HEADER) || null), tag });
+      const ctx: RequestContext = { who: requesterOf(req, msg.headers?.get(CLIENT_HEADER) || null), tag: original };
+      if ((req as Partial<NormalizedRequests['get']>).progress) ctx.waiting = () => void original.respond(WAITING_NOTICE);
+      const result = await handler(req, ctx);
       msg.respond(encodeReply<E>({ ok: true, result }));
     } catch (err) {
       if (err instanceof LockRuleError) {

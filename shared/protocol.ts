@@ -121,6 +121,11 @@ export interface GetRequest extends MutationFields {
   lock_process?: number | null;
   /** Seconds to wait for a held lock to be released before answering LOCKED. */
   wait?: number | null;
+  /**
+   * Ask for a `WaitingNotice` on the reply subject when the daemon starts to wait for the lock, so
+   * the client knows a live daemon has the request until the wait ends.
+   */
+  progress?: boolean;
 }
 export interface UnlockRequest extends MutationFields {
   name: string;
@@ -222,3 +227,15 @@ export interface WireError {
 }
 
 export type Reply<T> = { ok: true; result: T } | { ok: false; error: WireError };
+
+/**
+ * Sent before the reply of a `get` that asked for `progress`, when the lock is held and the daemon
+ * starts to wait for it: the reply follows by the end of the wait.
+ */
+export interface WaitingNotice {
+  waiting: true;
+}
+
+export function isWaitingNotice(message: unknown): message is WaitingNotice {
+  return typeof message === 'object' && message !== null && (message as { waiting?: unknown }).waiting === true && !('ok' in message);
+}

@@ -69,6 +69,8 @@ export interface NormalizedGet extends Mutation {
   lockedBy: string | null;
   process: number | null;
   waitMs: number;
+  /** Send a WaitingNotice when the wait starts. */
+  progress: boolean;
 }
 export interface NormalizedUnlock extends Mutation {
   name: string;
@@ -190,7 +192,7 @@ class Reader {
 const MUTATION_FIELDS = ['request_id', 'attempt'];
 const FIELDS: Record<Endpoint, readonly string[]> = {
   set: ['locks', 'timeout', 'fail', 'renew', 'create', 'locked_by', 'process_id', ...MUTATION_FIELDS],
-  get: ['name', 'expires', 'locked_by', 'lock_process', 'wait', ...MUTATION_FIELDS],
+  get: ['name', 'expires', 'locked_by', 'lock_process', 'wait', 'progress', ...MUTATION_FIELDS],
   unlock: ['name', 'token', ...MUTATION_FIELDS],
   renew: ['name', 'expires', 'add_time', 'create', 'token', 'locked_by', 'lock_process', ...MUTATION_FIELDS],
   is_locked: ['name'],
@@ -247,6 +249,7 @@ const READERS: Readers = {
     lockedBy: r.text('locked_by'),
     process: r.integer('lock_process'),
     waitMs: r.wait('wait'),
+    progress: r.bool('progress', false),
     ...r.mutation(),
   }),
   unlock: (r) => ({ name: r.name('name'), token: r.integer('token'), ...r.mutation() }),

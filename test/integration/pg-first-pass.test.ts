@@ -47,7 +47,10 @@ describe('postgres: first statements of a batch in one round trip', () => {
 
   const set = async (name: string) => {
     const r = await batcher.run(
-      ops.get({ name, expiresMs: 60_000, lockedBy: who.lockedBy, process: who.process, waitMs: 0, requestId: null, attempt: 1 }, who),
+      ops.get(
+        { name, expiresMs: 60_000, lockedBy: who.lockedBy, process: who.process, waitMs: 0, progress: false, requestId: null, attempt: 1 },
+        who,
+      ),
     );
     return 'granted' in r ? { granted: r.granted.token } : { held: r.held.token };
   };

@@ -10,13 +10,21 @@ import { Client } from 'pg';
 import { AuthorityConflict, LockClient, Locked, ReplyTooLarge, StoreUnavailable } from '../../client/index';
 import { AuthorityConflict as DaemonAuthorityConflict } from '../../daemon/authority';
 import { CHANNELS } from '../../daemon/diagnostics';
-import { StoreInUse } from '../../daemon/store/store';
+import { StoreInUse, type Requester } from '../../daemon/store/store';
 import { eventSubject, type LockEvent } from '../../shared/events';
-import { servicePingSubject, type Api, type Endpoint, type Reply } from '../../shared/protocol';
+import { servicePingSubject, type Api, type Endpoint, type LockRecord, type Reply } from '../../shared/protocol';
 import { runCli } from '../helpers/cli';
 import { createTestDatabase, STORES } from '../helpers/databases';
 import { quietLogger, startStack, type Stack } from '../helpers/stack';
 import { LockDaemon } from '../../daemon/lock-daemon';
+import { Batcher, Recalled } from '../../daemon/batcher';
+import { systemClock } from '../../daemon/clock';
+import { lockHandlers } from '../../daemon/handlers';
+import { WaitQueue } from '../../daemon/waiters';
+import { validateRequest } from '../../shared/validate';
+import { ops, type AcquireResult } from '../../daemon/lock-ops';
+import { toLockRecord } from '../../daemon/lock-records';
+import { PostgresStore } from '../../daemon/store/postgres/postgres-store';
 
 jest.setTimeout(60_000);
 
@@ -84,6 +92,70 @@ describe.each(STORES)('request ids on %s: a re-sent request is never done twice'
     expect((await stack.client.lockInfo('rid.unlock'))?.token).toBe(next.token);
   });
 
+  it('copies of one request that arrive together are done once and answered alike (they join the first)', async () => {
+    await stack.client.getLock('rid.together');
+    // Two copies of one unlock in the same moment, as a re-send can arrive while the first runs.
+    const copies = await Promise.all([1, 2].map((attempt) => raw(stack, 'unlock', { name: 'rid.together', request_id: 'u-2', attempt })));
+    expect(copies).toEqual([
+      { ok: true, result: { unlocked: true } },
+      { ok: true, result: { unlocked: true } },
+    ]);
+    // And copies of a get: one grant.
+    const gets = await Promise.all([1, 2, 3].map((attempt) => raw(stack, 'get', { name: 'rid.together', request_id: 'g-3', attempt })));
+    const tokens = gets.map((g) => (g.ok ? g.result.token : g.error.code));
+    expect(new Set(tokens).size).toBe(1);
+    expect(typeof tokens[0]).toBe('number');
+  });
+
+  it('a get that asked for progress is told when the daemon starts to wait, then answered; the client sends no copy meanwhile', async () => {
+    const held = await stack.client.getLock('rid.wait', { expires: 60 });
+    // Raw: a notice, then the answer, on the one reply subject.
+    const inbox = stack.client.nc.subscribe('_INBOX.rid-wait', { max: 2 });
+    stack.client.nc.publish(`${stack.prefix}.get`, encoder.encode(JSON.stringify({ name: 'rid.wait', wait: 0.3, progress: true })), {
+      reply: '_INBOX.rid-wait',
+    });
+    const messages: unknown[] = [];
+    for await (const m of inbox) messages.push(JSON.parse(decoder.decode(m.data)));
+    expect(messages).toEqual([{ waiting: true }, { ok: false, error: expect.objectContaining({ code: 'LOCKED' }) }]);
+    // Without `progress`, no notice: one answer.
+    expect(await raw(stack, 'get', { name: 'rid.wait', wait: 0.1 })).toMatchObject({ ok: false, error: { code: 'LOCKED' } });
+
+    // The client: resendAfter 100 ms, a wait of 3 s; the lock is released after 1 s.
+    const client = await stack.newClient({ timeout: 5000 });
+    const waiting = new LockClient(client.nc, { prefix: stack.prefix, resendAfter: 100 });
+    const copies: unknown[] = [];
+    const spy = client.nc.subscribe(`${stack.prefix}.get`, { callback: (_e, m) => copies.push(m.data) });
+    try {
+      const release = new Promise((r) => setTimeout(r, 1000)).then(() => stack.client.unlock(held));
+      const lock = await waiting.getLock('rid.wait', { wait: 3, expires: 60 });
+      await release;
+      expect(lock.token).toBeGreaterThan(held.token);
+      expect(copies).toHaveLength(1);
+    } finally {
+      spy.unsubscribe();
+    }
+  });
+
+  it('a copy that arrives after its request was answered gets that answer, though the lock changed since', async () => {
+    // LOCKED stays LOCKED: the copy does not take the lock freed meanwhile.
+    const held = await stack.client.getLock('rid.late');
+    expect(await raw(stack, 'get', { name: 'rid.late', request_id: 'late-1' })).toMatchObject({ ok: false, error: { code: 'LOCKED' } });
+    await stack.client.unlock(held);
+    expect(await raw(stack, 'get', { name: 'rid.late', request_id: 'late-1', attempt: 2 })).toMatchObject({
+      ok: false,
+      error: { code: 'LOCKED', lock: { token: held.token } },
+    });
+    expect(await stack.client.isLocked('rid.late')).toBe(false);
+    // "Nothing to unlock" stays so: the copy does not release the lock taken since.
+    expect(await raw(stack, 'unlock', { name: 'rid.late', request_id: 'late-2' })).toEqual({ ok: true, result: { unlocked: false } });
+    const taken = await stack.client.getLock('rid.late');
+    expect(await raw(stack, 'unlock', { name: 'rid.late', request_id: 'late-2', attempt: 2 })).toEqual({
+      ok: true,
+      result: { unlocked: false },
+    });
+    expect((await stack.client.lockInfo('rid.late'))?.token).toBe(taken.token);
+  });
+
   it('a reset sent again answers the first count and removes nothing taken since', async () => {
     const prefixed = await startStack({ store, config: { eventsJetstream: 'off' }, nats: stack.nats });
     try {
@@ -98,11 +170,13 @@ describe.each(STORES)('request ids on %s: a re-sent request is never done twice'
     }
   });
 
-  it('the client sends one request id per call and re-sends it: a daemon paused past an attempt costs a re-send, not a double grant', async () => {
-    // The first attempt's reply is held back past the client's attempt timeout (the daemon's
-    // event loop is kept busy after the grant): the client sends the request again, same id.
+  it('the client sends one request id per call and re-sends it: a daemon paused past resendAfter costs a re-send, not a double grant', async () => {
+    // The first copy's reply is held back past the client's resendAfter (the daemon's event loop
+    // is kept busy after the grant): the client sends the request again, same id.
     const client = await stack.newClient({ timeout: 8000 });
-    const slow = new LockClient(client.nc, { prefix: stack.prefix, timeout: 8000, attemptTimeout: 300 });
+    const slow = new LockClient(client.nc, { prefix: stack.prefix, timeout: 8000, resendAfter: 200 });
+    const copies: { request_id?: string; attempt?: number }[] = [];
+    const spy = client.nc.subscribe(`${stack.prefix}.get`, { callback: (_e, m) => copies.push(JSON.parse(decoder.decode(m.data))) });
     let stalls = 1;
     const stall = (m: unknown) => {
       const { phase } = m as { phase: string };
@@ -119,7 +193,12 @@ describe.each(STORES)('request ids on %s: a re-sent request is never done twice'
       expect(lock.name).toBe('rid.paused');
       expect(await stack.client.lockInfo('rid.paused')).toMatchObject({ token: lock.token });
       expect((await events.settled(1)).map((e) => [e.type, e.lock.token])).toEqual([['created', lock.token]]);
+      // Sent two or more times, under one id.
+      expect(copies.length).toBeGreaterThanOrEqual(2);
+      expect(new Set(copies.map((c) => c.request_id)).size).toBe(1);
+      expect(copies.map((c) => c.attempt ?? 1).slice(0, 2)).toEqual([1, 2]);
     } finally {
+      spy.unsubscribe();
       events.stop();
       unsubscribe(CHANNELS.operation, stall);
       unsubscribe(CHANNELS.transaction, stall);
@@ -180,7 +259,7 @@ describe.each(STORES)('grants that would arrive too late on %s', (store) => {
     subscribe(CHANNELS.transaction, stall);
     let err: unknown;
     try {
-      const client = new LockClient(stack.client.nc, { prefix: stack.prefix, timeout: 5000, attemptTimeout: 4000 });
+      const client = new LockClient(stack.client.nc, { prefix: stack.prefix, timeout: 5000, resendAfter: 4000 });
       err = await client.getLock('late.1', { expires: 1 }).catch((e: unknown) => e);
     } finally {
       unsubscribe(CHANNELS.transaction, stall);
@@ -354,6 +433,94 @@ describe('PostgreSQL: a session stuck on one name holds up only that name', () =
       expect((await waiter).name).toBe('stuck.busy');
     } finally {
       await stuck.query('ROLLBACK').catch(() => undefined);
+    }
+  });
+});
+
+describe('PostgreSQL: copies of one request run by two daemons at once', () => {
+  it('answer alike: the copy that found the other copy’s change (a lock taken, a lock gone) answers the recorded outcome', async () => {
+    const tdb = await createTestDatabase('postgres');
+    // Two daemons' stores and batchers on one database, each its own pool, as two processes would have.
+    const stores = [0, 1].map((i) => new PostgresStore({ url: tdb.url, daemonId: `D${i}` }));
+    try {
+      await stores[0]!.migrate();
+      const batchers = stores.map((s) => new Batcher(s));
+      const who: Requester = { lockedBy: 'copies', process: null, client: null };
+      const mutation = (id: string) => ({ requestId: id, attempt: 1 });
+      const grantOf = (r: { value: AcquireResult } | Recalled) =>
+        r instanceof Recalled
+          ? (r.result as LockRecord).token
+          : 'granted' in r.value
+            ? r.value.granted.token
+            : `held by ${r.value.held.token}`;
+      for (let i = 0; i < 10; i++) {
+        const get = {
+          name: `copies.${i}`,
+          expiresMs: 60_000,
+          lockedBy: 'copies',
+          process: null,
+          waitMs: 0,
+          progress: false,
+          ...mutation(`get-${i}`),
+        };
+        const gets = await Promise.all(
+          batchers.map((b) =>
+            b.runOnce({
+              ...ops.get(get, who),
+              once: { id: get.requestId, keepMs: 60_000, outcome: (v) => ('granted' in v ? toLockRecord(v.granted) : undefined) },
+            }),
+          ),
+        );
+        const tokens = gets.map(grantOf);
+        expect(typeof tokens[0]).toBe('number');
+        expect(tokens[1]).toBe(tokens[0]);
+
+        const unlock = { name: get.name, token: null, ...mutation(`unlock-${i}`) };
+        const unlocks = await Promise.all(
+          batchers.map((b) =>
+            b.runOnce({
+              ...ops.unlock(unlock, who),
+              once: { id: unlock.requestId, keepMs: 60_000, outcome: (v) => (v ? { unlocked: true } : undefined) },
+            }),
+          ),
+        );
+        expect(unlocks.map((r) => (r instanceof Recalled ? r.result : { unlocked: r.value }))).toEqual([
+          { unlocked: true },
+          { unlocked: true },
+        ]);
+      }
+    } finally {
+      await Promise.all(stores.map((s) => s.close()));
+      await tdb.drop();
+    }
+  });
+});
+
+describe('PostgreSQL: a copy answered by one daemon, another copy at another daemon later', () => {
+  it('answers the same: the answer to a copy is recorded in the shared store', async () => {
+    const tdb = await createTestDatabase('postgres');
+    const stores = [0, 1].map((i) => new PostgresStore({ url: tdb.url, daemonId: `D${i}` }));
+    try {
+      await stores[0]!.migrate();
+      const daemons = stores.map((s) =>
+        lockHandlers(new Batcher(s), new WaitQueue(), systemClock, {
+          requestWindowMs: 60_000,
+          maxReplyBytes: () => 1 << 20,
+          sharedStore: true,
+        }),
+      );
+      const ctx = { who: { lockedBy: 'copies', process: null, client: null } };
+      const get = (attempt: number) => validateRequest('get', { name: 'shared.late', request_id: 'shared-1', attempt });
+      const holder = await daemons[0]!.get(validateRequest('get', { name: 'shared.late' }), ctx);
+      // The second copy reaches daemon 0 first (the first is held up on its way to daemon 1): LOCKED.
+      await expect(daemons[0]!.get(get(2), ctx)).rejects.toMatchObject({ code: 'LOCKED' });
+      await daemons[0]!.unlock(validateRequest('unlock', { name: 'shared.late', token: holder.token }), ctx);
+      // The first copy reaches daemon 1, the lock free by now: LOCKED still, and the lock stays free.
+      await expect(daemons[1]!.get(get(1), ctx)).rejects.toMatchObject({ code: 'LOCKED', lock: { token: holder.token } });
+      expect(await daemons[1]!.is_locked(validateRequest('is_locked', { name: 'shared.late' }), ctx)).toMatchObject({ locked: false });
+    } finally {
+      await Promise.all(stores.map((s) => s.close()));
+      await tdb.drop();
     }
   });
 });

@@ -32,7 +32,10 @@ describe('sweeper and renewal racing for one row on postgres', () => {
     const daemonA = new Batcher(a);
     const daemonB = new Batcher(b);
     const granted = await daemonA.run(
-      ops.get({ name: 'race.1', expiresMs: 400, lockedBy: 'racer', process: 1, waitMs: 0, requestId: null, attempt: 1 }, who),
+      ops.get(
+        { name: 'race.1', expiresMs: 400, lockedBy: 'racer', process: 1, waitMs: 0, progress: false, requestId: null, attempt: 1 },
+        who,
+      ),
     );
     expect('granted' in granted).toBe(true);
     const until = (granted as { granted: { locked_until: number } }).granted.locked_until;

@@ -29,6 +29,7 @@ const getReq = (name: string): NormalizedGet => ({
   lockedBy: 'tester',
   process: 7,
   waitMs: 0,
+  progress: false,
   requestId: null,
   attempt: 1,
 });

@@ -95,6 +95,7 @@ describe('validateRequest', () => {
         lockedBy: null,
         process: null,
         waitMs: 0,
+        progress: false,
         ...FIRST_SEND,
       });
     });
@@ -213,6 +214,11 @@ describe('validateRequest', () => {
       ['create', 0],
     ])('set %s=%j is refused (booleans are JSON booleans)', (field, value) => {
       expect(fields('set', { locks: ['a'], [field]: value })).toEqual([field]);
+    });
+
+    it('get progress: a JSON boolean', () => {
+      expect(validateRequest('get', { name: 'a', wait: 1, progress: true }).progress).toBe(true);
+      expect(fields('get', { name: 'a', progress: 'yes' })).toEqual(['progress']);
     });
 
     it('integers: numbers or digit strings, safe range only', () => {
