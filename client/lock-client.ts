@@ -132,7 +132,7 @@ export interface CallOptions {
   /** More time (ms) the request takes to do, before a copy is sent again. */
   slowMs?: number;
   /** Set to when (performance.now()) the call's first copy went out. */
-  answered?: { sentAt: number };
+  firstSent?: { at: number };
 }
 
 /** A request id unique to one call: 128 random bits. */
@@ -224,7 +224,7 @@ export class LockClient {
     if (waitMs > 0) body.progress = true;
     const started = performance.now();
     const deadline = started + timeoutMs;
-    if (options.answered) options.answered.sentAt = started;
+    if (options.firstSent) options.firstSent.at = started;
     const firstResend = this.resendAfter + (options.slowMs ?? 0);
     let resendIn = firstResend;
     let pause = FIRST_PAUSE_MS;
@@ -357,7 +357,7 @@ export class LockClient {
   /** Take a free lock, or throw Locked (after waiting up to `wait` seconds for its release). */
   async getLock(name: string, options: GetLockOptions = {}): Promise<Lock> {
     const wait = options.wait ?? 0;
-    const answered = { sentAt: 0 };
+    const firstSent = { at: 0 };
     const record = await this.call(
       'get',
       compact({
@@ -368,10 +368,10 @@ export class LockClient {
         wait: wait || undefined,
       }),
       this.timeout + Math.max(0, wait) * 1000,
-      { waitMs: Math.max(0, wait) * 1000, answered },
+      { waitMs: Math.max(0, wait) * 1000, firstSent },
     );
     const lock = Lock.fromRecord(record);
-    if (!wait) await this.refuseIfLate(lock, answered.sentAt);
+    if (!wait) await this.refuseIfLate(lock, firstSent.at);
     return lock;
   }
 

@@ -3,10 +3,10 @@
  * type is the protocol's (`Api[E]['result']`), so a reply that does not match the protocol does
  * not compile.
  *
- * Requests that change something and carry a request id run once: a re-send is answered with the
- * recorded result of the first run that changed something, or joins the first while it runs. A grant whose reply would leave less
- * than a quarter of its lifetime (the transaction took that long, or the daemon was paused) is
- * withdrawn, not sent as a success.
+ * Requests that change something and carry a request id are done once, and every copy of one (a
+ * client sends copies while no answer comes) gets the same answer: see joinCopies. A grant whose
+ * reply would leave less than a quarter of its lifetime (the transaction took that long, or the
+ * daemon was paused) is withdrawn, not sent as a success.
  */
 import { hostname } from 'node:os';
 import type { Api, Endpoint, ErrorCode, LockRecord, LockSetResultRecord } from '../shared/protocol';
