@@ -96,32 +96,22 @@ export class Workload {
     const between = ([lo, hi]: readonly [number, number]) => lo + rand() * (hi - lo);
     const getBudget = client.timeout + o.waitS * 1000;
     for (let cycle = 0; cycle < (o.maxCycles ?? 100_000) && !this.stopped; cycle++) {
-      let start = performance.now();
+      const getting = { client: id, op: 'get' as const, name, start: performance.now(), timeoutMs: getBudget };
       let lock: Lock;
       try {
         lock = await client.getLock(name, { expires: o.expiresS, wait: o.waitS });
         const end = performance.now();
         // The expiry on this timeline: the wall-clock time left, from the moment of the reply.
         const lockedUntil = lock.locked_until === null ? null : lock.locked_until.getTime() - Date.now() + end;
-        this.record({ client: id, op: 'get', name, start, end, timeoutMs: getBudget, ok: true, token: lock.token, lockedUntil });
+        this.record({ ...getting, end, ok: true, token: lock.token, lockedUntil });
       } catch (err) {
         const code = codeOf(err);
-        this.record({
-          client: id,
-          op: 'get',
-          name,
-          start,
-          end: performance.now(),
-          timeoutMs: getBudget,
-          ok: false,
-          code,
-          message: String(err),
-        });
+        this.record({ ...getting, end: performance.now(), ok: false, code, message: String(err) });
         await sleep(FAST_FAILURES.has(code) ? 100 : 20);
         continue;
       }
       const token = lock.token;
-      start = performance.now();
+      const start = performance.now();
       const accepted = this.resource.write(name, token);
       this.record({
         client: id,
@@ -142,33 +132,12 @@ export class Workload {
         await sleep(between(o.thinkMs));
         continue; // left to expire
       }
-      start = performance.now();
+      const unlocking = { client: id, op: 'unlock' as const, name, start: performance.now(), timeoutMs: client.timeout, token };
       try {
         const unlocked = await client.unlock(lock); // by token: only this grant
-        this.record({
-          client: id,
-          op: 'unlock',
-          name,
-          start,
-          end: performance.now(),
-          timeoutMs: client.timeout,
-          ok: true,
-          token,
-          unlocked,
-        });
+        this.record({ ...unlocking, end: performance.now(), ok: true, unlocked });
       } catch (err) {
-        this.record({
-          client: id,
-          op: 'unlock',
-          name,
-          start,
-          end: performance.now(),
-          timeoutMs: client.timeout,
-          ok: false,
-          token,
-          code: codeOf(err),
-          message: String(err),
-        });
+        this.record({ ...unlocking, end: performance.now(), ok: false, code: codeOf(err), message: String(err) });
       }
       await sleep(between(o.thinkMs));
     }
