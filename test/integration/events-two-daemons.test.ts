@@ -58,7 +58,7 @@ describe('events with two daemons on postgres', () => {
     await Promise.all(
       names.map(async (n, i) => {
         try {
-          await clients[i % 3]!.getLock(n, { expires: 1 });
+          await clients[i % 3]!.getLock(n, { expires: 3 });
         } catch (err) {
           if (!(err instanceof Locked)) throw err;
         }
