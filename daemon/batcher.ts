@@ -30,6 +30,12 @@ import {
 /** What makes an operation idempotent: its request id, and what to record once it changed something. */
 export interface Once<T> {
   id: string;
+  /**
+   * A copy of the request (not its first attempt). Where this daemon is the store's only writer,
+   * a first attempt cannot have been recorded before: its copies reach the daemon after it, and
+   * no other daemon serves the store. Only copies are looked up there.
+   */
+  copy: boolean;
   /** How long the outcome is kept, from the transaction's clock (ms). */
   keepMs: number;
   /** The reply's result to record, when the operation changed something; undefined: nothing to record. */
@@ -277,9 +283,10 @@ export class Batcher {
     }
   }
 
-  /** The outcomes recorded for the batch's idempotent operations. */
+  /** The outcomes recorded for the batch's idempotent operations (that may have one). */
   private async recall(tx: StoreTx, batch: readonly Queued[]): Promise<Map<string, string>> {
-    const ids = batch.filter((q) => q.op.once).map((q) => q.op.once!.id);
+    const soleWriter = this.store.soleWriter;
+    const ids = batch.filter((q) => q.op.once && (q.op.once.copy || !soleWriter)).map((q) => q.op.once!.id);
     return ids.length > 0 ? tx.recall(ids) : new Map<string, string>();
   }
 

@@ -81,7 +81,7 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
     waitMs = 0,
   ): Promise<{ value: T } | { recalled: R }> {
     if (req.requestId === null) return { value: await batcher.run(op, ctx.tag) };
-    const spec: Once<T> = { id: req.requestId, keepMs: options.requestWindowMs + waitMs, outcome };
+    const spec: Once<T> = { id: req.requestId, copy: req.attempt > 1, keepMs: options.requestWindowMs + waitMs, outcome };
     const r = await batcher.runOnce({ ...op, once: spec }, ctx.tag);
     if ('value' in r) return r;
     if (r.refusal) throw refusalError(r.refusal);

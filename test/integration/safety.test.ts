@@ -467,7 +467,7 @@ describe('PostgreSQL: copies of one request run by two daemons at once', () => {
           batchers.map((b) =>
             b.runOnce({
               ...ops.get(get, who),
-              once: { id: get.requestId, keepMs: 60_000, outcome: (v) => ('granted' in v ? toLockRecord(v.granted) : undefined) },
+              once: { id: get.requestId, copy: false, keepMs: 60_000, outcome: (v) => ('granted' in v ? toLockRecord(v.granted) : undefined) },
             }),
           ),
         );
@@ -480,7 +480,7 @@ describe('PostgreSQL: copies of one request run by two daemons at once', () => {
           batchers.map((b) =>
             b.runOnce({
               ...ops.unlock(unlock, who),
-              once: { id: unlock.requestId, keepMs: 60_000, outcome: (v) => (v ? { unlocked: true } : undefined) },
+              once: { id: unlock.requestId, copy: false, keepMs: 60_000, outcome: (v) => (v ? { unlocked: true } : undefined) },
             }),
           ),
         );

@@ -5,8 +5,8 @@
  * conflicts are retried, an unavailable store fails the batch; `maxBatch`, concurrency and the
  * batch first pass (prefetch). Runs over the in-memory store: no database, no sleeps.
  */
-import { Batcher, type Operation } from '../../daemon/batcher';
-import { LockRuleError, ops } from '../../daemon/lock-ops';
+import { Batcher, Recalled, type Operation } from '../../daemon/batcher';
+import { LockRuleError, ops, type AcquireResult } from '../../daemon/lock-ops';
 import {
   StoreUnavailable,
   TransactionConflict,
@@ -310,6 +310,44 @@ describe('Batcher', () => {
       expect(renew.first).toBeUndefined();
       await Promise.all([batcher.run(ops.get(getReq('a'), who)), batcher.run(renew)]);
       expect(calls).toEqual([]);
+    });
+  });
+
+  describe('request ids (once)', () => {
+    const grantOutcome = (v: AcquireResult) => ('granted' in v ? { token: v.granted.token } : undefined);
+    const once = (op: Operation<AcquireResult>, id: string, copy: boolean) => ({ ...op, once: { id, copy, keepMs: 60_000, outcome: grantOutcome } });
+
+    /** The ids each transaction looked up among the recorded outcomes. */
+    function watchRecalls(): string[][] {
+      const looked: string[][] = [];
+      const transaction = store.transaction.bind(store);
+      store.transaction = (work, trace) =>
+        transaction((tx) => {
+          const recall = tx.recall.bind(tx);
+          tx.recall = (ids) => (looked.push([...ids]), recall(ids));
+          return work(tx);
+        }, trace);
+      return looked;
+    }
+
+    it('a sole writer looks up copies only: a first send cannot have been recorded; a copy gets the recorded answer', async () => {
+      const looked = watchRecalls();
+      const first = await batcher.runOnce(once(ops.get(getReq('a'), who), 'r-1', false));
+      expect('value' in first && 'granted' in first.value).toBe(true);
+      const copy = await batcher.runOnce(once(ops.get(getReq('a'), who), 'r-1', true));
+      expect(copy).toBeInstanceOf(Recalled);
+      expect((copy as Recalled).result).toEqual({ token: (first as { value: { granted: { token: number } } }).value.granted.token });
+      expect(looked).toEqual([['r-1']]);
+    });
+
+    it('a store other daemons share is asked for first sends too (a copy may have run at another daemon first)', async () => {
+      setup({ soleWriter: false });
+      const looked = watchRecalls();
+      await batcher.runOnce(once(ops.get(getReq('a'), who), 'r-2', true));
+      const first = await batcher.runOnce(once(ops.get(getReq('a'), who), 'r-2', false));
+      expect(first).toBeInstanceOf(Recalled);
+      expect(looked[0]).toEqual(['r-2']);
+      expect(looked[1]).toEqual(['r-2']);
     });
   });
 
