@@ -467,7 +467,12 @@ describe('PostgreSQL: copies of one request run by two daemons at once', () => {
           batchers.map((b) =>
             b.runOnce({
               ...ops.get(get, who),
-              once: { id: get.requestId, copy: false, keepMs: 60_000, outcome: (v) => ('granted' in v ? toLockRecord(v.granted) : undefined) },
+              once: {
+                id: get.requestId,
+                copy: false,
+                keepMs: 60_000,
+                outcome: (v) => ('granted' in v ? toLockRecord(v.granted) : undefined),
+              },
             }),
           ),
         );

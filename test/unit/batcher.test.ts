@@ -315,18 +315,24 @@ describe('Batcher', () => {
 
   describe('request ids (once)', () => {
     const grantOutcome = (v: AcquireResult) => ('granted' in v ? { token: v.granted.token } : undefined);
-    const once = (op: Operation<AcquireResult>, id: string, copy: boolean) => ({ ...op, once: { id, copy, keepMs: 60_000, outcome: grantOutcome } });
+    const once = (op: Operation<AcquireResult>, id: string, copy: boolean) => ({
+      ...op,
+      once: { id, copy, keepMs: 60_000, outcome: grantOutcome },
+    });
 
     /** The ids each transaction looked up among the recorded outcomes. */
     function watchRecalls(): string[][] {
       const looked: string[][] = [];
       const transaction = store.transaction.bind(store);
-      store.transaction = (work, trace) =>
+      store.transaction = <T>(work: (tx: StoreTx) => Promise<T>) =>
         transaction((tx) => {
           const recall = tx.recall.bind(tx);
-          tx.recall = (ids) => (looked.push([...ids]), recall(ids));
+          tx.recall = (ids) => {
+            looked.push([...ids]);
+            return recall(ids);
+          };
           return work(tx);
-        }, trace);
+        });
       return looked;
     }
 
