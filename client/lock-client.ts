@@ -106,6 +106,8 @@ export interface ListLocksOptions {
 }
 
 const encoder = new TextEncoder();
+/** The answer to a grant handed over after a wait: any body says "taken". */
+const HANDOVER_TAKEN = encoder.encode('{}');
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** The requests that change something: each call carries a request id, kept across its attempts. */
 const MUTATIONS: ReadonlySet<Endpoint> = new Set(['set', 'get', 'unlock', 'renew', 'clean', 'reset']);
@@ -318,7 +320,9 @@ export class LockClient {
 
   /**
    * One copy of a get that may wait: the daemon says when it starts waiting (`onWaiting`), then
-   * answers by the end of the wait. Resolves the answer.
+   * answers by the end of the wait. A grant made after waiting comes as a request: answering it
+   * tells the daemon someone took it. The copy listens on an inbox of its own, gone once the call
+   * ends, so that a grant for a call that ended finds nobody and is withdrawn. Resolves the answer.
    */
   private async requestWithNotice(subject: string, data: Uint8Array, h: MsgHdrs, timeout: number, onWaiting: () => void): Promise<Msg> {
     const replies = await this.nc.requestMany(subject, data, {
@@ -326,12 +330,14 @@ export class LockClient {
       maxMessages: 2,
       maxWait: timeout,
       headers: h,
+      noMux: true,
     });
     for await (const msg of replies) {
       if (msg.data.length < 64 && isWaitingNotice(parseOrNull(msg.data))) {
         onWaiting();
         continue;
       }
+      if (msg.reply) msg.respond(HANDOVER_TAKEN);
       return msg;
     }
     throw NatsError.errorForCode(NatsErrorCode.Timeout);

@@ -9,7 +9,7 @@
  * daemon was paused) is withdrawn, not sent as a success.
  */
 import { hostname } from 'node:os';
-import type { Api, Endpoint, ErrorCode, LockRecord, LockSetResultRecord } from '../shared/protocol';
+import { ErrorCode, type Api, type Endpoint, type LockRecord, type LockSetResultRecord } from '../shared/protocol';
 import type { Mutation, NormalizedRequests } from '../shared/validate';
 import { AnswerMemory, settle, type Answer } from './answers';
 import type { Batcher, Once, Operation, RecordedRefusal } from './batcher';
@@ -25,6 +25,14 @@ export interface RequestContext {
   tag?: object;
   /** Tells the client the daemon has started to wait for the lock (a get that asked for progress). */
   waiting?: () => void;
+  /**
+   * Hands a grant made after waiting to the client as a request (a get that asked for progress):
+   * `gone` when nobody listens for it any more (the caller died, cancelled or timed out), else
+   * `sent` (the client answered, or may yet: it keeps the grant). Once sent, the grant is the reply.
+   */
+  deliver?: (lock: LockRecord) => Promise<'sent' | 'gone'>;
+  /** Set by the handler once `deliver` sent the reply. */
+  delivered?: boolean;
 }
 
 export type Handler<E extends Endpoint> = (req: NormalizedRequests[E], ctx: RequestContext) => Promise<Api[E]['result']>;
@@ -131,7 +139,7 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
       let front = false;
       for (;;) {
         const r = await tryGet(req, ctx);
-        if (!('held' in r)) return r;
+        if (!('held' in r)) return front ? handOver(r, req, ctx) : r;
         if (clock.now() >= deadline || waiters.closed) {
           if (r.held) throw lockedError(r.held);
           throw new RowBusy(`the row of lock ${req.name} is held by another database session`);
@@ -144,6 +152,23 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
     } finally {
       waiters.unfollow(ticket);
     }
+  }
+
+  /**
+   * A grant made after waiting goes to a caller that may have gone meanwhile (killed, cancelled,
+   * timed out): hand it over as a request, and if nobody listens for it any more, withdraw it, so
+   * that the next waiter gets the name at once instead of a dead one holding it.
+   */
+  async function handOver(lock: LockRecord, req: NormalizedRequests['get'], ctx: RequestContext): Promise<LockRecord> {
+    if (!ctx.deliver) return lock;
+    if ((await ctx.deliver(lock)) === 'sent') {
+      ctx.delivered = true;
+      return lock;
+    }
+    // A copy of the request answered with this grant keeps it (its caller is there).
+    if (!(await batcher.run(ops.withdraw([toGrantedRow(lock)], req.requestId, ctx.who), ctx.tag))) return lock;
+    // The reply reaches nobody; a copy of the request that joined this one learns the name is taken.
+    throw new LockRuleError(ErrorCode.LOCKED, `nobody waits for the grant of ${req.name} any more (the caller is gone): withdrawn`);
   }
 
   async function set(req: NormalizedRequests['set'], ctx: RequestContext): Promise<LockSetResultRecord> {

@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import type { NatsConnection, Service, Subscription } from 'nats';
+import { ErrorCode as NatsErrorCode, type NatsConnection, type Service, type Subscription } from 'nats';
 import { connectNats } from '../shared/connect';
 import { DAEMON_HEADER, eventSubject, parseEventSubject, type EventType } from '../shared/events';
 import { maskNatsUrls } from '../shared/nats-url';
@@ -49,6 +49,11 @@ export interface LockDaemonOptions {
 const AUTHORITY_WAIT_MS = 500;
 /** nats-server's default max_payload, when the server does not say. */
 const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
+/**
+ * How long a grant handed to a waiter waits for its answer. Only "no responders" (nobody listens
+ * there any more) withdraws it: a client that is slow to answer keeps it.
+ */
+const HANDOVER_TIMEOUT_MS = 1000;
 /** Room a reply leaves in a message for the headers of an error reply. */
 const REPLY_HEADROOM = 1024;
 
@@ -102,6 +107,11 @@ export class LockDaemon {
   get store(): Store {
     if (!this.db) throw new Error('daemon not started');
     return this.db;
+  }
+
+  /** Requests being handled right now (a get that waits counts until it is answered). */
+  get requestsInFlight(): number {
+    return this.lockService?.inFlight ?? 0;
   }
 
   get connection(): NatsConnection | undefined {
@@ -185,7 +195,16 @@ export class LockDaemon {
       maxReplyBytes: () => (nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD) - REPLY_HEADROOM,
       sharedStore: !store.soleWriter,
     });
-    const lockService = new LockService(handlers, this.logger, () => authority.refusal());
+    const lockService = new LockService(
+      handlers,
+      this.logger,
+      () => authority.refusal(),
+      (subject, data) =>
+        nc.request(subject, data, { timeout: HANDOVER_TIMEOUT_MS }).then(
+          () => 'sent' as const,
+          (err: { code?: string }) => (err.code === NatsErrorCode.NoResponders ? 'gone' : 'sent'),
+        ),
+    );
     this.lockService = lockService;
     this.service = await nc.services.add({
       name: SERVICE_NAME,

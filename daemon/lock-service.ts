@@ -25,6 +25,8 @@ import { CommitInDoubt, RowBusy, StoreUnavailable } from './store/store';
 /** What the handlers reply through: a minimal view of a NATS service message. */
 export interface Responder {
   readonly data: Uint8Array;
+  /** The client's reply subject. */
+  readonly reply?: string;
   readonly headers?: MsgHdrs;
   respond(data: Uint8Array): boolean;
   respondError(code: number, description: string, data?: Uint8Array): boolean;
@@ -48,6 +50,11 @@ export class LockService {
     private readonly logger: Logger,
     /** Why this daemon must not serve right now (another authority on the prefix), or null. */
     private readonly refusal: () => WireError | null = () => null,
+    /**
+     * Sends `data` as a request to a client's reply subject: `gone` when nobody listens there any
+     * more ("no responders"), else `sent`. Without it, grants after a wait are plain replies.
+     */
+    private readonly requestTo?: (subject: string, data: Uint8Array) => Promise<'sent' | 'gone'>,
   ) {}
 
   /** Requests being handled right now. */
@@ -115,9 +122,14 @@ export class LockService {
     const handler: Handlers[E] = this.handlers[endpoint];
     try {
       const ctx: RequestContext = { who: requesterOf(req, msg.headers?.get(CLIENT_HEADER) || null), tag: original };
-      if ((req as Partial<NormalizedRequests['get']>).progress) ctx.waiting = () => void original.respond(WAITING_NOTICE);
+      if ((req as Partial<NormalizedRequests['get']>).progress) {
+        ctx.waiting = () => void original.respond(WAITING_NOTICE);
+        const replyTo = original.reply;
+        const requestTo = this.requestTo;
+        if (replyTo && requestTo) ctx.deliver = (lock) => requestTo(replyTo, encodeReply<'get'>({ ok: true, result: lock }));
+      }
       const result = await handler(req, ctx);
-      msg.respond(encodeReply<E>({ ok: true, result }));
+      if (!ctx.delivered) msg.respond(encodeReply<E>({ ok: true, result }));
     } catch (err) {
       if (err instanceof LockRuleError) {
         const error: WireError = { code: err.code, message: err.message };

@@ -123,7 +123,9 @@ export interface GetRequest extends MutationFields {
   wait?: number | null;
   /**
    * Ask for a `WaitingNotice` on the reply subject when the daemon starts to wait for the lock, so
-   * the client knows a live daemon has the request until the wait ends.
+   * the client knows a live daemon has the request until the wait ends. A grant made after waiting
+   * then comes as a request (a message with a reply subject) that the client answers with any
+   * body: a grant nobody is left to receive is withdrawn and goes to the next waiter.
    */
   progress?: boolean;
 }
