@@ -51,6 +51,13 @@ export const OPTIONS = {
     min: 1,
     describe: 'Seconds the outcome of a request id is kept (beyond its wait) to answer a re-send of it the same',
   },
+  lockDelay: {
+    kind: 'number',
+    default: 15,
+    min: 0,
+    describe:
+      'Seconds a lock of a session stays after its session lapsed or it was released by name (by force), so its holder can stop before the name is granted again',
+  },
   authorityCheckInterval: {
     kind: 'number',
     default: 5,

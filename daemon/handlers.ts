@@ -8,15 +8,16 @@
  * reply would leave less than a quarter of its lifetime (the transaction took that long, or the
  * daemon was paused) is withdrawn, not sent as a success.
  */
+import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import { ErrorCode, type Api, type Endpoint, type LockRecord, type LockSetResultRecord } from '../shared/protocol';
+import { ErrorCode, type Api, type Endpoint, type LockRecord, type LockSetResultRecord, type SessionResult } from '../shared/protocol';
 import type { Mutation, NormalizedRequests } from '../shared/validate';
 import { AnswerMemory, settle, type Answer } from './answers';
 import type { Batcher, Once, Operation, RecordedRefusal } from './batcher';
 import type { Clock } from './clock';
-import { toLockRecord } from './lock-records';
+import { iso, toLockRecord } from './lock-records';
 import { EXPIRED_PAGE, LockRuleError, lockedError, ops, type AcquireResult } from './lock-ops';
-import { CommitInDoubt, RowBusy, StoreUnavailable, type LockRow, type Requester } from './store/store';
+import { CommitInDoubt, RowBusy, StoreUnavailable, type LockRow, type Requester, type SessionRow } from './store/store';
 import type { WaitQueue } from './waiters';
 
 export interface RequestContext {
@@ -45,6 +46,11 @@ export interface HandlerOptions {
   maxReplyBytes(): number;
   /** Other daemons serve the same store (PostgreSQL): answers to copies are recorded in it. */
   sharedStore: boolean;
+  /**
+   * How long a lock of a session stays after its session lapsed, or after it was released by name
+   * (by force): the holder's time to stop before the name is granted again (ms).
+   */
+  lockDelayMs: number;
 }
 
 /** The seed's default owner: requests that name none are recorded as this host's. */
@@ -113,7 +119,13 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
     const startedAt = performance.now();
     let r: { value: AcquireResult } | { recalled: LockRecord };
     try {
-      r = await once(ops.get(req, ctx.who), req, ctx, (v) => ('granted' in v ? toLockRecord(v.granted) : undefined), req.waitMs);
+      r = await once(
+        ops.get(req, ctx.who, options.lockDelayMs),
+        req,
+        ctx,
+        (v) => ('granted' in v ? toLockRecord(v.granted) : undefined),
+        req.waitMs,
+      );
     } catch (err) {
       // Another session holds the name's row (stuck, or paused): as good as held, for a waiter.
       if (err instanceof RowBusy && req.waitMs > 0) return { held: null };
@@ -246,7 +258,9 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
     set: joinCopies(set),
     get: joinCopies(getWithWait),
     unlock: joinCopies(async (req, ctx) => {
-      const r = await once(ops.unlock(req, ctx.who), req, ctx, (released) => (released ? { unlocked: true } : undefined));
+      const r = await once(ops.unlock(req, ctx.who, options.lockDelayMs), req, ctx, (released) =>
+        released ? { unlocked: true } : undefined,
+      );
       return 'recalled' in r ? r.recalled : { unlocked: r.value };
     }),
     renew: joinCopies(async (req, ctx) => {
@@ -272,7 +286,25 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
       const r = await once(ops.reset(ctx.who), req, ctx, (rows) => ({ removed: rows.length }));
       return 'recalled' in r ? r.recalled : { removed: r.value.length };
     }),
+    // Sessions: opening one twice opens two (an unused one lapses); keepalive and close are
+    // naturally idempotent.
+    session_open: async (req, ctx) => {
+      const row = await batcher.run(ops.openSession(randomBytes(16).toString('base64url'), req.ttlMs, ctx.who), ctx.tag);
+      return sessionResult(row);
+    },
+    session_keepalive: async (req, ctx) => {
+      const { session, locks } = await batcher.run(ops.keepSession(req.session, options.lockDelayMs), ctx.tag);
+      return { ...sessionResult(session), locks: locks.map((l) => ({ name: l.name, token: l.token })) };
+    },
+    session_close: async (req, ctx) => {
+      const released = await batcher.run(ops.closeSession(req.session, ctx.who), ctx.tag);
+      return { closed: released !== null, released: released?.length ?? 0 };
+    },
   };
+}
+
+function sessionResult(row: SessionRow): SessionResult {
+  return { session: row.id, ttl: row.ttl_ms / 1000, expires_at: iso(row.expires_at) };
 }
 
 function refusalOf(e: LockRuleError): RecordedRefusal {
@@ -295,5 +327,6 @@ function toGrantedRow(l: LockRecord): LockRow {
     created_at: ms(l.created_at),
     updated_at: ms(l.updated_at),
     token: l.token,
+    session_id: l.session ?? null,
   };
 }

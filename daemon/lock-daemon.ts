@@ -194,6 +194,7 @@ export class LockDaemon {
       // What a reply may take: the server's max_payload, less room for headers.
       maxReplyBytes: () => (nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD) - REPLY_HEADROOM,
       sharedStore: !store.soleWriter,
+      lockDelayMs: c.lockDelay * 1000,
     });
     const lockService = new LockService(
       handlers,

@@ -9,7 +9,15 @@ import { ErrorCode, type ListResult, type LockRecord, type LockSetResultRecord, 
 import type { NormalizedGet, NormalizedList, NormalizedRenew, NormalizedSet, NormalizedUnlock } from '../shared/validate';
 import { Recalled, type Operation } from './batcher';
 import { toLockRecord } from './lock-records';
-import { TransactionConflict, type DomainError, type LockRow, type LockTx, type Renewal, type Requester } from './store/store';
+import {
+  TransactionConflict,
+  type DomainError,
+  type LockRow,
+  type LockTx,
+  type Renewal,
+  type Requester,
+  type SessionRow,
+} from './store/store';
 
 /** A request refused by the lock rules (not a failure of the daemon). */
 export class LockRuleError extends Error implements DomainError {
@@ -31,6 +39,21 @@ function causeOf(who: Requester, operation: string): EventCause {
   return { locked_by: who.lockedBy, process_id: who.process, client: who.client, operation };
 }
 
+/** The cause of an expiry: a lock of a session expires because the session lapsed. */
+function expiryCause(row: LockRow, who: Requester, operation: string): EventCause {
+  const cause = causeOf(who, operation);
+  if (row.session_id !== null) cause.reason = SESSION_LAPSED;
+  return cause;
+}
+const SESSION_LAPSED = 'session lapsed';
+const FORCE_RELEASED = 'force-released';
+
+/** A lock to bind to a session as it is granted: the session, and the expiry it gives the lock. */
+export interface SessionBinding {
+  id: string;
+  until: number;
+}
+
 /** Tries of an operation that keeps losing a row to another daemon between two statements. */
 const SETTLE_ATTEMPTS = 5;
 
@@ -46,16 +69,18 @@ export async function acquire(
   expiresMs: number | null,
   who: Requester,
   operation: string,
+  session?: SessionBinding,
 ): Promise<AcquireResult> {
   for (let attempt = 0; attempt < SETTLE_ATTEMPTS; attempt++) {
     let granted = await tx.insertLock(name, expiresMs, who);
     if (!granted) {
       const expired = await tx.deleteIfExpired(name);
       if (expired) {
-        tx.emit('expired', toLockRecord(expired), causeOf(who, operation));
+        tx.emit('expired', toLockRecord(expired), expiryCause(expired, who, operation));
         granted = await tx.insertLock(name, expiresMs, who);
       }
     }
+    if (granted && session) granted = await tx.bindLock(name, granted.token, session.id, session.until);
     if (granted) {
       tx.emit('created', toLockRecord(granted), causeOf(who, operation));
       return { granted };
@@ -203,8 +228,13 @@ export async function renewLock(tx: LockTx, req: NormalizedRenew, who: Requester
   throw new Error(`could not settle lock '${req.name}' after ${SETTLE_ATTEMPTS} attempts`);
 }
 
-/** Release `name` (only the grant `token`, when given); true if a live lock was released. */
-export async function unlock(tx: LockTx, req: NormalizedUnlock, who: Requester): Promise<boolean> {
+/**
+ * Release `name` (only the grant `token`, when given); true if a live lock was released. A lock of
+ * a session released by name, without its token (someone else's, by force), is not free at once:
+ * it leaves its session (whose keepalive then tells the holder it lost it) and stays for
+ * `lockDelayMs`, so that a holder that has not heard yet has time to stop.
+ */
+export async function unlock(tx: LockTx, req: NormalizedUnlock, who: Requester, lockDelayMs = 0): Promise<boolean> {
   const row = await tx.deleteLock(req.name, req.token);
   if (!row) {
     if (req.token !== null) {
@@ -214,8 +244,42 @@ export async function unlock(tx: LockTx, req: NormalizedUnlock, who: Requester):
     return false;
   }
   const expired = row.locked_until !== null && row.locked_until <= tx.now;
-  tx.emit(expired ? 'expired' : 'released', toLockRecord(row), causeOf(who, 'unlock'));
+  if (!expired && row.session_id !== null && req.token === null && lockDelayMs > 0) {
+    const kept = await tx.restoreLock({ ...row, session_id: null, locked_until: tx.now + lockDelayMs, updated_at: tx.now });
+    tx.emit('renewed', toLockRecord(kept), { ...causeOf(who, 'unlock'), reason: FORCE_RELEASED });
+    return true;
+  }
+  tx.emit(expired ? 'expired' : 'released', toLockRecord(row), expired ? expiryCause(row, who, 'unlock') : causeOf(who, 'unlock'));
   return !expired;
+}
+
+/** A session that has lapsed, or never was. */
+function sessionNotFound(id: string): LockRuleError {
+  return new LockRuleError(
+    ErrorCode.SESSION_NOT_FOUND,
+    `session ${id} has lapsed (no keepalive within its ttl) or never existed: its locks are lost; open a new session`,
+  );
+}
+
+/** The live session `id`, and the expiry a lock bound to it gets: the session's, plus the lock-delay. */
+export async function sessionBinding(tx: LockTx, id: string, lockDelayMs: number): Promise<SessionBinding> {
+  const session = await tx.liveSession(id);
+  if (!session) throw sessionNotFound(id);
+  return { id, until: session.expires_at + lockDelayMs };
+}
+
+/** Keep a session alive, and its locks with it; SESSION_NOT_FOUND once it has lapsed. */
+export async function keepSession(tx: LockTx, id: string, lockDelayMs: number): Promise<{ session: SessionRow; locks: LockRow[] }> {
+  const kept = await tx.keepSession(id, (expiresAt) => expiresAt + lockDelayMs);
+  if (!kept) throw sessionNotFound(id);
+  return kept;
+}
+
+/** End a session: its locks are released (a clean release: no lock-delay). Null if it had lapsed. */
+export async function closeSession(tx: LockTx, id: string, who: Requester): Promise<LockRow[] | null> {
+  const locks = await tx.closeSession(id);
+  for (const row of locks ?? []) tx.emit('released', toLockRecord(row), causeOf(who, 'session.close'));
+  return locks;
 }
 
 /**
@@ -245,7 +309,7 @@ export const EXPIRED_PAGE = 250;
 /** Delete up to `limit` expired locks, recording an `expired` event for each. */
 export async function deleteExpired(tx: LockTx, limit: number, who: Requester, operation: string): Promise<LockRow[]> {
   const rows = await tx.deleteExpired(limit);
-  for (const row of rows) tx.emit('expired', toLockRecord(row), causeOf(who, operation));
+  for (const row of rows) tx.emit('expired', toLockRecord(row), expiryCause(row, who, operation));
   return rows;
 }
 
@@ -273,15 +337,42 @@ export const ops = {
       run: (tx) => setLocks(tx, req, who, maxReplyBytes),
     };
   },
-  get(req: NormalizedGet, who: Requester): Operation<AcquireResult> {
+  get(req: NormalizedGet, who: Requester, lockDelayMs = 0): Operation<AcquireResult> {
+    const sessionId = req.session;
+    if (sessionId !== null) {
+      // A lock of a session lasts as long as the session, and the lock-delay after it lapses.
+      return {
+        key: req.name,
+        run: async (tx) => {
+          const binding = await sessionBinding(tx, sessionId, lockDelayMs);
+          return acquire(tx, req.name, binding.until - tx.now, who, 'get', binding);
+        },
+      };
+    }
     return {
       key: req.name,
       first: { kind: 'insert', name: req.name, expiresMs: req.expiresMs, who },
       run: (tx) => acquire(tx, req.name, req.expiresMs, who, 'get'),
     };
   },
-  unlock(req: NormalizedUnlock, who: Requester): Operation<boolean> {
-    return { key: req.name, first: { kind: 'unlock', name: req.name, token: req.token }, run: (tx) => unlock(tx, req, who) };
+  unlock(req: NormalizedUnlock, who: Requester, lockDelayMs = 0): Operation<boolean> {
+    return {
+      key: req.name,
+      first: { kind: 'unlock', name: req.name, token: req.token },
+      run: (tx) => unlock(tx, req, who, lockDelayMs),
+    };
+  },
+  openSession(id: string, ttlMs: number, who: Requester): Operation<SessionRow> {
+    return { run: (tx) => tx.openSession(id, ttlMs, who) };
+  },
+  keepSession(id: string, lockDelayMs: number): Operation<{ session: SessionRow; locks: LockRow[] }> {
+    return { run: (tx) => keepSession(tx, id, lockDelayMs) };
+  },
+  closeSession(id: string, who: Requester): Operation<LockRow[] | null> {
+    return { run: (tx) => closeSession(tx, id, who) };
+  },
+  deleteExpiredSessions(limit: number): Operation<number> {
+    return { run: (tx) => tx.deleteExpiredSessions(limit) };
   },
   renew(req: NormalizedRenew, who: Requester): Operation<LockRow> {
     return { key: req.name, run: (tx) => renewLock(tx, req, who) };

@@ -19,6 +19,7 @@ export function toLockRecord(row: LockRow): LockRecord {
       updated_at: iso(row.updated_at),
       token: row.token,
     };
+    if (row.session_id !== null) record.session = row.session_id;
     records.set(row, record);
   }
   return record;

@@ -4,7 +4,7 @@
  * request outcomes kept past their time.
  */
 import { hostname } from 'node:os';
-import type { Batcher } from './batcher';
+import type { Batcher, Operation } from './batcher';
 import { sleep, type Cancel, type Clock } from './clock';
 import { EXPIRED_PAGE, ops } from './lock-ops';
 import type { Logger } from './logger';
@@ -12,7 +12,7 @@ import type { Requester } from './store/store';
 
 /** After each full page of expired locks, the sweeper pauses this fraction of the page's time. */
 const SWEEP_PAUSE = 1;
-/** Outcomes removed per transaction: small rows, no events. */
+/** Outcomes (and lapsed sessions) removed per transaction: small rows, no events. */
 const OUTCOMES_PAGE = 2000;
 
 export class Sweeper {
@@ -46,15 +46,24 @@ export class Sweeper {
     });
   }
 
-  /** Remove every expired lock, a page at a time, then the outcomes kept past their time. */
+  /**
+   * Remove every expired lock, a page at a time, then the outcomes kept past their time and the
+   * sessions that lapsed (their locks expire by themselves, a lock-delay later).
+   */
   private async sweep(): Promise<void> {
     await this.sweepLocks();
+    await this.sweepRows('request outcomes', ops.deleteExpiredOutcomes(OUTCOMES_PAGE));
+    await this.sweepRows('lapsed sessions', ops.deleteExpiredSessions(OUTCOMES_PAGE));
+  }
+
+  /** Run `op` (a removal of up to OUTCOMES_PAGE rows) until it removes fewer, at most 10 times. */
+  private async sweepRows(what: string, op: Operation<number>): Promise<void> {
     try {
       for (let page = 0; page < 10 && !this.stopped; page++) {
-        if ((await this.batcher.run(ops.deleteExpiredOutcomes(OUTCOMES_PAGE))) < OUTCOMES_PAGE) return;
+        if ((await this.batcher.run(op)) < OUTCOMES_PAGE) return;
       }
     } catch (err) {
-      this.logger.warn(`sweep of request outcomes failed, will retry: ${(err as Error).message}`);
+      this.logger.warn(`sweep of ${what} failed, will retry: ${(err as Error).message}`);
     }
   }
 

@@ -21,6 +21,12 @@ export interface EventCause {
   client: string | null;
   /** The request that caused the change (`set`, `get`, ...), or `sweeper` for expiries found on time. */
   operation: string;
+  /**
+   * Why, where the operation does not say it all: `session lapsed` (an `expired` lock of a session
+   * that was not kept alive), `force-released` (a `renewed` lock of a session released by name:
+   * it is kept through the lock-delay, then expires).
+   */
+  reason?: string;
 }
 
 export interface LockEvent {

@@ -20,12 +20,44 @@ export const MAX_NAME_LENGTH = 255;
 export const MAX_LIST_LIMIT = 10_000;
 export const DEFAULT_LIST_LIMIT = 1000;
 
-/** The request/reply endpoints, keyed by their subject suffix. */
-export const ENDPOINTS = ['set', 'get', 'unlock', 'renew', 'is_locked', 'list', 'clean', 'reset'] as const;
+/** Session lifetime in seconds when a client asks for none, and the bounds it may ask for. */
+export const DEFAULT_SESSION_TTL = 15;
+export const MIN_SESSION_TTL = 1;
+export const MAX_SESSION_TTL = 3600;
+
+/** The request/reply endpoints (their names in the NATS services framework). */
+export const ENDPOINTS = [
+  'set',
+  'get',
+  'unlock',
+  'renew',
+  'is_locked',
+  'list',
+  'clean',
+  'reset',
+  'session_open',
+  'session_keepalive',
+  'session_close',
+] as const;
 export type Endpoint = (typeof ENDPOINTS)[number];
 
+/** Where each endpoint listens, under the prefix: its name, but sessions under `session.`. */
+const SUBJECT_SUFFIX: Record<Endpoint, string> = {
+  set: 'set',
+  get: 'get',
+  unlock: 'unlock',
+  renew: 'renew',
+  is_locked: 'is_locked',
+  list: 'list',
+  clean: 'clean',
+  reset: 'reset',
+  session_open: 'session.open',
+  session_keepalive: 'session.keepalive',
+  session_close: 'session.close',
+};
+
 export function requestSubject(prefix: string, endpoint: Endpoint): string {
-  return `${prefix}.${endpoint}`;
+  return `${prefix}.${SUBJECT_SUFFIX[endpoint]}`;
 }
 
 /** The daemons' name in the NATS services framework (`$SRV.PING.lockmgr`, `nats micro ls`), and their queue group. */
@@ -71,6 +103,8 @@ export interface LockRecord {
   updated_at: string;
   /** Fencing token: grows with every grant of any lock, never repeats. */
   token: number;
+  /** The session the lock is bound to (it lasts as long as the session): absent for other locks. */
+  session?: string;
 }
 
 export type LockSetStatusName = 'create' | 'extend' | 'skip';
@@ -128,6 +162,11 @@ export interface GetRequest extends MutationFields {
    * body: a grant nobody is left to receive is withdrawn and goes to the next waiter.
    */
   progress?: boolean;
+  /**
+   * Bind the lock to this session (from `session.open`): it lasts as long as the session, and
+   * `expires` must be left out.
+   */
+  session?: string;
 }
 export interface UnlockRequest extends MutationFields {
   name: string;
@@ -154,6 +193,14 @@ export interface ListRequest {
 }
 export type CleanRequest = MutationFields;
 export type ResetRequest = MutationFields;
+export interface SessionOpenRequest {
+  /** Seconds the session lives without a keepalive (default 15). */
+  ttl?: number;
+  locked_by?: string | null;
+}
+export interface SessionRequest {
+  session: string;
+}
 
 export interface UnlockResult {
   unlocked: boolean;
@@ -170,6 +217,23 @@ export interface ListResult {
 export interface RemovedResult {
   removed: number;
 }
+export interface SessionResult {
+  session: string;
+  /** Seconds the session lives without a keepalive. */
+  ttl: number;
+  /** When it lapses unless kept alive (the daemons' clock). */
+  expires_at: string;
+}
+export interface KeepaliveResult extends SessionResult {
+  /** The session's locks now: a lock it held and that is missing was released or taken from it. */
+  locks: { name: string; token: number }[];
+}
+export interface SessionCloseResult {
+  /** False: the session had lapsed already (or never existed). */
+  closed: boolean;
+  /** Its locks, released by the close. */
+  released: number;
+}
 
 /** Request and result types of every endpoint, so both sides agree at compile time. */
 export interface Api {
@@ -181,6 +245,9 @@ export interface Api {
   list: { request: ListRequest; result: ListResult };
   clean: { request: CleanRequest; result: RemovedResult };
   reset: { request: ResetRequest; result: RemovedResult };
+  session_open: { request: SessionOpenRequest; result: SessionResult };
+  session_keepalive: { request: SessionRequest; result: KeepaliveResult };
+  session_close: { request: SessionRequest; result: SessionCloseResult };
 }
 
 // ---- replies ----
@@ -201,6 +268,8 @@ export const ErrorCode = {
   REPLY_TOO_LARGE: 'REPLY_TOO_LARGE',
   /** Another daemon serves this prefix from a different store: this one does not serve until it is gone. */
   AUTHORITY_CONFLICT: 'AUTHORITY_CONFLICT',
+  /** The session has lapsed (or never existed): its locks are lost; open a new one. */
+  SESSION_NOT_FOUND: 'SESSION_NOT_FOUND',
   INTERNAL: 'INTERNAL',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
@@ -216,6 +285,7 @@ export const ERROR_STATUS: Record<ErrorCode, number> = {
   OUTCOME_UNKNOWN: 504,
   REPLY_TOO_LARGE: 413,
   AUTHORITY_CONFLICT: 503,
+  SESSION_NOT_FOUND: 404,
   INTERNAL: 500,
 };
 

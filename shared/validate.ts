@@ -6,6 +6,9 @@
 import {
   DEFAULT_EXPIRES,
   DEFAULT_LIST_LIMIT,
+  DEFAULT_SESSION_TTL,
+  MAX_SESSION_TTL,
+  MIN_SESSION_TTL,
   type Endpoint,
   MAX_LIST_LIMIT,
   MAX_NAME_LENGTH,
@@ -71,6 +74,8 @@ export interface NormalizedGet extends Mutation {
   waitMs: number;
   /** Send a WaitingNotice when the wait starts. */
   progress: boolean;
+  /** The session the lock is bound to (expiresMs is then null: the session decides). */
+  session: string | null;
 }
 export interface NormalizedUnlock extends Mutation {
   name: string;
@@ -84,6 +89,10 @@ export interface NormalizedRenew extends Mutation {
   token: number | null;
   lockedBy: string | null;
   process: number | null;
+}
+export interface NormalizedSessionOpen {
+  ttlMs: number;
+  lockedBy: string | null;
 }
 export interface NormalizedList {
   prefix: string | null;
@@ -99,6 +108,9 @@ export interface NormalizedRequests {
   list: NormalizedList;
   clean: Mutation;
   reset: Mutation;
+  session_open: NormalizedSessionOpen;
+  session_keepalive: { session: string };
+  session_close: { session: string };
 }
 
 /** Collects problems field by field so one reply can name all of them. */
@@ -167,6 +179,14 @@ class Reader {
     return n;
   }
 
+  /** A session id (as a daemon draws them: the same characters as a request id). */
+  session(field: string, required: boolean): string | null {
+    const value = this.body[field];
+    if (value === undefined || value === null) return required ? (this.bad(field, 'is required') ?? '') : null;
+    if (typeof value !== 'string' || !REQUEST_ID.test(value)) return this.bad(field, 'must be a session id (from session.open)') ?? '';
+    return value;
+  }
+
   /** `request_id` and `attempt`, on the requests that change something. */
   mutation(): Mutation {
     const id = this.body.request_id;
@@ -192,14 +212,45 @@ class Reader {
 const MUTATION_FIELDS = ['request_id', 'attempt'];
 const FIELDS: Record<Endpoint, readonly string[]> = {
   set: ['locks', 'timeout', 'fail', 'renew', 'create', 'locked_by', 'process_id', ...MUTATION_FIELDS],
-  get: ['name', 'expires', 'locked_by', 'lock_process', 'wait', 'progress', ...MUTATION_FIELDS],
+  get: ['name', 'expires', 'locked_by', 'lock_process', 'wait', 'progress', 'session', ...MUTATION_FIELDS],
   unlock: ['name', 'token', ...MUTATION_FIELDS],
   renew: ['name', 'expires', 'add_time', 'create', 'token', 'locked_by', 'lock_process', ...MUTATION_FIELDS],
   is_locked: ['name'],
   list: ['prefix', 'limit', 'after'],
   clean: [...MUTATION_FIELDS],
   reset: [...MUTATION_FIELDS],
+  session_open: ['ttl', 'locked_by'],
+  session_keepalive: ['session'],
+  session_close: ['session'],
 };
+
+function readGet(r: Reader, body: Record<string, unknown>): NormalizedGet {
+  const session = r.session('session', false);
+  if (session !== null && body.expires !== undefined && body.expires !== null) {
+    r.problems.push({ field: 'expires', problem: 'must be left out with a session: the lock lasts as long as its session' });
+  }
+  return {
+    name: r.name('name'),
+    expiresMs: session === null ? r.duration('expires', DEFAULT_EXPIRES) : null,
+    lockedBy: r.text('locked_by'),
+    process: r.integer('lock_process'),
+    waitMs: r.wait('wait'),
+    progress: r.bool('progress', false),
+    session,
+    ...r.mutation(),
+  };
+}
+
+function readSessionOpen(r: Reader, body: Record<string, unknown>): NormalizedSessionOpen {
+  let ttlMs = DEFAULT_SESSION_TTL * 1000;
+  const ttl = body.ttl;
+  if (ttl !== undefined && ttl !== null) {
+    if (typeof ttl !== 'number' || !Number.isFinite(ttl) || ttl < MIN_SESSION_TTL || ttl > MAX_SESSION_TTL) {
+      r.problems.push({ field: 'ttl', problem: `must be a number of seconds from ${MIN_SESSION_TTL} to ${MAX_SESSION_TTL}` });
+    } else ttlMs = Math.round(ttl * 1000);
+  }
+  return { ttlMs, lockedBy: r.text('locked_by') };
+}
 
 function readSet(r: Reader, body: Record<string, unknown>): NormalizedSet {
   const locks = body.locks;
@@ -243,15 +294,7 @@ type Readers = { [E in Endpoint]: (r: Reader, body: Record<string, unknown>) => 
 /** How each endpoint's request is read; every default is applied here. */
 const READERS: Readers = {
   set: readSet,
-  get: (r) => ({
-    name: r.name('name'),
-    expiresMs: r.duration('expires', DEFAULT_EXPIRES),
-    lockedBy: r.text('locked_by'),
-    process: r.integer('lock_process'),
-    waitMs: r.wait('wait'),
-    progress: r.bool('progress', false),
-    ...r.mutation(),
-  }),
+  get: readGet,
   unlock: (r) => ({ name: r.name('name'), token: r.integer('token'), ...r.mutation() }),
   renew: (r) => ({
     name: r.name('name'),
@@ -267,6 +310,9 @@ const READERS: Readers = {
   list: readList,
   clean: (r) => r.mutation(),
   reset: (r) => r.mutation(),
+  session_open: readSessionOpen,
+  session_keepalive: (r) => ({ session: r.session('session', true)! }),
+  session_close: (r) => ({ session: r.session('session', true)! }),
 };
 
 /** Validate and normalise one request body for `endpoint`. Throws RequestInvalid. */

@@ -45,7 +45,16 @@ export function cpuMicro(): Record<string, number> {
   const setBody = enc.encode(JSON.stringify({ locks: [name], timeout: 600, locked_by: hostname() }));
   const unlockBody = enc.encode(JSON.stringify({ name }));
   const now = Date.now();
-  const row = { name, locked_by: hostname(), lock_process: null, locked_until: now + 600_000, created_at: now, updated_at: now, token: 42 };
+  const row = {
+    name,
+    locked_by: hostname(),
+    lock_process: null,
+    locked_until: now + 600_000,
+    created_at: now,
+    updated_at: now,
+    token: 42,
+    session_id: null,
+  };
   const record = toLockRecord(row);
   const setReply = {
     ok: true as const,

@@ -15,6 +15,7 @@ import {
   type PendingOutcome,
   type Renewal,
   type Requester,
+  type SessionRow,
   type StoreTx,
 } from './store';
 
@@ -40,7 +41,8 @@ export function tracedConnection(conn: SqlConnection, trace: object | undefined)
   };
 }
 
-export const LOCK_COLUMNS = 'name, locked_by, lock_process, locked_until, created_at, updated_at, token';
+export const LOCK_COLUMNS = 'name, locked_by, lock_process, locked_until, created_at, updated_at, token, session_id';
+export const SESSION_COLUMNS = 'id, ttl_ms, expires_at, locked_by, created_at';
 /** A lock that has not expired at the transaction's clock reading (one parameter: now). */
 export const LIVE = '(locked_until IS NULL OR locked_until > ?)';
 
@@ -60,6 +62,26 @@ export function withOwnedTwin(sql: string): readonly [string, string] {
   return [`${sql} RETURNING ${LOCK_COLUMNS}`, `${sql} AND token = ? RETURNING ${LOCK_COLUMNS}`];
 }
 const DELETE_SQL = withOwnedTwin(LOCK_SQL.deleteLock);
+
+/** Sessions and the locks bound to them: statements both backends run unchanged (but `liveSession`). */
+export const SESSION_SQL = {
+  /** (id, ttl_ms, expires_at, locked_by, client, created_at) */
+  open: `INSERT INTO lockmgr_sessions (id, ttl_ms, expires_at, locked_by, client, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING ${SESSION_COLUMNS}`,
+  /** (now, id, now) */
+  keep: `UPDATE lockmgr_sessions SET expires_at = ? + ttl_ms WHERE id = ? AND expires_at > ? RETURNING ${SESSION_COLUMNS}`,
+  /** (until, until, id, now): the session's live locks, never shortened. */
+  keepLocks: `UPDATE lockmgr_locks SET locked_until = CASE WHEN locked_until IS NULL OR locked_until >= ? THEN locked_until ELSE ? END WHERE session_id = ? AND ${LIVE} RETURNING ${LOCK_COLUMNS}`,
+  /** (session_id, until, name, token) */
+  bindLock: `UPDATE lockmgr_locks SET session_id = ?, locked_until = ? WHERE name = ? AND token = ? RETURNING ${LOCK_COLUMNS}`,
+  /** (id, now) */
+  close: 'DELETE FROM lockmgr_sessions WHERE id = ? AND expires_at > ? RETURNING id',
+  /** (session_id) */
+  deleteLocks: `DELETE FROM lockmgr_locks WHERE session_id = ? RETURNING ${LOCK_COLUMNS}`,
+  /** (name, locked_by, lock_process, locked_until, created_at, updated_at, token, session_id) */
+  restoreLock: `INSERT INTO lockmgr_locks (${LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING ${LOCK_COLUMNS}`,
+  /** (now, limit) */
+  deleteExpired: 'DELETE FROM lockmgr_sessions WHERE id IN (SELECT id FROM lockmgr_sessions WHERE expires_at <= ? LIMIT ?) RETURNING id',
+} as const;
 
 /** Recorded outcomes of requests (`LockTx.remember`): statements both backends run unchanged. */
 export const OUTCOME_SQL = {
@@ -109,6 +131,17 @@ export function toLockRow(r: Row): LockRow {
     created_at: Number(r.created_at),
     updated_at: Number(r.updated_at),
     token: Number(r.token),
+    session_id: (r.session_id as string | null | undefined) ?? null,
+  };
+}
+
+function toSessionRow(r: Row): SessionRow {
+  return {
+    id: String(r.id),
+    ttl_ms: Number(r.ttl_ms),
+    expires_at: Number(r.expires_at),
+    locked_by: (r.locked_by as string | null) ?? null,
+    created_at: Number(r.created_at),
   };
 }
 
@@ -121,8 +154,10 @@ export function firstLockRow(rows: Row[]): LockRow | null {
 export interface BackendLockSql {
   /** Each a pair (plain, owned); their parameters come from `renewParams`, then (name, now[, token]). */
   renew: { forever: readonly [string, string]; add: readonly [string, string]; extend: readonly [string, string] };
-  /** (now, limit, now) */
+  /** (now,lim  it, now) */
   deleteExpired: string;
+  /** (id, now): the live session, kept from concurrent keepalives until the transaction ends. */
+  liveSession: string;
 }
 
 /** The lock statements of one SQL transaction; the backend supplies the insert and the renewals' clock. */
@@ -203,6 +238,46 @@ export abstract class SqlTx implements StoreTx {
 
   async deleteExpiredOutcomes(limit: number): Promise<number> {
     return (await this.conn.query(OUTCOME_SQL.deleteExpired, [this.now, limit])).length;
+  }
+
+  async openSession(id: string, ttlMs: number, who: Requester): Promise<SessionRow> {
+    const rows = await this.conn.query(SESSION_SQL.open, [id, ttlMs, this.now + ttlMs, who.lockedBy, who.client, this.now]);
+    return toSessionRow(rows[0]!);
+  }
+
+  async liveSession(id: string): Promise<SessionRow | null> {
+    const row = (await this.conn.query(this.sql.liveSession, [id, this.now]))[0];
+    return row ? toSessionRow(row) : null;
+  }
+
+  async keepSession(
+    id: string,
+    lockUntil: (sessionExpiresAt: number) => number,
+  ): Promise<{ session: SessionRow; locks: LockRow[] } | null> {
+    const row = (await this.conn.query(SESSION_SQL.keep, [this.now, id, this.now]))[0];
+    if (!row) return null;
+    const session = toSessionRow(row);
+    const until = lockUntil(session.expires_at);
+    const locks = (await this.conn.query(SESSION_SQL.keepLocks, [until, until, id, this.now])).map(toLockRow);
+    return { session, locks };
+  }
+
+  async bindLock(name: string, token: number, sessionId: string, until: number): Promise<LockRow | null> {
+    return firstLockRow(await this.conn.query(SESSION_SQL.bindLock, [sessionId, until, name, token]));
+  }
+
+  async closeSession(id: string): Promise<LockRow[] | null> {
+    if ((await this.conn.query(SESSION_SQL.close, [id, this.now])).length === 0) return null;
+    return (await this.conn.query(SESSION_SQL.deleteLocks, [id])).map(toLockRow);
+  }
+
+  async restoreLock(row: LockRow): Promise<LockRow> {
+    const params = [row.name, row.locked_by, row.lock_process, row.locked_until, row.created_at, row.updated_at, row.token, row.session_id];
+    return toLockRow((await this.conn.query(SESSION_SQL.restoreLock, params))[0]!);
+  }
+
+  async deleteExpiredSessions(limit: number): Promise<number> {
+    return (await this.conn.query(SESSION_SQL.deleteExpired, [this.now, limit])).length;
   }
 
   async atomically<T>(fn: () => Promise<T>): Promise<T> {

@@ -24,6 +24,17 @@ export interface LockRow {
   updated_at: number;
   /** Fencing token: drawn when the row is inserted; grows with every grant and never repeats. */
   token: number;
+  /** The session the lock is bound to: its expiry follows the session's keepalives. */
+  session_id: string | null;
+}
+
+/** A client's session: it lives `ttl_ms` past its last keepalive. Times in ms since the epoch. */
+export interface SessionRow {
+  id: string;
+  ttl_ms: number;
+  expires_at: number;
+  locked_by: string | null;
+  created_at: number;
 }
 
 /** Who asked for a change: written into new locks and into each event's cause. */
@@ -94,6 +105,26 @@ export interface LockTx {
   forget(id: string): Promise<boolean>;
   /** Delete up to `limit` outcomes kept past their time; returns how many. */
   deleteExpiredOutcomes(limit: number): Promise<number>;
+  /** Open session `id`, living `ttlMs` from now. */
+  openSession(id: string, ttlMs: number, who: Requester): Promise<SessionRow>;
+  /**
+   * The session `id` if it has not lapsed by `now`. Until this transaction ends, no keepalive of
+   * another transaction moves its expiry (a lock bound to it now gets the expiry it will keep).
+   */
+  liveSession(id: string): Promise<SessionRow | null>;
+  /**
+   * Keep session `id` alive for its ttl from now, and move its locks' expiry to `lockUntil(expiry)`
+   * (never shortening one). Null, and nothing changed, if the session has lapsed.
+   */
+  keepSession(id: string, lockUntil: (sessionExpiresAt: number) => number): Promise<{ session: SessionRow; locks: LockRow[] } | null>;
+  /** Bind the grant `token` of `name` to session `sessionId`, expiring at `until`; returns the row. */
+  bindLock(name: string, token: number, sessionId: string, until: number): Promise<LockRow | null>;
+  /** End session `id` if it has not lapsed: delete it and every lock bound to it (returned). Null if it had lapsed. */
+  closeSession(id: string): Promise<LockRow[] | null>;
+  /** Insert `row` as it is (a lock deleted earlier in this transaction, put back changed). */
+  restoreLock(row: LockRow): Promise<LockRow>;
+  /** Delete up to `limit` sessions that lapsed by now; returns how many. */
+  deleteExpiredSessions(limit: number): Promise<number>;
   /** Run `fn` so that, if it throws, none of its writes or events are kept (the rest are). */
   atomically<T>(fn: () => Promise<T>): Promise<T>;
 }

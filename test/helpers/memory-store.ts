@@ -20,6 +20,7 @@ import {
   type RelayLease,
   type Renewal,
   type Requester,
+  type SessionRow,
   type Store,
   type StoreTx,
   type TransactionResult,
@@ -55,6 +56,8 @@ class MemoryTx implements StoreTx {
     public locks: Map<string, LockRow>,
     /** Recorded outcomes: a copy of the committed map, written at commit. */
     public recorded: Map<string, RecordedOutcome>,
+    /** Sessions: a copy of the committed map (atomically does not cover them: no operation needs it). */
+    public sessions: Map<string, SessionRow>,
     readonly now: number,
     private readonly nextToken: () => number,
   ) {}
@@ -69,6 +72,7 @@ class MemoryTx implements StoreTx {
       created_at: this.now,
       updated_at: this.now,
       token: this.nextToken(),
+      session_id: null,
     };
     this.locks.set(name, row);
     return { ...row };
@@ -160,6 +164,64 @@ class MemoryTx implements StoreTx {
     return gone.length;
   }
 
+  async openSession(id: string, ttlMs: number, who: Requester): Promise<SessionRow> {
+    const row: SessionRow = { id, ttl_ms: ttlMs, expires_at: this.now + ttlMs, locked_by: who.lockedBy, created_at: this.now };
+    this.sessions.set(id, row);
+    return { ...row };
+  }
+
+  async liveSession(id: string): Promise<SessionRow | null> {
+    const row = this.sessions.get(id);
+    return row && row.expires_at > this.now ? { ...row } : null;
+  }
+
+  async keepSession(
+    id: string,
+    lockUntil: (sessionExpiresAt: number) => number,
+  ): Promise<{ session: SessionRow; locks: LockRow[] } | null> {
+    const row = this.sessions.get(id);
+    if (!row || row.expires_at <= this.now) return null;
+    const session = { ...row, expires_at: this.now + row.ttl_ms };
+    this.sessions.set(id, session);
+    const until = lockUntil(session.expires_at);
+    const locks: LockRow[] = [];
+    for (const lock of this.locks.values()) {
+      if (lock.session_id !== id || !live(lock, this.now)) continue;
+      const kept = { ...lock, locked_until: lock.locked_until === null || lock.locked_until >= until ? lock.locked_until : until };
+      this.locks.set(lock.name, kept);
+      locks.push({ ...kept });
+    }
+    return { session: { ...session }, locks };
+  }
+
+  async bindLock(name: string, token: number, sessionId: string, until: number): Promise<LockRow | null> {
+    const row = this.locks.get(name);
+    if (!row || row.token !== token) return null;
+    const bound = { ...row, session_id: sessionId, locked_until: until };
+    this.locks.set(name, bound);
+    return { ...bound };
+  }
+
+  async closeSession(id: string): Promise<LockRow[] | null> {
+    const row = this.sessions.get(id);
+    if (!row || row.expires_at <= this.now) return null;
+    this.sessions.delete(id);
+    const locks = [...this.locks.values()].filter((l) => l.session_id === id);
+    for (const l of locks) this.locks.delete(l.name);
+    return locks.map((l) => ({ ...l }));
+  }
+
+  async restoreLock(row: LockRow): Promise<LockRow> {
+    this.locks.set(row.name, { ...row });
+    return { ...row };
+  }
+
+  async deleteExpiredSessions(limit: number): Promise<number> {
+    const gone = [...this.sessions.values()].filter((r) => r.expires_at <= this.now).slice(0, limit);
+    for (const r of gone) this.sessions.delete(r.id);
+    return gone.length;
+  }
+
   async atomically<T>(fn: () => Promise<T>): Promise<T> {
     const saved = this.locks;
     const eventsBefore = this.events.length;
@@ -247,6 +309,7 @@ export class MemoryStore implements Store {
   locks = new Map<string, LockRow>();
   /** Recorded request outcomes, by id. */
   outcomes = new Map<string, RecordedOutcome>();
+  sessions = new Map<string, SessionRow>();
   /** Committed, undelivered events in seq order. */
   outbox: OutboxEvent[] = [];
   /** Transactions committed so far. */
@@ -313,7 +376,7 @@ export class MemoryStore implements Store {
 
   private async transact<T>(work: (tx: StoreTx) => Promise<T>): Promise<TransactionResult<T>> {
     if (this.closed) throw new StoreUnavailable('the store has been closed');
-    const tx = new MemoryTx(new Map(this.locks), new Map(this.outcomes), this.clock.now(), () => ++this.lastToken);
+    const tx = new MemoryTx(new Map(this.locks), new Map(this.outcomes), new Map(this.sessions), this.clock.now(), () => ++this.lastToken);
     if (this.prefetch) tx.prefetch = this.prefetch;
     const value = await work(tx);
     // An injected failure strikes at commit: the work ran, and nothing of it is kept.
@@ -325,6 +388,7 @@ export class MemoryStore implements Store {
     const events = toCommittedEvents(tx.events, this.daemonId, tx.now);
     for (const e of events) e.seq = ++this.lastSeq;
     this.locks = tx.locks;
+    this.sessions = tx.sessions;
     for (const { lock: _lock, cause: _cause, ...stored } of events) this.outbox.push(stored);
     this.commits += 1;
     return { value, events };

@@ -48,7 +48,17 @@ describe('postgres: first statements of a batch in one round trip', () => {
   const set = async (name: string) => {
     const r = await batcher.run(
       ops.get(
-        { name, expiresMs: 60_000, lockedBy: who.lockedBy, process: who.process, waitMs: 0, progress: false, requestId: null, attempt: 1 },
+        {
+          name,
+          expiresMs: 60_000,
+          lockedBy: who.lockedBy,
+          process: who.process,
+          waitMs: 0,
+          progress: false,
+          session: null,
+          requestId: null,
+          attempt: 1,
+        },
         who,
       ),
     );

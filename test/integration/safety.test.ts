@@ -461,6 +461,7 @@ describe('PostgreSQL: copies of one request run by two daemons at once', () => {
           process: null,
           waitMs: 0,
           progress: false,
+          session: null,
           ...mutation(`get-${i}`),
         };
         const gets = await Promise.all(
@@ -512,6 +513,7 @@ describe('PostgreSQL: a copy answered by one daemon, another copy at another dae
           requestWindowMs: 60_000,
           maxReplyBytes: () => 1 << 20,
           sharedStore: true,
+          lockDelayMs: 0,
         }),
       );
       const ctx = { who: { lockedBy: 'copies', process: null, client: null } };

@@ -30,6 +30,7 @@ async function fileGrowth(checkpointIntervalMs: number): Promise<number> {
           created_at: i,
           updated_at: i,
           token: i,
+          session_id: null,
         });
         tx.emit('created', lock, { locked_by: null, process_id: null, client: null, operation: 'test' });
       }

@@ -89,6 +89,7 @@ describe.each(KINDS)('Store contract: %s', (kind) => {
       created_at: row!.created_at,
       updated_at: row!.created_at,
       token: expect.any(Number),
+      session_id: null,
     });
     // The lifetime counts from the moment of the grant, at or after the transaction's clock.
     expect(row!.created_at).toBeGreaterThanOrEqual(now);
@@ -527,6 +528,66 @@ describe.each(KINDS)('Store contract: %s', (kind) => {
     expect(await run((tx) => tx.deleteExpiredOutcomes(2))).toBe(1);
     expect(await run((tx) => tx.deleteExpiredOutcomes(2))).toBe(0);
     expect((await run((tx) => tx.recall(['kept']))).size).toBe(1);
+  });
+
+  it('sessions: open, live until their expiry, kept alive with their locks (never shortened), closed with their locks', async () => {
+    const opened = await run((tx) => tx.openSession('s-1', MINUTE, who));
+    expect(opened).toMatchObject({ id: 's-1', ttl_ms: MINUTE, locked_by: 'alice' });
+    expect(opened.expires_at - opened.created_at).toBe(MINUTE);
+    expect(await run((tx) => tx.liveSession('s-1'))).toEqual(opened);
+    expect(await run((tx) => tx.liveSession('nope'))).toBeNull();
+
+    // Two locks bound to the session, one then made to never expire; one lock outside it.
+    const [a] = await run(async (tx) => {
+      const la = (await tx.insertLock('s.a', MINUTE, who))!;
+      const lb = (await tx.insertLock('s.b', MINUTE, who))!;
+      const bound = [
+        await tx.bindLock('s.a', la.token, 's-1', opened.expires_at + 5),
+        await tx.bindLock('s.b', lb.token, 's-1', opened.expires_at + 5),
+      ];
+      await tx.renew('s.b', { kind: 'forever' }, lb.token);
+      return bound;
+    });
+    expect(a).toMatchObject({ name: 's.a', session_id: 's-1', locked_until: opened.expires_at + 5 });
+    expect(toLockRecord(a!).session).toBe('s-1');
+    expect(await run((tx) => tx.bindLock('s.a', a!.token + 1000, 's-1', 0))).toBeNull(); // another grant's token
+    await grant('outside', MINUTE);
+    expect((await run((tx) => tx.selectLive('outside')))?.session_id).toBeNull();
+
+    const kept = await run((tx) => tx.keepSession('s-1', (e) => e + 5));
+    expect(kept!.session.expires_at).toBeGreaterThanOrEqual(opened.expires_at);
+    expect(sorted(names(kept!.locks))).toEqual(['s.a', 's.b']);
+    expect(kept!.locks.find((l) => l.name === 's.a')!.locked_until).toBe(kept!.session.expires_at + 5);
+    expect(kept!.locks.find((l) => l.name === 's.b')!.locked_until).toBeNull(); // never shortened
+
+    const closed = await run((tx) => tx.closeSession('s-1'));
+    expect(sorted(names(closed!))).toEqual(['s.a', 's.b']);
+    expect(await run((tx) => tx.selectLive('s.a'))).toBeNull();
+    expect(await run((tx) => tx.selectLive('outside'))).not.toBeNull();
+    expect(await run((tx) => tx.liveSession('s-1'))).toBeNull();
+    expect(await run((tx) => tx.closeSession('s-1'))).toBeNull();
+  });
+
+  it('a lapsed session is not live, cannot be kept alive or closed, and is deleted by the sweep', async () => {
+    await run((tx) => tx.openSession('gone', 1, who));
+    await run((tx) => tx.openSession('alive', MINUTE, who));
+    await new Promise((r) => setTimeout(r, 5));
+    expect(await run((tx) => tx.liveSession('gone'))).toBeNull();
+    expect(await run((tx) => tx.keepSession('gone', (e) => e))).toBeNull();
+    expect(await run((tx) => tx.closeSession('gone'))).toBeNull();
+    expect(await run((tx) => tx.deleteExpiredSessions(10))).toBe(1);
+    expect(await run((tx) => tx.deleteExpiredSessions(10))).toBe(0);
+    expect(await run((tx) => tx.liveSession('alive'))).not.toBeNull();
+  });
+
+  it('restoreLock puts back a row deleted in the same transaction, as given (token and times)', async () => {
+    const row = (await grant('back', MINUTE))!;
+    const restored = await run(async (tx) => {
+      const gone = (await tx.deleteLock('back', null))!;
+      return tx.restoreLock({ ...gone, locked_until: gone.locked_until! + 7, session_id: null });
+    });
+    expect(restored).toEqual({ ...row, locked_until: row.locked_until! + 7 });
+    expect(await run((tx) => tx.selectLive('back'))).toEqual(restored);
   });
 
   it('has an identity, the same every time it is asked, and can be claimed by its daemon', async () => {

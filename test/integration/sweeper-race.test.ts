@@ -33,7 +33,17 @@ describe('sweeper and renewal racing for one row on postgres', () => {
     const daemonB = new Batcher(b);
     const granted = await daemonA.run(
       ops.get(
-        { name: 'race.1', expiresMs: 400, lockedBy: 'racer', process: 1, waitMs: 0, progress: false, requestId: null, attempt: 1 },
+        {
+          name: 'race.1',
+          expiresMs: 400,
+          lockedBy: 'racer',
+          process: 1,
+          waitMs: 0,
+          progress: false,
+          session: null,
+          requestId: null,
+          attempt: 1,
+        },
         who,
       ),
     );

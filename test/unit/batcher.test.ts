@@ -30,6 +30,7 @@ const getReq = (name: string): NormalizedGet => ({
   process: 7,
   waitMs: 0,
   progress: false,
+  session: null,
   requestId: null,
   attempt: 1,
 });

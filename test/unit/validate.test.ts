@@ -96,8 +96,34 @@ describe('validateRequest', () => {
         process: null,
         waitMs: 0,
         progress: false,
+        session: null,
         ...FIRST_SEND,
       });
+    });
+
+    it('sessions: 15 s ttl by default; a lock in a session takes its life from it (no expires)', () => {
+      expect(validateRequest('session_open', {})).toEqual({ ttlMs: 15_000, lockedBy: null });
+      expect(validateRequest('session_open', { ttl: 2.5, locked_by: 'w' })).toEqual({ ttlMs: 2500, lockedBy: 'w' });
+      expect(validateRequest('get', { name: 'a', session: 'S-1' })).toMatchObject({ session: 'S-1', expiresMs: null });
+      expect(validateRequest('session_keepalive', { session: 'S-1' })).toEqual({ session: 'S-1' });
+    });
+
+    it('sessions: bad ttl, missing or malformed ids, expires beside a session are refused', () => {
+      const problems = (endpoint: Parameters<typeof validateRequest>[0], body: object) => {
+        try {
+          validateRequest(endpoint, body);
+        } catch (err) {
+          return (err as RequestInvalid).details.map((d) => d.field);
+        }
+        return [];
+      };
+      expect(problems('session_open', { ttl: 0.5 })).toEqual(['ttl']);
+      expect(problems('session_open', { ttl: 3601 })).toEqual(['ttl']);
+      expect(problems('session_open', { ttl: 'x' })).toEqual(['ttl']);
+      expect(problems('session_keepalive', {})).toEqual(['session']);
+      expect(problems('session_close', { session: 'a b' })).toEqual(['session']);
+      expect(problems('get', { name: 'a', session: 'S', expires: 5 })).toEqual(['expires']);
+      expect(problems('set', { locks: ['a'], session: 'S' })).toEqual(['session']);
     });
 
     it('renew: 600 s, add_time=false, create=false, no token', () => {

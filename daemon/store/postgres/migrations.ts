@@ -178,4 +178,61 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
       'DROP FUNCTION lockmgr_now_ms()',
     ],
   },
+  {
+    // Clients' sessions, kept alive by keepalives; a lock bound to one lasts as long as it does.
+    // The batch first pass returns the session of an unlocked row too (a lock of a session
+    // released by name is kept through its lock-delay); v2 stays for daemons of the previous
+    // version during a rolling upgrade.
+    name: '0009-sessions',
+    up: [
+      `CREATE TABLE lockmgr_sessions (
+         id VARCHAR(64) COLLATE "C" PRIMARY KEY,
+         ttl_ms BIGINT NOT NULL,
+         expires_at BIGINT NOT NULL,
+         locked_by VARCHAR(255),
+         client VARCHAR(255),
+         created_at BIGINT NOT NULL)`,
+      `CREATE INDEX lockmgr_sessions_expires_at ON lockmgr_sessions (expires_at)`,
+      `ALTER TABLE lockmgr_locks ADD COLUMN session_id VARCHAR(64)`,
+      `CREATE INDEX lockmgr_locks_session_id ON lockmgr_locks (session_id) WHERE session_id IS NOT NULL`,
+      `CREATE OR REPLACE FUNCTION lockmgr_first_pass_v3(p_kinds TEXT[], p_names VARCHAR[], p_locked_by VARCHAR[], p_process BIGINT[], p_expires_ms BIGINT[], p_token BIGINT[])
+           RETURNS TABLE (op INT, l_name VARCHAR, l_locked_by VARCHAR, l_lock_process BIGINT, l_locked_until BIGINT, l_created_at BIGINT, l_updated_at BIGINT, l_token BIGINT, l_session_id VARCHAR)
+           LANGUAGE plpgsql AS $$
+           DECLARE
+             r lockmgr_locks;
+             v_now BIGINT;
+           BEGIN
+             BEGIN
+               FOR k IN 1 .. coalesce(array_length(p_names, 1), 0) LOOP
+                 IF p_kinds[k] = 'insert' THEN
+                   v_now := lockmgr_now_ms();
+                   INSERT INTO lockmgr_locks AS l (name, locked_by, lock_process, locked_until, created_at, updated_at, token)
+                   VALUES (p_names[k], p_locked_by[k], p_process[k], v_now + p_expires_ms[k], v_now, v_now, 0)
+                   ON CONFLICT (name) DO NOTHING;
+                   IF NOT FOUND THEN
+                     RAISE EXCEPTION USING ERRCODE = 'LM001';
+                   END IF;
+                   UPDATE lockmgr_locks AS l SET token = nextval('lockmgr_token_seq') WHERE l.name = p_names[k] RETURNING l.* INTO r;
+                 ELSE
+                   DELETE FROM lockmgr_locks AS l WHERE l.name = p_names[k] AND (p_token[k] IS NULL OR l.token = p_token[k]) RETURNING l.* INTO r;
+                   CONTINUE WHEN NOT FOUND;
+                 END IF;
+                 op := k;
+                 l_name := r.name; l_locked_by := r.locked_by; l_lock_process := r.lock_process; l_locked_until := r.locked_until;
+                 l_created_at := r.created_at; l_updated_at := r.updated_at; l_token := r.token; l_session_id := r.session_id;
+                 RETURN NEXT;
+               END LOOP;
+             EXCEPTION WHEN SQLSTATE 'LM001' THEN
+               op := 0;
+               RETURN NEXT;
+             END;
+           END $$`,
+    ],
+    down: [
+      'DROP FUNCTION lockmgr_first_pass_v3(TEXT[], VARCHAR[], VARCHAR[], BIGINT[], BIGINT[], BIGINT[])',
+      'DROP INDEX lockmgr_locks_session_id',
+      'ALTER TABLE lockmgr_locks DROP COLUMN session_id',
+      'DROP TABLE lockmgr_sessions',
+    ],
+  },
 ];

@@ -2,7 +2,7 @@
  * The statements only the PostgreSQL backend runs (the portable lock, outbox and outcome statements
  * are in store/sql-tx.ts and store/sql-outbox.ts). `?` placeholders, numbered when prepared.
  */
-import { LIVE, LOCK_COLUMNS, valueRows, withOwnedTwin, type BackendLockSql } from '../sql-tx';
+import { LIVE, LOCK_COLUMNS, SESSION_COLUMNS, valueRows, withOwnedTwin, type BackendLockSql } from '../sql-tx';
 
 /** Arbitrary constants naming the advisory locks of the schema migration and of the relay lease. */
 export const MIGRATION_LOCK_KEY = 7735342101;
@@ -29,6 +29,9 @@ export const POSTGRES_LOCK_SQL: BackendLockSql = {
   // changed meanwhile, so without it a sweep would delete a lock renewed by another daemon while
   // the sweep waited for that row. (now, limit, now)
   deleteExpired: `DELETE FROM lockmgr_locks WHERE name IN (SELECT name FROM lockmgr_locks WHERE locked_until IS NOT NULL AND locked_until <= ? ORDER BY locked_until LIMIT ? FOR UPDATE SKIP LOCKED) AND locked_until IS NOT NULL AND locked_until <= ? RETURNING ${LOCK_COLUMNS}`,
+  // FOR SHARE: a keepalive of another daemon waits until this transaction ends, and one that
+  // committed first is seen; a lock bound now gets the session's expiry as it stands.
+  liveSession: `SELECT ${SESSION_COLUMNS} FROM lockmgr_sessions WHERE id = ? AND expires_at > ? FOR SHARE`,
 };
 
 export const POSTGRES_SQL = {
@@ -41,11 +44,11 @@ export const POSTGRES_SQL = {
    * the sequence only once it is in, its expiry counted from that moment (migration 0008).
    */
   insertLock: `SELECT ${LOCK_COLUMNS} FROM lockmgr_grant(?, ?, ?, ?)`,
-  /** (kinds[], names[], locked_by[], process[], expires_ms[], token[]): see migrations 0005 and 0008. */
+  /** (kinds[], names[], locked_by[], process[], expires_ms[], token[]): see migrations 0005, 0008 and 0009. */
   firstPass:
     'SELECT op, l_name AS name, l_locked_by AS locked_by, l_lock_process AS lock_process, l_locked_until AS locked_until, ' +
-    'l_created_at AS created_at, l_updated_at AS updated_at, l_token AS token ' +
-    'FROM lockmgr_first_pass_v2(?::text[], ?::varchar[], ?::varchar[], ?::bigint[], ?::bigint[], ?::bigint[])',
+    'l_created_at AS created_at, l_updated_at AS updated_at, l_token AS token, l_session_id AS session_id ' +
+    'FROM lockmgr_first_pass_v3(?::text[], ?::varchar[], ?::varchar[], ?::bigint[], ?::bigint[], ?::bigint[])',
   /** Events numbered by the outbox's sequence: (event_id, type, name, lock, cause, daemon, at) per row. */
   insertOutbox: (rows: number) =>
     `INSERT INTO lockmgr_outbox (event_id, type, name, lock, cause, daemon, at) VALUES ${valueRows(rows, 7)} RETURNING seq, event_id`,

@@ -99,4 +99,15 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
   },
   // PostgreSQL functions reading the statement's clock; SQLite's daemon reads its own.
   { name: '0008-postgres-statement-clock', up: [], down: [] },
+  {
+    // Clients' sessions, kept alive by keepalives; a lock bound to one lasts as long as it does.
+    name: '0009-sessions',
+    up: [
+      `CREATE TABLE lockmgr_sessions (id TEXT PRIMARY KEY NOT NULL, ttl_ms INTEGER NOT NULL, expires_at INTEGER NOT NULL, locked_by TEXT, client TEXT, created_at INTEGER NOT NULL)`,
+      `CREATE INDEX lockmgr_sessions_expires_at ON lockmgr_sessions (expires_at)`,
+      `ALTER TABLE lockmgr_locks ADD COLUMN session_id TEXT`,
+      `CREATE INDEX lockmgr_locks_session_id ON lockmgr_locks (session_id) WHERE session_id IS NOT NULL`,
+    ],
+    down: ['DROP INDEX lockmgr_locks_session_id', 'ALTER TABLE lockmgr_locks DROP COLUMN session_id', 'DROP TABLE lockmgr_sessions'],
+  },
 ];

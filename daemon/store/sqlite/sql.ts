@@ -2,7 +2,7 @@
  * The statements only the SQLite backend runs (the portable lock and outbox statements are in
  * store/sql-tx.ts and store/sql-outbox.ts).
  */
-import { LIVE, LOCK_COLUMNS, placeholders, valueRows, withOwnedTwin, type BackendLockSql } from '../sql-tx';
+import { LIVE, LOCK_COLUMNS, placeholders, SESSION_COLUMNS, valueRows, withOwnedTwin, type BackendLockSql } from '../sql-tx';
 
 /**
  * Renewals never shorten a lock; a lock that never expires stays that way unless made so. The new
@@ -22,14 +22,16 @@ export const SQLITE_LOCK_SQL: BackendLockSql = {
   },
   // The soonest expired first, a page at a time. (now, limit, now)
   deleteExpired: `DELETE FROM lockmgr_locks WHERE name IN (SELECT name FROM lockmgr_locks WHERE locked_until IS NOT NULL AND locked_until <= ? ORDER BY locked_until LIMIT ?) AND locked_until IS NOT NULL AND locked_until <= ? RETURNING ${LOCK_COLUMNS}`,
+  // One writer: nothing else can move the session meanwhile.
+  liveSession: `SELECT ${SESSION_COLUMNS} FROM lockmgr_sessions WHERE id = ? AND expires_at > ?`,
 };
 
 export const SQLITE_SQL = {
   /**
    * (name, locked_by, process, until, now, now, token): the daemon is the only writer, so it
-   * draws the token in memory and inserts it with the row.
+   * draws the token in memory and inserts it with the row. (A session is bound afterwards.)
    */
-  insertLock: `INSERT INTO lockmgr_locks (${LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING RETURNING ${LOCK_COLUMNS}`,
+  insertLock: `INSERT INTO lockmgr_locks (${LOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL) ON CONFLICT (name) DO NOTHING RETURNING ${LOCK_COLUMNS}`,
   /** (name): how far a number series (token, event_seq) is reserved. */
   readCounter: 'SELECT value FROM lockmgr_counters WHERE name = ?',
   /** (name, value) */
