@@ -7,7 +7,8 @@ import type { FieldProblem } from '../shared/validate';
 import type { WireError } from '../shared/protocol';
 import { Lock } from './lock';
 
-export type ClientErrorCode = WireError['code'] | 'NO_DAEMON' | 'REQUEST_TIMEOUT' | 'PROTOCOL_MISMATCH' | 'EVENTS_UNAVAILABLE';
+export type ClientErrorCode =
+  WireError['code'] | 'NO_DAEMON' | 'REQUEST_TIMEOUT' | 'PROTOCOL_MISMATCH' | 'EVENTS_UNAVAILABLE' | 'LOCK_LOST';
 
 export class LockError extends Error {
   constructor(
@@ -115,6 +116,13 @@ export class AuthorityConflict extends LockError {
   }
 }
 
+/** The session has lapsed (or never existed): every lock held in it is lost. */
+export class SessionNotFound extends LockError {
+  constructor(message: string) {
+    super('SESSION_NOT_FOUND', message);
+  }
+}
+
 /** The one place a wire error becomes a client error. */
 export function errorFromWire(error: WireError): LockError {
   const lock = error.lock ? Lock.fromRecord(error.lock) : null;
@@ -137,6 +145,8 @@ export function errorFromWire(error: WireError): LockError {
       return new ReplyTooLarge(error.message);
     case 'AUTHORITY_CONFLICT':
       return new AuthorityConflict(error.message);
+    case 'SESSION_NOT_FOUND':
+      return new SessionNotFound(error.message);
     case 'INTERNAL':
       return new InternalError(error.message);
     default:

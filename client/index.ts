@@ -17,8 +17,12 @@ export {
   OutcomeUnknown,
   ReplyTooLarge,
   AuthorityConflict,
+  SessionNotFound,
   errorFromWire,
 } from './errors';
+export { Session, LockLost } from './session';
+export type { SessionOptions } from './session';
+export { HeldLock } from './held-lock';
 export type { ClientErrorCode } from './errors';
 export {
   setLock,

@@ -20,6 +20,7 @@ import {
   CLIENT_HEADER,
   DEFAULT_EXPIRES,
   DEFAULT_PREFIX,
+  DEFAULT_SESSION_TTL,
   isWaitingNotice,
   requestSubject,
   type Api,
@@ -30,7 +31,9 @@ import {
   type Reply,
 } from '../shared/protocol';
 import { lockNameProblem } from '../shared/validate';
-import { InvalidRequest, LockError, NoDaemon, RequestTimeout, errorFromWire } from './errors';
+import { InvalidRequest, LockError, NoDaemon, RequestTimeout, SessionNotFound, errorFromWire } from './errors';
+import { HeldLock } from './held-lock';
+import { Session, type SessionOptions } from './session';
 import { Lock, LockSetResult } from './lock';
 import { LockManager, type WithLockOptions } from './lock-manager';
 import { LockEventStream, type EventsOptions } from './events';
@@ -49,6 +52,8 @@ export interface LockClientOptions {
   resendAfter?: number;
   /** Default `locked_by` for requests that name none (default: this machine's hostname). */
   locked_by?: string;
+  /** Seconds the client's shared session (for `hold` and `withLock`) lives without a keepalive (default 15). */
+  sessionTtl?: number;
 }
 
 export interface ConnectOptions extends LockClientOptions {
@@ -77,8 +82,10 @@ export interface SetLockOptions {
 }
 
 export interface GetLockOptions {
-  /** Seconds; 0 or null: never expires. Default 600. */
+  /** Seconds; 0 or null: never expires. Default 600. Not with `session`: the session decides. */
   expires?: number | null;
+  /** Take the lock in this session: it lasts as long as the session is kept alive. */
+  session?: Session;
   locked_by?: string;
   lock_process?: number;
   /** Seconds to wait for a held lock to be released (woken by the release). Default 0. */
@@ -178,6 +185,9 @@ export class LockClient {
   private readonly ownsConnection: boolean;
   private clientHeaders?: ReturnType<typeof headers>;
   private readonly requestIds = new RequestIds();
+  private sharedSession?: Promise<Session>;
+  /** Seconds: the ttl of the shared session. */
+  readonly sessionTtl: number;
 
   /** Use an existing NATS connection (the client will not close it). */
   constructor(
@@ -189,6 +199,7 @@ export class LockClient {
     this.timeout = options.timeout ?? 10_000;
     this.resendAfter = options.resendAfter ?? DEFAULT_RESEND_AFTER_MS;
     this.lockedBy = options.locked_by ?? hostname();
+    this.sessionTtl = options.sessionTtl ?? DEFAULT_SESSION_TTL;
     this.ownsConnection = ownsConnection;
   }
 
@@ -373,11 +384,14 @@ export class LockClient {
   async getLock(name: string, options: GetLockOptions = {}): Promise<Lock> {
     const wait = options.wait ?? 0;
     const firstSent = { at: 0 };
+    const session = options.session;
+    if (session && !session.alive) throw new SessionNotFound(`session ${session.id} is lost or closed: open a new one`);
     const record = await this.call(
       'get',
       compact({
         name: checkName(name),
-        expires: options.expires === undefined ? DEFAULT_EXPIRES : options.expires,
+        session: session?.id,
+        expires: session ? undefined : options.expires === undefined ? DEFAULT_EXPIRES : options.expires,
         locked_by: options.locked_by ?? this.lockedBy,
         lock_process: options.lock_process,
         wait: wait || undefined,
@@ -481,9 +495,47 @@ export class LockClient {
   }
 
   /**
+   * Open a session of your own (most code uses the client's shared one, through `hold` and
+   * `withLock`). It is kept alive until `close()`, or until it is lost.
+   */
+  async openSession(options: SessionOptions = {}): Promise<Session> {
+    const sentAt = performance.now();
+    const opened = await this.call('session_open', compact({ ttl: options.ttl, locked_by: options.locked_by ?? this.lockedBy }));
+    return new Session(this, opened, sentAt);
+  }
+
+  /** The client's shared session (`sessionTtl`), opened on first use and again after it was lost. */
+  async session(): Promise<Session> {
+    const current = this.sharedSession;
+    if (current) {
+      const session = await current.catch(() => undefined);
+      if (session?.alive) return session;
+      if (this.sharedSession === current) this.sharedSession = undefined;
+    }
+    this.sharedSession ??= this.openSession({ ttl: this.sessionTtl });
+    return this.sharedSession;
+  }
+
+  /**
+   * Take `name` in the shared session and hold it until released: `held.signal` fires before
+   * anyone else can be granted it (the lock lost); `await using held = await client.hold(name)`
+   * releases it when the scope ends.
+   */
+  async hold(name: string, options: Omit<GetLockOptions, 'expires' | 'session'> = {}): Promise<HeldLock> {
+    const session = await this.session();
+    const lock = await this.getLock(name, { ...options, session });
+    return new HeldLock(this, session, lock);
+  }
+
+  /**
    * django-lockmgr's LockMgr: take `name`, run `fn(mgr)`, release on the way out (also when `fn`
    * throws, and the error propagates). `mgr.lock(other)` takes more locks, `mgr.renew()` adds 120 s.
    * Only grants the manager still holds are released.
+   *
+   * The locks are taken in the client's session and kept alive while `fn` runs (`keepalive: false`
+   * takes them for `expires` seconds instead, as django-lockmgr did). `mgr.signal` fires if one is
+   * lost — before anyone else can be granted it — and then `withLock` rejects with LockLost, even
+   * when `fn` returned.
    */
   async withLock<T>(name: string, options: WithLockOptions, fn: (mgr: LockManager) => Promise<T> | T): Promise<T>;
   async withLock<T>(name: string, fn: (mgr: LockManager) => Promise<T> | T): Promise<T>;
@@ -494,13 +546,18 @@ export class LockClient {
   ): Promise<T> {
     const options = typeof optionsOrFn === 'function' ? {} : optionsOrFn;
     const fn = typeof optionsOrFn === 'function' ? optionsOrFn : maybeFn!;
-    const mgr = new LockManager(this, name, options);
+    const session = options.keepalive === false ? null : await this.session();
+    const mgr = new LockManager(this, name, options, session);
     await mgr.enter();
+    let result: T;
     try {
-      return await fn(mgr);
+      result = await fn(mgr);
     } finally {
       await mgr.exit();
     }
+    const lost = mgr.lost();
+    if (lost) throw lost;
+    return result;
   }
 
   /**
@@ -513,8 +570,11 @@ export class LockClient {
     return new LockEventStream(this.nc, this.prefix, options);
   }
 
-  /** Close the NATS connection if this client opened it. */
+  /** Close the shared session (releasing its locks), and the NATS connection if this client opened it. */
   async close(): Promise<void> {
+    const session = this.sharedSession;
+    this.sharedSession = undefined;
+    if (session) await (await session.catch(() => undefined))?.close();
     if (this.ownsConnection && !this.nc.isClosed()) await this.nc.drain();
   }
 }

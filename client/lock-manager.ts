@@ -5,11 +5,17 @@
  */
 import { DEFAULT_EXPIRES, DEFAULT_RENEW_SECONDS } from '../shared/protocol';
 import { InvalidRequest, Locked, LockNotFound, NotOwner } from './errors';
+import { LockLost, type Session } from './session';
 import type { Lock } from './lock';
 import type { LockClient } from './lock-client';
 
 export interface WithLockOptions {
-  /** Seconds the locks last; 0 or null: never expire. Default 600. */
+  /**
+   * Keep the locks alive in the client's session while the callback runs (default true). False:
+   * take them for `expires` seconds, as django-lockmgr did.
+   */
+  keepalive?: boolean;
+  /** With `keepalive: false`: seconds the locks last; 0 or null: never expire. Default 600. */
   expires?: number | null;
   locked_by?: string;
   lock_process?: number;
@@ -18,7 +24,10 @@ export interface WithLockOptions {
 }
 
 export interface ManagerLockOptions {
-  /** Default: the manager's `expires`. */
+  /**
+   * Seconds this lock lasts (0 or null: never expires). Given, the lock is taken for that long,
+   * outside the session; by default it is kept alive with the manager's (or lasts its `expires`).
+   */
   expires?: number | null;
   /** Default: the manager's `wait`. */
   wait?: number;
@@ -45,10 +54,16 @@ export class LockManager {
   readonly locked_by: string;
   readonly lock_process: number | undefined;
 
+  /** Signals of the locks taken in the session, by grant. */
+  private readonly signals = new Map<Lock, AbortSignal>();
+  private readonly controller = new AbortController();
+
   constructor(
     private readonly client: LockClient,
     readonly name: string,
     options: WithLockOptions = {},
+    /** The session the locks are taken in, kept alive meanwhile; null: locks that last `expires`. */
+    private readonly session: Session | null = null,
   ) {
     if (options.wait !== undefined && (typeof options.wait !== 'number' || !(options.wait >= 0))) {
       // The same class the daemon's INVALID_REQUEST maps to, so callers catch one error type.
@@ -71,13 +86,17 @@ export class LockManager {
   async lock(name: string, options: ManagerLockOptions = {}): Promise<boolean> {
     try {
       const lock = await this.client.getLock(name, {
-        expires: options.expires === undefined ? this.expires : options.expires,
+        // A lock given its own `expires` lasts that long, outside the session.
+        ...(this.session && options.expires === undefined
+          ? { session: this.session }
+          : { expires: options.expires === undefined ? this.expires : options.expires }),
         wait: options.wait ?? this.wait,
         locked_by: this.locked_by,
         lock_process: this.lock_process,
       });
       if (this.main_lock === null) this.main_lock = lock;
       this.locks.push(lock);
+      if (options.expires === undefined) this.watch(lock);
       return true;
     } catch (err) {
       if (options.ret && err instanceof Locked) return false;
@@ -126,10 +145,39 @@ export class LockManager {
     }
   }
 
+  /**
+   * Fires when a lock this manager holds in its session is lost (the reason: a LockLost), before
+   * anyone else can be granted it. Stop working on what the lock protects. Never fires for locks
+   * taken with `keepalive: false`.
+   */
+  get signal(): AbortSignal {
+    // Reading each lock's own signal first catches a deadline passed during a pause.
+    for (const s of this.signals.values()) if (s.aborted && !this.controller.signal.aborted) this.controller.abort(s.reason);
+    return this.controller.signal;
+  }
+
+  /** @internal The LockLost of the first lock lost while held, if one was. */
+  lost(): LockLost | undefined {
+    const reason: unknown = this.signal.aborted ? this.signal.reason : undefined;
+    return reason instanceof LockLost ? reason : undefined;
+  }
+
   /** @internal Release every grant still held. */
   async exit(): Promise<void> {
+    void this.signal; // a loss during the callback counts, even if seen only now
     const held = this.locks.splice(0);
     await Promise.all(held.map((l) => this.releaseQuietly(l)));
+  }
+
+  private watch(lock: Lock): void {
+    if (!this.session) return;
+    const signal = this.session.track(lock);
+    this.signals.set(lock, signal);
+    const lose = () => {
+      if (this.signals.has(lock) && !this.controller.signal.aborted) this.controller.abort(signal.reason);
+    };
+    if (signal.aborted) lose();
+    else signal.addEventListener('abort', lose, { once: true });
   }
 
   private grantFor(lock?: string | Lock): Lock | undefined {
@@ -140,6 +188,9 @@ export class LockManager {
 
   /** Release a grant by token; a lock re-granted to someone else or gone is left alone. */
   private async releaseQuietly(grant: Lock): Promise<boolean> {
+    // Released on purpose: its signal no longer speaks for this manager.
+    this.signals.delete(grant);
+    this.session?.untrack(grant);
     try {
       return await this.client.unlock(grant);
     } catch (err) {

@@ -28,7 +28,7 @@ export interface Stack {
   prefix: string;
   daemons: LockDaemon[];
   client: LockClient;
-  newClient(opts?: { locked_by?: string; timeout?: number }): Promise<LockClient>;
+  newClient(opts?: { locked_by?: string; timeout?: number; sessionTtl?: number }): Promise<LockClient>;
   startDaemon(config?: Partial<DaemonConfig>): Promise<LockDaemon>;
   stop(): Promise<void>;
 }
@@ -63,7 +63,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     return d;
   };
   for (let i = 0; i < (opts.daemons ?? 1); i++) await startDaemon();
-  const newClient = async (o: { locked_by?: string; timeout?: number } = {}) => {
+  const newClient = async (o: { locked_by?: string; timeout?: number; sessionTtl?: number } = {}) => {
     const c = await LockClient.connect({ servers: nats.url, prefix, ...o });
     clients.push(c);
     return c;

@@ -7,6 +7,9 @@
  * - §5.5: the contract rows, and every bug row of §5.5/§6 as its fixed behaviour.
  *
  * "remaining" is the lock's expiry as the daemon reports it now, minus the local clock.
+ *
+ * `withLock` keeps its locks alive in a session by default; the cases about the seed's own expiry
+ * and renewal semantics ask for django-lockmgr's expiring locks with `keepalive: false`.
  */
 import { hostname } from 'node:os';
 import {
@@ -271,7 +274,7 @@ describe.each(STORES)('django-lockmgr conformance on %s', (store) => {
 
     it('#19 test_lockmgr_renew_main: mgr.renew adds time to the main lock by default', async () => {
       const name = uniq('test_renew_lockmgr');
-      await client.withLock(name, { expires: 20 }, async (lm) => {
+      await client.withLock(name, { keepalive: false, expires: 20 }, async (lm) => {
         const rem = lm.main_lock!.expires_seconds!;
         expect(rem).toBeGreaterThanOrEqual(15);
         expect(rem).toBeLessThanOrEqual(20);
@@ -285,7 +288,7 @@ describe.each(STORES)('django-lockmgr conformance on %s', (store) => {
 
     it("#20 test_lockmgr_renew_expired: mgr.renew re-creates an expired main lock (keeping the manager's owner)", async () => {
       const name = uniq('test_renew_lockmgr_ex');
-      await client.withLock(name, { expires: 1, locked_by: 'renewing-manager', lock_process: 77 }, async (lm) => {
+      await client.withLock(name, { keepalive: false, expires: 1, locked_by: 'renewing-manager', lock_process: 77 }, async (lm) => {
         const rem = lm.main_lock!.expires_seconds!;
         expect(rem).toBeGreaterThan(0);
         expect(rem).toBeLessThanOrEqual(1);
@@ -703,7 +706,7 @@ describe.each(STORES)('django-lockmgr conformance on %s', (store) => {
 
     it('withLock(expires=0, locked_by, lock_process): never-expiring main lock with that owner; extra locks inherit', async () => {
       const [ctx, extra] = [uniq('ctx'), uniq('extra')];
-      await client.withLock(ctx, { expires: 0, locked_by: 'me', lock_process: 42 }, async (m) => {
+      await client.withLock(ctx, { keepalive: false, expires: 0, locked_by: 'me', lock_process: 42 }, async (m) => {
         expect(m.main_lock?.locked_until).toBeNull();
         expect(m.main_lock?.locked_by).toBe('me');
         expect(m.main_lock?.lock_process).toBe(42);
@@ -754,7 +757,7 @@ describe.each(STORES)('django-lockmgr conformance on %s', (store) => {
     it('leaving after the main lock expired and was re-granted to someone else releases only what is still held (fixed)', async () => {
       const [name, extra] = [uniq('lapsed'), uniq('extra')];
       let theirs: Lock | undefined;
-      await client.withLock(name, { expires: 0.5 }, async (m) => {
+      await client.withLock(name, { keepalive: false, expires: 0.5 }, async (m) => {
         await m.lock(extra, { expires: 60 });
         await sleep(700);
         theirs = await other.getLock(name);
@@ -765,7 +768,7 @@ describe.each(STORES)('django-lockmgr conformance on %s', (store) => {
 
     it('mgr.renew() adds 120 s', async () => {
       const name = uniq('plus120');
-      await client.withLock(name, { expires: 60 }, async (m) => {
+      await client.withLock(name, { keepalive: false, expires: 60 }, async (m) => {
         const renewed = await m.renew();
         expect(renewed.expires_seconds!).toBeGreaterThan(175);
         expect(renewed.expires_seconds!).toBeLessThanOrEqual(180);
@@ -775,7 +778,7 @@ describe.each(STORES)('django-lockmgr conformance on %s', (store) => {
 
     it('mgr.renew() of a never-expiring main lock works and keeps it never-expiring (fixed)', async () => {
       const name = uniq('mgr_forever');
-      await client.withLock(name, { expires: null }, async (m) => {
+      await client.withLock(name, { keepalive: false, expires: null }, async (m) => {
         const renewed = await m.renew();
         expect(renewed.locked_until).toBeNull();
         expect(renewed.token).toBe(m.main_lock!.token);

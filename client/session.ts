@@ -1,0 +1,193 @@
+/**
+ * Sessions on the client side: a session kept alive by keepalives, the locks held in it, and the
+ * signals that tell their holders when a lock is lost — before anyone else can be granted it.
+ *
+ * Timing. A keepalive sent at `t` (this process's monotonic clock) moves the session's expiry to
+ * no earlier than `t + ttl`: the daemon reads its clock after the request left. Nobody else can be
+ * granted a lock of the session before that expiry plus the daemons' lock-delay. So the session is
+ * surely alive until `t + ttl` for the last keepalive that was answered, and a held lock's signal
+ * fires `margin` before that (covering clock rate drift and a slow answer), or as soon as a
+ * keepalive says the lock is gone (released by name, or reset) — a lock released by force stays
+ * through the lock-delay, so its holder has that long to stop. A process that was paused sees its
+ * signals fired at once when it resumes: `signal.aborted` checks the deadline on every read, before
+ * any of the process's timers catch up.
+ */
+import { LockError, SessionNotFound } from './errors';
+import type { Lock } from './lock';
+import type { LockClient } from './lock-client';
+
+export interface SessionOptions {
+  /** Seconds the session lives without a keepalive (1-3600, default 15); a keepalive goes every third of it. */
+  ttl?: number;
+  locked_by?: string;
+}
+
+/** A lock held in a session is lost: its signal fired, and `withLock` rejects with this. */
+export class LockLost extends LockError {
+  constructor(
+    readonly lockName: string,
+    why: string,
+  ) {
+    super('LOCK_LOST', `lock ${lockName} was lost: ${why}`);
+  }
+}
+
+/** Share of the ttl before the session's sure expiry at which signals fire (and at least this many ms). */
+const MARGIN_SHARE = 0.1;
+const MIN_MARGIN_MS = 500;
+/** Keepalives per ttl. */
+const KEEPALIVES_PER_TTL = 3;
+
+/**
+ * An AbortController whose signal also fires, on any read of `aborted` or `throwIfAborted()`, once
+ * `deadline()` (performance.now() ms) has passed, so code resumed from a pause sees it first.
+ */
+function deadlineController(deadline: () => number, reason: () => unknown): AbortController {
+  const controller = new AbortController();
+  const signal = controller.signal;
+  const proto = Object.getPrototypeOf(signal) as AbortSignal;
+  const abortedOf = Object.getOwnPropertyDescriptor(proto, 'aborted')!.get!;
+  const check = () => {
+    if (!abortedOf.call(signal) && performance.now() >= deadline()) controller.abort(reason());
+  };
+  Object.defineProperty(signal, 'aborted', {
+    get: () => {
+      check();
+      return abortedOf.call(signal) as boolean;
+    },
+  });
+  const throwIfAborted = signal.throwIfAborted.bind(signal);
+  signal.throwIfAborted = () => {
+    check();
+    throwIfAborted();
+  };
+  return controller;
+}
+
+/** One lock held in a session. */
+interface Holding {
+  lock: Lock;
+  controller: AbortController;
+}
+
+export class Session {
+  readonly id: string;
+  /** Seconds. */
+  readonly ttl: number;
+  /** Fires when the session is lost (or closed): every lock held in it is lost then. */
+  readonly signal: AbortSignal;
+  private readonly controller: AbortController;
+  /** Until when (performance.now() ms) the session is surely alive, less the margin. */
+  private validUntil: number;
+  private readonly holdings = new Map<string, Holding>();
+  private timer?: ReturnType<typeof setTimeout>;
+  private lostWhy?: string;
+  private closing?: Promise<void>;
+
+  /** @internal Use `client.openSession()`. */
+  constructor(
+    private readonly client: LockClient,
+    opened: { session: string; ttl: number },
+    sentAt: number,
+  ) {
+    this.id = opened.session;
+    this.ttl = opened.ttl;
+    this.validUntil = sentAt + this.ttl * 1000 - this.margin;
+    this.controller = deadlineController(
+      () => this.validUntil,
+      () => this.lost('no keepalive was answered in time (the session may have lapsed)'),
+    );
+    this.signal = this.controller.signal;
+    this.schedule();
+  }
+
+  /** Milliseconds before the session's sure expiry at which its signals fire. */
+  get margin(): number {
+    return Math.max(MIN_MARGIN_MS, this.ttl * 1000 * MARGIN_SHARE);
+  }
+
+  /** False once the session is lost or closed. */
+  get alive(): boolean {
+    return !this.signal.aborted;
+  }
+
+  /**
+   * @internal A lock just granted in this session: its signal fires when the session is lost, when
+   * a keepalive no longer lists it, or when it is released.
+   */
+  track(lock: Lock): AbortSignal {
+    const controller = deadlineController(
+      () => this.validUntil,
+      () => new LockLost(lock.name, this.lostWhy ?? 'no keepalive was answered in time (the session may have lapsed)'),
+    );
+    if (this.signal.aborted) controller.abort(new LockLost(lock.name, this.lostWhy ?? 'its session was lost'));
+    this.holdings.set(lock.name, { lock, controller });
+    return controller.signal;
+  }
+
+  /** @internal The lock is released (or given up): stop watching it. */
+  untrack(lock: Lock): void {
+    const h = this.holdings.get(lock.name);
+    if (h && h.lock === lock) this.holdings.delete(lock.name);
+  }
+
+  /** Send a keepalive now; resolves once answered (or failed). */
+  async keepalive(): Promise<void> {
+    if (this.signal.aborted) return;
+    const sentAt = performance.now();
+    try {
+      const r = await this.client.call('session_keepalive', { session: this.id }, this.remainingMs());
+      if (this.signal.aborted) return;
+      this.validUntil = Math.max(this.validUntil, sentAt + r.ttl * 1000 - this.margin);
+      const listed = new Map(r.locks.map((l) => [l.name, l.token]));
+      for (const [name, h] of [...this.holdings]) {
+        if (listed.get(name) === h.lock.token) continue;
+        this.holdings.delete(name);
+        h.controller.abort(new LockLost(name, 'it was released by someone else (by name) or reset'));
+      }
+    } catch (err) {
+      if (err instanceof SessionNotFound) this.lose('the session lapsed (no keepalive reached a daemon within its ttl)');
+      // Anything else (no daemon, NATS away): try again at the next beat; the deadline still counts.
+    }
+  }
+
+  /** End the session: its locks are released (no lock-delay). */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      const wasAlive = this.alive;
+      this.lose('the session was closed');
+      if (wasAlive) await this.client.call('session_close', { session: this.id }).catch(() => undefined);
+    })();
+    return this.closing;
+  }
+
+  private remainingMs(): number {
+    return Math.max(1, this.validUntil + this.margin - performance.now());
+  }
+
+  private schedule(): void {
+    const beat = (this.ttl * 1000) / KEEPALIVES_PER_TTL;
+    this.timer = setTimeout(() => {
+      void this.keepalive().finally(() => {
+        if (this.alive) this.schedule();
+      });
+    }, beat);
+    // A session must not keep a process alive by itself.
+    this.timer.unref();
+    // The deadline fires the signals even when no keepalive comes back.
+    const deadlineTimer = setTimeout(() => void this.signal.aborted, Math.max(0, this.validUntil - performance.now()) + 1);
+    deadlineTimer.unref();
+  }
+
+  private lost(why: string): LockLost {
+    this.lostWhy ??= why;
+    for (const [name, h] of this.holdings) h.controller.abort(new LockLost(name, why));
+    this.holdings.clear();
+    return new LockLost('(session)', why);
+  }
+
+  private lose(why: string): void {
+    clearTimeout(this.timer);
+    if (!this.controller.signal.aborted) this.controller.abort(this.lost(why));
+  }
+}
