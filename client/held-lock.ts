@@ -23,7 +23,7 @@ export class HeldLock implements AsyncDisposable {
     readonly session: Session,
     readonly lock: Lock,
   ) {
-    this.signal = session.track(lock);
+    this.signal = session.signalOf(lock);
   }
 
   get name(): string {

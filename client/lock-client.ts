@@ -26,6 +26,7 @@ import {
   type Api,
   type Endpoint,
   type GetRequest,
+  type LockRecord,
   type ListResult,
   type MutationFields,
   type Reply,
@@ -186,6 +187,8 @@ export class LockClient {
   private clientHeaders?: ReturnType<typeof headers>;
   private readonly requestIds = new RequestIds();
   private sharedSession?: Promise<Session>;
+  /** Sessions this client took locks in, by id (to let go of a lock released by its token). */
+  private readonly sessions = new Map<string, Session>();
   /** Seconds: the ttl of the shared session. */
   readonly sessionTtl: number;
 
@@ -386,20 +389,31 @@ export class LockClient {
     const firstSent = { at: 0 };
     const session = options.session;
     if (session && !session.alive) throw new SessionNotFound(`session ${session.id} is lost or closed: open a new one`);
-    const record = await this.call(
-      'get',
-      compact({
-        name: checkName(name),
-        session: session?.id,
-        expires: session ? undefined : options.expires === undefined ? DEFAULT_EXPIRES : options.expires,
-        locked_by: options.locked_by ?? this.lockedBy,
-        lock_process: options.lock_process,
-        wait: wait || undefined,
-      }),
-      this.timeout + Math.max(0, wait) * 1000,
-      { waitMs: Math.max(0, wait) * 1000, firstSent },
-    );
+    const done = session?.acquiring(name);
+    let record: LockRecord;
+    try {
+      record = await this.call(
+        'get',
+        compact({
+          name: checkName(name),
+          session: session?.id,
+          expires: session ? undefined : options.expires === undefined ? DEFAULT_EXPIRES : options.expires,
+          locked_by: options.locked_by ?? this.lockedBy,
+          lock_process: options.lock_process,
+          wait: wait || undefined,
+        }),
+        this.timeout + Math.max(0, wait) * 1000,
+        { waitMs: Math.max(0, wait) * 1000, firstSent },
+      );
+    } finally {
+      done?.();
+    }
     const lock = Lock.fromRecord(record);
+    if (session) {
+      session.track(lock);
+      for (const [id, s] of this.sessions) if (!s.alive) this.sessions.delete(id);
+      this.sessions.set(session.id, session);
+    }
     if (!wait) await this.refuseIfLate(lock, firstSent.at);
     return lock;
   }
@@ -431,6 +445,8 @@ export class LockClient {
    */
   async unlock(lock: string | Lock): Promise<boolean> {
     const req = typeof lock === 'string' ? { name: checkName(lock) } : { name: checkName(lock.name), token: lock.token };
+    // Released on purpose: no longer one of its session's held locks.
+    if (typeof lock !== 'string' && lock.session) this.sessions.get(lock.session)?.untrack(lock);
     return (await this.call('unlock', req)).unlocked;
   }
 

@@ -171,7 +171,7 @@ export class LockManager {
 
   private watch(lock: Lock): void {
     if (!this.session) return;
-    const signal = this.session.track(lock);
+    const signal = this.session.signalOf(lock);
     this.signals.set(lock, signal);
     const lose = () => {
       if (this.signals.has(lock) && !this.controller.signal.aborted) this.controller.abort(signal.reason);

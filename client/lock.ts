@@ -25,6 +25,8 @@ export class Lock {
   updated_at!: Date;
   /** Fencing token of this grant: pass it to the resources the lock protects. */
   token!: number;
+  /** The id of the session the lock was taken in (it lasts as long as the session), or null. */
+  session!: string | null;
 
   static fromRecord(r: LockRecord): Lock {
     return new Lock().assign(r);
@@ -39,6 +41,7 @@ export class Lock {
     this.created_at = new Date(r.created_at);
     this.updated_at = new Date(r.updated_at);
     this.token = r.token;
+    this.session = r.session ?? null;
     return this;
   }
 
@@ -73,7 +76,7 @@ export class Lock {
   }
 
   toJSON(): LockRecord {
-    return {
+    const record: LockRecord = {
       name: this.name,
       locked_by: this.locked_by,
       lock_process: this.lock_process,
@@ -82,6 +85,8 @@ export class Lock {
       updated_at: this.updated_at.toISOString(),
       token: this.token,
     };
+    if (this.session !== null) record.session = this.session;
+    return record;
   }
 }
 

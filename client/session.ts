@@ -80,6 +80,8 @@ export class Session {
   /** Until when (performance.now() ms) the session is surely alive, less the margin. */
   private validUntil: number;
   private readonly holdings = new Map<string, Holding>();
+  /** Names a `get` in this session is being sent for, and how many. */
+  private readonly pending = new Map<string, number>();
   private timer?: ReturnType<typeof setTimeout>;
   private lostWhy?: string;
   private closing?: Promise<void>;
@@ -111,6 +113,22 @@ export class Session {
     return !this.signal.aborted;
   }
 
+  /** @internal A `get` of `name` in this session is on its way: its grant is not a stray. */
+  acquiring(name: string): () => void {
+    this.pending.set(name, (this.pending.get(name) ?? 0) + 1);
+    return () => {
+      const n = (this.pending.get(name) ?? 1) - 1;
+      if (n > 0) this.pending.set(name, n);
+      else this.pending.delete(name);
+    };
+  }
+
+  /** @internal The signal of a lock held in this session (tracking it if it is not yet). */
+  signalOf(lock: Lock): AbortSignal {
+    const h = this.holdings.get(lock.name);
+    return h && h.lock.token === lock.token ? h.controller.signal : this.track(lock);
+  }
+
   /**
    * @internal A lock just granted in this session: its signal fires when the session is lost, when
    * a keepalive no longer lists it, or when it is released.
@@ -126,9 +144,9 @@ export class Session {
   }
 
   /** @internal The lock is released (or given up): stop watching it. */
-  untrack(lock: Lock): void {
+  untrack(lock: { name: string; token: number }): void {
     const h = this.holdings.get(lock.name);
-    if (h && h.lock === lock) this.holdings.delete(lock.name);
+    if (h && h.lock.token === lock.token) this.holdings.delete(lock.name);
   }
 
   /** Send a keepalive now; resolves once answered (or failed). */
@@ -144,6 +162,12 @@ export class Session {
         if (listed.get(name) === h.lock.token) continue;
         this.holdings.delete(name);
         h.controller.abort(new LockLost(name, 'it was released by someone else (by name) or reset'));
+      }
+      // A lock of the session nobody here holds or waits for: granted to a call whose reply
+      // never arrived (it timed out, or was cancelled). Release it rather than keep it alive.
+      for (const l of r.locks) {
+        if (this.holdings.get(l.name)?.lock.token === l.token || this.pending.has(l.name)) continue;
+        this.client.call('unlock', { name: l.name, token: l.token }).catch(() => undefined);
       }
     } catch (err) {
       if (err instanceof SessionNotFound) this.lose('the session lapsed (no keepalive reached a daemon within its ttl)');

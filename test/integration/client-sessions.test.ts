@@ -65,7 +65,8 @@ describe.each(STORES)('sessions through the client, on %s', (store) => {
   let stack: Stack;
   let client: LockClient;
   beforeAll(async () => {
-    stack = await startStack({ store, config: { lockDelay: LOCK_DELAY, sweepInterval: 0.1 } });
+    // PostgreSQL with two daemons: any of them serves a session's requests.
+    stack = await startStack({ store, daemons: store === 'postgres' ? 2 : 1, config: { lockDelay: LOCK_DELAY, sweepInterval: 0.1 } });
     client = await stack.newClient();
   });
   afterAll(async () => {
@@ -113,6 +114,20 @@ describe.each(STORES)('sessions through the client, on %s', (store) => {
     expect(grantedAt).toBeGreaterThan(abortedAt);
     await client.unlock('cs.forced');
     await worker.close();
+  });
+
+  it('a grant in the session whose reply never reached its caller is released by the next keepalive', async () => {
+    const session = await client.openSession({ ttl: 1.5 });
+    // A get whose reply is lost: sent under the session, answered to nobody in this client.
+    const body = new TextEncoder().encode(JSON.stringify({ name: 'cs.stray', session: session.id }));
+    await client.nc.request(`${stack.prefix}.get`, body, { timeout: 5000 });
+    expect(await client.isLocked('cs.stray')).toBe(true);
+    // A lock the client took itself in the same session is kept.
+    const mine = await client.getLock('cs.mine', { session });
+    await until(async () => !(await client.isLocked('cs.stray')), 3_000, 'the stray grant to be released');
+    expect((await client.lockInfo('cs.mine'))?.token).toBe(mine.token);
+    await session.close();
+    expect(await client.isLocked('cs.mine')).toBe(false);
   });
 
   it('a SIGKILLed holder: its lock is free within the ttl plus the lock-delay plus 1 s', async () => {

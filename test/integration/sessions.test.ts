@@ -42,7 +42,8 @@ function follow(stack: Stack, name: string): LockEvent[] {
 describe.each(STORES)('sessions on %s', (store) => {
   let stack: Stack;
   beforeAll(async () => {
-    stack = await startStack({ store, config: { lockDelay: LOCK_DELAY, sweepInterval: 0.1 } });
+    // PostgreSQL with two daemons: any of them serves a session's requests.
+    stack = await startStack({ store, daemons: store === 'postgres' ? 2 : 1, config: { lockDelay: LOCK_DELAY, sweepInterval: 0.1 } });
   });
   afterAll(async () => stack?.stop());
 
