@@ -299,7 +299,9 @@ export class LockDaemon {
           .then(() => undefined)
           .catch(() => undefined),
       );
-    // Waiting `get`s answer LOCKED now rather than hold up the stop.
+    // Only now, with the endpoints drained (the server has our unsubscribe: no request reaches
+    // this daemon any more), are waiting `get`s given up: they answer DAEMON_STOPPING, and the
+    // client sends each again to another daemon, or to one started in this one's place.
     this.waiters.close();
     if (this.lockService) await within(this.lockService.idle());
     if (sweeping) await within(sweeping);

@@ -199,6 +199,12 @@ export const ErrorCode = {
   REPLY_TOO_LARGE: 'REPLY_TOO_LARGE',
   /** Another daemon serves this prefix from a different store: this one does not serve until it is gone. */
   AUTHORITY_CONFLICT: 'AUTHORITY_CONFLICT',
+  /**
+   * The daemon is stopping (draining) and gave up a `get` that was waiting for its lock; nothing
+   * was done. Send the same request again (same request id, what is left of the wait): another
+   * daemon, or one started in its place, takes it.
+   */
+  DAEMON_STOPPING: 'DAEMON_STOPPING',
   INTERNAL: 'INTERNAL',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
@@ -214,6 +220,7 @@ export const ERROR_STATUS: Record<ErrorCode, number> = {
   OUTCOME_UNKNOWN: 504,
   REPLY_TOO_LARGE: 413,
   AUTHORITY_CONFLICT: 503,
+  DAEMON_STOPPING: 503,
   INTERNAL: 500,
 };
 
