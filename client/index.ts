@@ -1,5 +1,14 @@
 export { LockClient } from './lock-client';
-export type { LockClientOptions, ConnectOptions, SetLockOptions, GetLockOptions, RenewLockOptions, ListLocksOptions } from './lock-client';
+export type {
+  LockClientOptions,
+  ConnectOptions,
+  RequestOptions,
+  CallOptions,
+  SetLockOptions,
+  GetLockOptions,
+  RenewLockOptions,
+  ListLocksOptions,
+} from './lock-client';
 export { LockManager } from './lock-manager';
 export type { WithLockOptions, ManagerLockOptions, ManagerRenewOptions } from './lock-manager';
 export { Lock, LockSetResult, pythonTime } from './lock';
@@ -17,9 +26,16 @@ export {
   OutcomeUnknown,
   ReplyTooLarge,
   AuthorityConflict,
+  DaemonStopping,
+  NatsUnavailable,
+  ConnectionClosed,
+  PermissionDenied,
+  NatsFailure,
+  Cancelled,
   errorFromWire,
+  errorFromNats,
 } from './errors';
-export type { ClientErrorCode } from './errors';
+export type { ClientErrorCode, NatsErrorContext } from './errors';
 export {
   setLock,
   getLock,
