@@ -360,10 +360,15 @@ export class LockClient {
         const data = encoder.encode(JSON.stringify(body));
         // A copy listens until the call ends, or as long as a timer can run: then a new copy goes.
         const listen = Math.min(left, MAX_TIMER_MS);
+        // Without a signal a copy is nats.js's plain request, the cheapest (its inbox entry goes
+        // when it is answered or its time is up); with one, a request-many, which the call stops
+        // as it ends.
         const copy =
           waitLeft > 0
             ? this.requestWithNotice(subject, data, h, listen, () => sendIn(Math.min(waitLeft + firstResend, listen)), copiesDone.signal)
-            : this.requestOne(subject, data, h, listen, copiesDone.signal);
+            : signal
+              ? this.requestOne(subject, data, h, listen, copiesDone.signal)
+              : this.nc.request(subject, data, { timeout: listen, headers: h });
         copy.then(answer, fail);
         sendIn(resendIn);
         resendIn = Math.min(resendIn * RESEND_GROWTH, firstResend * RESEND_MAX_FACTOR);
@@ -439,7 +444,7 @@ export class LockClient {
     return failure;
   }
 
-  /** One copy of a request: resolves its answer; stops listening when `done` aborts. */
+  /** One copy of a request that may be cancelled: resolves its answer; stops listening when `done` aborts. */
   private async requestOne(subject: string, data: Uint8Array, h: MsgHdrs, timeout: number, done: AbortSignal): Promise<Msg> {
     const replies = await this.nc.requestMany(subject, data, {
       strategy: RequestStrategy.Count,
