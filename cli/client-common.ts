@@ -7,7 +7,7 @@ import { hostname } from 'node:os';
 import type { NatsConnection } from 'nats';
 import type { Argv } from 'yargs';
 import { LockClient } from '../client/lock-client';
-import { LockError, LockFail, Locked, NoDaemon, RequestTimeout } from '../client/errors';
+import { ConnectionClosed, LockError, LockFail, Locked, NatsUnavailable, NoDaemon, RequestTimeout } from '../client/errors';
 import { ConfigError, loadConfig } from '../daemon/config';
 import { connectNats as connectToNats, NatsCredentialsError } from '../shared/connect';
 import { maskNatsUrls } from '../shared/nats-url';
@@ -108,14 +108,21 @@ export function resolveConnection(argv: ClientArgs, env: NodeJS.ProcessEnv = pro
   return { natsUrl: config.natsUrl, natsCreds: config.natsCreds, prefix: config.prefix, timeoutMs: timeoutMs ?? 10_000 };
 }
 
-/** Connect to NATS, or throw a CliError that says what to do. */
-export async function connectNats(conn: Connection, name: string): Promise<NatsConnection> {
+/**
+ * Connect to NATS, or throw a CliError that says what to do. A lost connection is reconnected
+ * 10 times (a one-shot command ends within its timeout anyway), or forever for commands that
+ * run on (`run`, `events --follow`).
+ */
+export async function connectNats(conn: Connection, name: string, opts: { reconnectForever?: boolean } = {}): Promise<NatsConnection> {
+  const reconnect = opts.reconnectForever
+    ? { maxReconnectAttempts: -1, reconnectTimeWait: 1000, ignoreAuthErrorAbort: true }
+    : { maxReconnectAttempts: 10 };
   try {
     return await connectToNats({
       servers: conn.natsUrl,
       creds: conn.natsCreds || undefined,
       name: `lockmgr-${name} ${hostname()}:${process.pid}`,
-      nats: { timeout: Math.min(conn.timeoutMs, 10_000), maxReconnectAttempts: 10 },
+      nats: { timeout: Math.min(conn.timeoutMs, 10_000), ...reconnect },
     });
   } catch (err) {
     if (err instanceof NatsCredentialsError) throw new CliError(EXIT.CONFIG, err.message, 'CONFIG');
@@ -134,9 +141,9 @@ export async function connectNats(conn: Connection, name: string): Promise<NatsC
   }
 }
 
-export async function openClient(argv: ClientArgs, name: string): Promise<LockClient> {
+export async function openClient(argv: ClientArgs, name: string, opts: { reconnectForever?: boolean } = {}): Promise<LockClient> {
   const conn = resolveConnection(argv);
-  const nc = await connectNats(conn, name);
+  const nc = await connectNats(conn, name, opts);
   return new LockClient(nc, { prefix: conn.prefix, timeout: conn.timeoutMs }, true);
 }
 
@@ -149,6 +156,13 @@ export function describeError(err: unknown): { exitCode: number; code: string; m
       exitCode: EXIT.UNAVAILABLE,
       code: err.code,
       message: `${err.message.replace(/: start one.*$/, '')}: start one with "lockmgr daemon", or check --prefix / LOCKMGR_PREFIX and --nats-url / LOCKMGR_NATS_URL`,
+    };
+  }
+  if (err instanceof NatsUnavailable || err instanceof ConnectionClosed) {
+    return {
+      exitCode: EXIT.UNAVAILABLE,
+      code: err.code,
+      message: `${err.message.replace(/: connect a new client$/, '')}: check that nats-server runs and --nats-url / LOCKMGR_NATS_URL points at it`,
     };
   }
   if (err instanceof RequestTimeout) {

@@ -40,6 +40,12 @@ export async function daemonCommand(argv: Record<string, unknown>): Promise<void
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  // NATS gone for good (not a disconnect: those are reconnected forever): exit 1, so that a
+  // supervisor starts the daemon again.
+  void daemon.natsLost.then(async () => {
+    await daemon.stop(1000).catch(() => undefined);
+    process.exit(EXIT.ERROR);
+  });
   try {
     await daemon.start();
   } catch (err) {

@@ -111,7 +111,8 @@ export const eventsCommand: CommandModule<object, EventsArgs> = {
     try {
       const conn = resolveConnection(argv);
       const stream = loadConfig({ file: argv.config, flags: { eventsStream: argv.stream } }).config.eventsStream;
-      const nc = await connectNats(conn, 'events');
+      // Following: reconnect forever, as a daemon does.
+      const nc = await connectNats(conn, 'events', { reconnectForever: argv.follow === true });
       client = new LockClient(nc, { prefix: conn.prefix, timeout: conn.timeoutMs }, true);
       const options: EventsOptions = { stream, types: asList(argv.type) as EventType[] | undefined, names: asList(argv.name) };
       const seq = argv['since-seq'];

@@ -184,7 +184,8 @@ export async function runLocked(argv: RunArgs): Promise<number> {
   const expires = argv.timeout === 0 ? null : argv.timeout;
   let client: LockClient | undefined;
   try {
-    client = await openClient(argv, 'run');
+    // Reconnect forever: the lock is renewed for as long as the command runs, across NATS outages.
+    client = await openClient(argv, 'run', { reconnectForever: true });
     let lock: Lock;
     try {
       lock = await client.getLock(argv.name, {

@@ -4,7 +4,14 @@
  * Call `close()` when done so the process can exit.
  */
 import type { Lock, LockSetResult } from './lock';
-import { LockClient, type GetLockOptions, type ListLocksOptions, type RenewLockOptions, type SetLockOptions } from './lock-client';
+import {
+  LockClient,
+  type GetLockOptions,
+  type ListLocksOptions,
+  type RenewLockOptions,
+  type RequestOptions,
+  type SetLockOptions,
+} from './lock-client';
 import type { LockManager, WithLockOptions } from './lock-manager';
 
 let defaultClient: Promise<LockClient> | undefined;
@@ -24,23 +31,23 @@ export async function setLock(...args: (string | string[] | SetLockOptions)[]): 
 export async function getLock(name: string, options?: GetLockOptions): Promise<Lock> {
   return (await getDefaultClient()).getLock(name, options);
 }
-export async function unlock(lock: string | Lock): Promise<boolean> {
-  return (await getDefaultClient()).unlock(lock);
+export async function unlock(lock: string | Lock, options?: RequestOptions): Promise<boolean> {
+  return (await getDefaultClient()).unlock(lock, options);
 }
 export async function renewLock(lock: string | Lock, options?: RenewLockOptions): Promise<Lock> {
   return (await getDefaultClient()).renewLock(lock, options);
 }
-export async function isLocked(lock: string | Lock): Promise<boolean> {
-  return (await getDefaultClient()).isLocked(lock);
+export async function isLocked(lock: string | Lock, options?: RequestOptions): Promise<boolean> {
+  return (await getDefaultClient()).isLocked(lock, options);
 }
 export async function listLocks(options?: Omit<ListLocksOptions, 'after' | 'limit'>): Promise<Lock[]> {
   return (await getDefaultClient()).listLocks(options);
 }
-export async function cleanLocks(): Promise<number> {
-  return (await getDefaultClient()).cleanLocks();
+export async function cleanLocks(options?: RequestOptions): Promise<number> {
+  return (await getDefaultClient()).cleanLocks(options);
 }
-export async function resetLocks(): Promise<number> {
-  return (await getDefaultClient()).resetLocks();
+export async function resetLocks(options?: RequestOptions): Promise<number> {
+  return (await getDefaultClient()).resetLocks(options);
 }
 export async function withLock<T>(name: string, options: WithLockOptions, fn: (mgr: LockManager) => Promise<T> | T): Promise<T> {
   return (await getDefaultClient()).withLock(name, options, fn);

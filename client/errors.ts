@@ -1,14 +1,27 @@
 /**
- * Error classes with stable codes, mapped from the wire in one place (`errorFromWire`).
+ * Error classes with stable codes: every failure a caller of the client sees is one of them.
+ * Daemon answers are mapped in one place (`errorFromWire`), nats.js errors in another
+ * (`errorFromNats`), keeping the original as `cause`.
  * `LockFail` is a kind of `Locked`, as in django-lockmgr, so `catch (e) { if (e instanceof Locked) }`
  * covers both.
  */
+import { ErrorCode as NatsErrorCode } from 'nats';
 import type { FieldProblem } from '../shared/validate';
 import type { WireError } from '../shared/protocol';
 import { Lock } from './lock';
 
 export type ClientErrorCode =
-  WireError['code'] | 'NO_DAEMON' | 'REQUEST_TIMEOUT' | 'PROTOCOL_MISMATCH' | 'EVENTS_UNAVAILABLE' | 'LOCK_LOST';
+  | WireError['code']
+  | 'NO_DAEMON'
+  | 'REQUEST_TIMEOUT'
+  | 'PROTOCOL_MISMATCH'
+  | 'EVENTS_UNAVAILABLE'
+  | 'NATS_UNAVAILABLE'
+  | 'CONNECTION_CLOSED'
+  | 'PERMISSION_DENIED'
+  | 'NATS_ERROR'
+  | 'CANCELLED'
+  | 'LOCK_LOST';
 
 export class LockError extends Error {
   constructor(
@@ -59,8 +72,9 @@ export class InvalidRequest extends LockError {
   constructor(
     message: string,
     readonly details: FieldProblem[] = [],
+    options?: { cause?: unknown },
   ) {
-    super('INVALID_REQUEST', message);
+    super('INVALID_REQUEST', message, options);
   }
 }
 
@@ -123,6 +137,127 @@ export class SessionNotFound extends LockError {
   }
 }
 
+/**
+ * The daemon that had the request is stopping (a drain) and gave up its wait; the client sent the
+ * request again meanwhile, and no other daemon answered within the call's time.
+ */
+export class DaemonStopping extends LockError {
+  constructor(message: string) {
+    super('DAEMON_STOPPING', message);
+  }
+}
+
+/**
+ * NATS cannot be reached: at connect (refused, timed out, unknown host), or, during a call, the
+ * connection was down (reconnecting) when the call's time ran out. Calls work again once NATS is
+ * back; a client keeps reconnecting unless told otherwise (`reconnect`).
+ */
+export class NatsUnavailable extends LockError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('NATS_UNAVAILABLE', message, options);
+  }
+}
+
+/**
+ * The client's NATS connection is closed: `close()` was called, or it gave up reconnecting
+ * (`reconnect: false` or a number of attempts). Connect a new client.
+ */
+export class ConnectionClosed extends LockError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('CONNECTION_CLOSED', message, options);
+  }
+}
+
+/**
+ * NATS refused: a subject this user may not publish or subscribe to (PERMISSIONS_VIOLATION), or
+ * a login it does not accept (AUTHORIZATION_VIOLATION, expired credentials).
+ */
+export class PermissionDenied extends LockError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('PERMISSION_DENIED', message, options);
+  }
+}
+
+/** Any other error nats.js reported; `cause` is that error (its `code` says which). */
+export class NatsFailure extends LockError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('NATS_ERROR', message, options);
+  }
+}
+
+/** The call's `signal` was aborted; `cause` is the signal's reason. A request already sent may have been done. */
+export class Cancelled extends LockError {
+  constructor(what: string, reason: unknown) {
+    super('CANCELLED', `${what} cancelled${reasonText(reason)}`, { cause: reason });
+  }
+}
+
+function reasonText(reason: unknown): string {
+  if (reason instanceof Error) return reason.name === 'AbortError' ? '' : `: ${reason.message}`;
+  return reason === undefined ? '' : `: ${String(reason)}`;
+}
+
+/** Where a nats.js error happened, for the message. */
+export interface NatsErrorContext {
+  /** The request subject of a call. */
+  subject?: string;
+  /** Connecting to these servers (credentials masked). */
+  connecting?: string;
+}
+
+/**
+ * The one place a nats.js error (or any other that reached the client from NATS) becomes a client
+ * error. LockErrors pass through unchanged.
+ */
+export function errorFromNats(err: unknown, context: NatsErrorContext = {}): LockError {
+  if (err instanceof LockError) return err;
+  const code = typeof (err as { code?: unknown } | null)?.code === 'string' ? (err as { code: string }).code : '';
+  const text = err instanceof Error ? err.message : String(err);
+  const on = context.subject ? ` (${context.subject})` : '';
+  const options = { cause: err };
+  switch (code) {
+    case NatsErrorCode.ConnectionClosed:
+    case NatsErrorCode.ConnectionDraining:
+      return new ConnectionClosed(`the NATS connection is closed${on}: connect a new client`, options);
+    case NatsErrorCode.PermissionsViolation:
+      return new PermissionDenied(`NATS refused${on}: ${text}: grant this NATS user the lockmgr subjects (and _INBOX.>)`, options);
+    case NatsErrorCode.AuthorizationViolation:
+    case NatsErrorCode.AuthenticationExpired:
+    case NatsErrorCode.AuthenticationTimeout:
+    case NatsErrorCode.AccountExpired:
+    case NatsErrorCode.BadAuthentication:
+    case NatsErrorCode.BadCreds:
+      return new PermissionDenied(
+        `NATS refused the login${context.connecting ? ` at ${context.connecting}` : ''}: ${text}: check the credentials (user:pass@ or token@ in the URL, or creds)`,
+        options,
+      );
+    case 'NATS_CREDENTIALS':
+      return new InvalidRequest(text, [{ field: 'creds', problem: 'cannot be read' }], options);
+    case NatsErrorCode.MaxPayloadExceeded:
+      return new InvalidRequest(
+        `the request is larger than the NATS server accepts${on}: ${text}`,
+        [{ field: '(body)', problem: 'larger than the NATS server max_payload' }],
+        options,
+      );
+    case NatsErrorCode.BadSubject:
+      return new InvalidRequest(
+        `not a valid NATS subject${on}: check the prefix`,
+        [{ field: 'prefix', problem: 'not a valid NATS subject' }],
+        options,
+      );
+    case NatsErrorCode.NoResponders:
+      if (context.subject) return new NoDaemon(context.subject, options);
+      break;
+    case NatsErrorCode.ConnectionRefused:
+    case NatsErrorCode.ConnectionTimeout:
+    case NatsErrorCode.Disconnect:
+      return new NatsUnavailable(`cannot reach NATS${context.connecting ? ` at ${context.connecting}` : on}: ${text}`, options);
+  }
+  // Anything else while connecting (a timeout, an unknown host, a TLS failure) leaves no connection.
+  if (context.connecting) return new NatsUnavailable(`cannot reach NATS at ${context.connecting}: ${text}`, options);
+  return new NatsFailure(`NATS error${on}: ${text}${code ? ` (${code})` : ''}`, options);
+}
+
 /** The one place a wire error becomes a client error. */
 export function errorFromWire(error: WireError): LockError {
   const lock = error.lock ? Lock.fromRecord(error.lock) : null;
@@ -147,6 +282,8 @@ export function errorFromWire(error: WireError): LockError {
       return new AuthorityConflict(error.message);
     case 'SESSION_NOT_FOUND':
       return new SessionNotFound(error.message);
+    case 'DAEMON_STOPPING':
+      return new DaemonStopping(error.message);
     case 'INTERNAL':
       return new InternalError(error.message);
     default:

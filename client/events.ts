@@ -7,7 +7,7 @@
  */
 import { DeliverPolicy, type ConsumerMessages, type NatsConnection, type Subscription } from 'nats';
 import { DEFAULT_EVENTS_STREAM, EVENT_TYPES, eventSubject, type EventType, type LockEvent } from '../shared/events';
-import { InvalidRequest, LockError } from './errors';
+import { ConnectionClosed, InvalidRequest, LockError, errorFromNats } from './errors';
 
 export { DEFAULT_EVENTS_STREAM };
 
@@ -164,28 +164,44 @@ export class LockEventStream implements AsyncIterable<ReceivedLockEvent> {
     options: EventsOptions = {},
   ) {
     const plan = eventsPlan(prefix, options.types, options.names);
-    // A closed connection ends the iteration (with its error, if it closed on one).
-    void nc.closed().then((err) => this.finish(err ?? undefined));
+    if (nc.isClosed()) throw new ConnectionClosed('the NATS connection is closed: connect a new client');
+    // A closed connection ends the iteration (with ConnectionClosed, if it closed on an error:
+    // it gave up reconnecting). While NATS is down and nats.js reconnects, the iteration waits.
+    void nc
+      .closed()
+      .then((err) =>
+        this.finish(
+          err ? new ConnectionClosed(`the NATS connection closed (it gave up reconnecting: ${err.message})`, { cause: err }) : undefined,
+        ),
+      );
     if (options.since === undefined) {
       if (options.follow === false) {
         throw new InvalidRequest('follow: false needs since: live events always follow', [
           { field: 'follow', problem: 'false needs since' },
         ]);
       }
-      this.sub = nc.subscribe(plan.subject, {
-        callback: (err, msg) => {
-          if (err) return this.finish(err);
-          if (plan.patterns && !plan.patterns.some((p) => subjectMatches(p, msg.subject))) return;
-          const e = decode(msg.data);
-          if (e) this.push(e);
-        },
-      });
+      try {
+        this.sub = nc.subscribe(plan.subject, {
+          callback: (err, msg) => {
+            if (err) return this.finish(err);
+            if (plan.patterns && !plan.patterns.some((p) => subjectMatches(p, msg.subject))) return;
+            const e = decode(msg.data);
+            if (e) this.push(e);
+          },
+        });
+      } catch (err) {
+        throw errorFromNats(err);
+      }
       // The subscription is in place once the server has answered a ping sent after it.
-      this.ready = nc.flush();
+      this.ready = nc.flush().catch((err: unknown) => {
+        throw errorFromNats(err);
+      });
       this.ready.catch(() => undefined);
     } else {
       const start = replayStart(options.since);
-      this.ready = this.replay(plan, options, start);
+      this.ready = this.replay(plan, options, start).catch((err: unknown) => {
+        throw errorFromNats(err);
+      });
       this.ready.catch((err) => this.finish(err));
     }
   }
@@ -217,7 +233,7 @@ export class LockEventStream implements AsyncIterable<ReceivedLockEvent> {
           { cause: err },
         );
       }
-      throw err;
+      throw errorFromNats(err);
     }
     if (this.ended) return;
     if (!options.follow) {
@@ -261,11 +277,11 @@ export class LockEventStream implements AsyncIterable<ReceivedLockEvent> {
     }
   }
 
-  /** End the iteration (after the queued events), with an error if one stopped it. */
+  /** End the iteration (after the queued events), with an error if one stopped it (as a LockError). */
   private finish(err?: unknown): void {
     if (this.ended) return;
     this.ended = true;
-    if (err !== undefined) this.error = err;
+    if (err !== undefined) this.error = errorFromNats(err);
     this.sub?.unsubscribe();
     void this.stopConsumer?.();
     if (this.waiter && this.queue.length === 0) {

@@ -1,5 +1,14 @@
 export { LockClient } from './lock-client';
-export type { LockClientOptions, ConnectOptions, SetLockOptions, GetLockOptions, RenewLockOptions, ListLocksOptions } from './lock-client';
+export type {
+  LockClientOptions,
+  ConnectOptions,
+  RequestOptions,
+  CallOptions,
+  SetLockOptions,
+  GetLockOptions,
+  RenewLockOptions,
+  ListLocksOptions,
+} from './lock-client';
 export { LockManager } from './lock-manager';
 export type { WithLockOptions, ManagerLockOptions, ManagerRenewOptions } from './lock-manager';
 export { Lock, LockSetResult, pythonTime } from './lock';
@@ -18,12 +27,19 @@ export {
   ReplyTooLarge,
   AuthorityConflict,
   SessionNotFound,
+  DaemonStopping,
+  NatsUnavailable,
+  ConnectionClosed,
+  PermissionDenied,
+  NatsFailure,
+  Cancelled,
   errorFromWire,
+  errorFromNats,
 } from './errors';
 export { Session, LockLost } from './session';
 export type { SessionOptions } from './session';
 export { HeldLock } from './held-lock';
-export type { ClientErrorCode } from './errors';
+export type { ClientErrorCode, NatsErrorContext } from './errors';
 export {
   setLock,
   getLock,

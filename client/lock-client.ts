@@ -15,7 +15,8 @@ import {
   type MsgHdrs,
   type NatsConnection,
 } from 'nats';
-import { connectNats } from '../shared/connect';
+import { connectNats, DEFAULT_NATS_URL } from '../shared/connect';
+import { maskNatsUrls } from '../shared/nats-url';
 import {
   CLIENT_HEADER,
   DEFAULT_EXPIRES,
@@ -32,12 +33,24 @@ import {
   type Reply,
 } from '../shared/protocol';
 import { lockNameProblem } from '../shared/validate';
-import { InvalidRequest, LockError, NoDaemon, RequestTimeout, SessionNotFound, errorFromWire } from './errors';
+import {
+  Cancelled,
+  ConnectionClosed,
+  InvalidRequest,
+  LockError,
+  NatsUnavailable,
+  NoDaemon,
+  RequestTimeout,
+  SessionNotFound,
+  errorFromNats,
+  errorFromWire,
+} from './errors';
 import { HeldLock } from './held-lock';
 import { Session, type SessionOptions } from './session';
 import { Lock, LockSetResult } from './lock';
 import { LockManager, type WithLockOptions } from './lock-manager';
 import { LockEventStream, type EventsOptions } from './events';
+import { NatsLink } from './nats-link';
 
 export interface LockClientOptions {
   /** Subject prefix the daemons serve (default `lock`). */
@@ -65,11 +78,29 @@ export interface ConnectOptions extends LockClientOptions {
   servers?: string | string[];
   /** NATS credentials file (.creds). */
   creds?: string;
+  /**
+   * When the connection to NATS is lost: `true` (default) reconnect forever, trying every second;
+   * a number: give up after that many attempts per server; `false` (or 0): do not reconnect. While
+   * reconnecting, calls wait for NATS within their own timeout (then NatsUnavailable); once the
+   * client has given up, its connection is closed and every call fails with ConnectionClosed.
+   * `nats.reconnect`, `nats.maxReconnectAttempts` and `nats.reconnectTimeWait`, when given, win.
+   */
+  reconnect?: boolean | number;
   /** Anything else for the NATS connection (TLS, name, reconnect policy...). */
   nats?: Omit<ConnectionOptions, 'servers'>;
 }
 
-export interface SetLockOptions {
+/** What every call takes. */
+export interface RequestOptions {
+  /**
+   * Aborting it ends the call at once with `Cancelled` (cause: the signal's reason): the call
+   * stops listening for answers and sends no more copies. A copy already sent may still be done
+   * by a daemon. An already-aborted signal fails the call without sending anything.
+   */
+  signal?: AbortSignal;
+}
+
+export interface SetLockOptions extends RequestOptions {
   /** Seconds; 0 or null: never expires. Default 600. */
   timeout?: number | null;
   /** All or nothing: if any name is held, raise LockFail and keep nothing. Default false. */
@@ -82,7 +113,7 @@ export interface SetLockOptions {
   process_id?: number;
 }
 
-export interface GetLockOptions {
+export interface GetLockOptions extends RequestOptions {
   /** Seconds; 0 or null: never expires. Default 600. Not with `session`: the session decides. */
   expires?: number | null;
   /** Take the lock in this session: it lasts as long as the session is kept alive. */
@@ -93,7 +124,7 @@ export interface GetLockOptions {
   wait?: number;
 }
 
-export interface RenewLockOptions {
+export interface RenewLockOptions extends RequestOptions {
   /** Seconds. Default 600. A lock is never shortened. */
   expires?: number | null;
   /** Add to the current expiry instead of setting now + expires. Default false. */
@@ -104,7 +135,7 @@ export interface RenewLockOptions {
   lock_process?: number;
 }
 
-export interface ListLocksOptions {
+export interface ListLocksOptions extends RequestOptions {
   /** Only names starting with this. */
   prefix?: string;
   /** Page size (1-10000, default 1000). */
@@ -143,6 +174,24 @@ export interface CallOptions {
   slowMs?: number;
   /** Set to when (performance.now()) the call's first copy went out. */
   firstSent?: { at: number };
+  /** Aborting it ends the call with Cancelled, its copies no longer listened to. */
+  signal?: AbortSignal;
+}
+
+/** Between reconnect attempts (nats.js waits 2 s): calls work again within about a second of NATS coming back. */
+const RECONNECT_WAIT_MS = 1000;
+
+/** The reconnect policy of `connect()`'s `reconnect` option, as nats.js options. */
+function reconnectPolicy(reconnect: boolean | number | undefined): Partial<ConnectionOptions> {
+  const r = reconnect ?? true;
+  if (r === true) return { reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: RECONNECT_WAIT_MS, ignoreAuthErrorAbort: true };
+  if (r === false || r === 0) return { reconnect: false };
+  if (typeof r !== 'number' || !Number.isInteger(r) || r < 0) {
+    throw new InvalidRequest(`reconnect must be true, false or a whole number of attempts, got ${String(r)}`, [
+      { field: 'reconnect', problem: 'must be true, false or a whole number of attempts' },
+    ]);
+  }
+  return { reconnect: true, maxReconnectAttempts: r, reconnectTimeWait: RECONNECT_WAIT_MS };
 }
 
 /**
@@ -172,10 +221,27 @@ function checkName(name: unknown): string {
   return name as string;
 }
 
+/**
+ * Stop listening for the replies of a request-many: nats.js returns its queued iterator (typed as
+ * a plain AsyncIterable), whose `stop()` ends the iteration and removes the request's inbox entry.
+ */
+function stopReplies(replies: AsyncIterable<Msg>): void {
+  (replies as AsyncIterable<Msg> & { stop?: () => void }).stop?.();
+}
+
 /** Drop undefined fields so the daemon applies its defaults. */
 function compact<T extends object>(o: T): T {
   for (const k of Object.keys(o) as (keyof T)[]) if (o[k] === undefined) delete o[k];
   return o;
+}
+
+/** The client's shared session, while it opens (cancelled once every caller waiting for it cancelled) and after. */
+interface SharedSession {
+  promise: Promise<Session>;
+  opening: boolean;
+  /** Callers with a signal waiting for it to open. */
+  waiters: number;
+  controller: AbortController;
 }
 
 export class LockClient {
@@ -184,9 +250,10 @@ export class LockClient {
   readonly resendAfter: number;
   readonly lockedBy: string;
   private readonly ownsConnection: boolean;
+  private readonly link: NatsLink;
   private clientHeaders?: ReturnType<typeof headers>;
   private readonly requestIds = new RequestIds();
-  private sharedSession?: Promise<Session>;
+  private sharedSession?: SharedSession;
   /** Sessions this client took locks in, by id (to let go of a lock released by its token). */
   private readonly sessions = new Map<string, Session>();
   /** Seconds: the ttl of the shared session. */
@@ -204,17 +271,29 @@ export class LockClient {
     this.lockedBy = options.locked_by ?? hostname();
     this.sessionTtl = options.sessionTtl ?? DEFAULT_SESSION_TTL;
     this.ownsConnection = ownsConnection;
+    this.link = NatsLink.of(nc);
   }
 
-  /** Connect to NATS and return a client that closes the connection on `close()`. */
+  /**
+   * Connect to NATS and return a client that closes the connection on `close()`. It reconnects
+   * forever after losing NATS unless `reconnect` says otherwise. Fails with NatsUnavailable when
+   * NATS cannot be reached now, PermissionDenied when it refuses the login.
+   */
   static async connect(options: ConnectOptions = {}): Promise<LockClient> {
     const { name, ...nats } = options.nats ?? {};
-    const nc = await connectNats({
-      servers: options.servers ?? process.env.LOCKMGR_NATS_URL,
-      creds: options.creds,
-      name: name ?? `lockmgr-client ${hostname()}:${process.pid}`,
-      nats,
-    });
+    const servers = options.servers ?? process.env.LOCKMGR_NATS_URL;
+    let nc: NatsConnection;
+    try {
+      nc = await connectNats({
+        servers,
+        creds: options.creds,
+        name: name ?? `lockmgr-client ${hostname()}:${process.pid}`,
+        nats: { ...reconnectPolicy(options.reconnect), ...nats },
+      });
+    } catch (err) {
+      const urls = typeof servers === 'string' ? servers : (servers ?? [DEFAULT_NATS_URL]).join(',');
+      throw errorFromNats(err, { connecting: maskNatsUrls(urls) });
+    }
     return new LockClient(nc, { prefix: options.prefix ?? process.env.LOCKMGR_PREFIX, ...options }, true);
   }
 
@@ -231,7 +310,11 @@ export class LockClient {
    * whichever daemon NATS picks, under the same request id — so a request that changes something
    * is never done twice, and a paused or cut-off daemon costs a re-send, not the call. Every copy
    * stays in the race: the first answer wins. No daemon at all, or one that lost its database
-   * while committing, is asked again after a pause. The call ends after `timeoutMs`.
+   * while committing, is asked again after a pause; a daemon that stops while the request waits
+   * for its lock (DAEMON_STOPPING) at once. While NATS is down no copy goes out; one goes as soon
+   * as it is back. The call ends after `timeoutMs` (NatsUnavailable if NATS is down then), when the
+   * connection closes (ConnectionClosed), or when `options.signal` aborts (Cancelled); then it
+   * stops listening for the answers of all its copies.
    */
   async call<E extends Endpoint>(
     endpoint: E,
@@ -240,6 +323,10 @@ export class LockClient {
     options: CallOptions = {},
   ): Promise<Api[E]['result']> {
     const subject = requestSubject(this.prefix, endpoint);
+    const { signal } = options;
+    if (signal?.aborted) throw new Cancelled(`the call on ${subject}`, signal.reason);
+    const link = this.link;
+    if (link.closed || this.nc.isClosed()) throw this.closedError(subject);
     const h = (this.clientHeaders ??= this.makeClientHeaders());
     const body: Api[E]['request'] & MutationFields & Pick<GetRequest, 'wait' | 'progress'> = MUTATIONS.has(endpoint)
       ? { ...request, request_id: this.requestIds.next() }
@@ -254,25 +341,40 @@ export class LockClient {
     let pause = FIRST_PAUSE_MS;
     let copies = 0;
     let unanswered = 0;
+    let disconnected = !link.connected;
 
     return new Promise<Api[E]['result']>((resolve, reject) => {
-      // Why the call fails if its time runs out (built then: an error captures a stack).
-      let failure: (() => Error) | Error = () => new RequestTimeout(subject, timeoutMs);
+      // Why the call fails if its time runs out; null: nothing but the time (the error is built then:
+      // an error captures a stack, which costs more than the rest of a call).
+      let failure: Error | null = null;
       let resend: ReturnType<typeof setTimeout> | undefined;
       let ended = false;
+      // Aborted when the call ends: every copy stops listening for its answer.
+      const copiesDone = new AbortController();
       const end = (settle: () => void) => {
         if (ended) return;
         ended = true;
         clearTimeout(resend);
         clearTimeout(expiry);
+        copiesDone.abort();
+        signal?.removeEventListener('abort', cancel);
+        unwatch();
         settle();
       };
+      const cancel = () => end(() => reject(new Cancelled(`the call on ${subject}`, signal?.reason)));
+      signal?.addEventListener('abort', cancel, { once: true });
+      const unwatch = link.onChange(() => {
+        if (link.closed) return end(() => reject(this.closedError(subject)));
+        if (!link.connected) disconnected = true;
+        // Back: a copy goes out at once (a daemon that has the request joins it, or answers it again).
+        else sendIn(0);
+      });
       // Timers cannot run longer than 2^31-1 ms (a longer one fires at once): a long `wait` is
       // timed in steps.
       const expire = () => {
         const left = deadline - performance.now();
         if (left > 0) expiry = setTimeout(expire, Math.min(left, MAX_TIMER_MS));
-        else end(() => reject(typeof failure === 'function' ? failure() : failure));
+        else end(() => reject(this.expiredError(subject, timeoutMs, failure, disconnected)));
       };
       let expiry = setTimeout(expire, Math.min(timeoutMs, MAX_TIMER_MS));
       const sendIn = (ms: number) => {
@@ -283,6 +385,8 @@ export class LockClient {
         const now = performance.now();
         const left = deadline - now;
         if (ended || left < MIN_ATTEMPT_MS) return; // the expiry ends the call
+        // NATS is down: nats.js would drop the copy at its next dial; one goes out when it is back.
+        if (!link.connected) return;
         copies += 1;
         unanswered += 1;
         if (copies > 1 && body.request_id !== undefined) body.attempt = copies;
@@ -292,10 +396,15 @@ export class LockClient {
         const data = encoder.encode(JSON.stringify(body));
         // A copy listens until the call ends, or as long as a timer can run: then a new copy goes.
         const listen = Math.min(left, MAX_TIMER_MS);
+        // Without a signal a copy is nats.js's plain request, the cheapest (its inbox entry goes
+        // when it is answered or its time is up); with one, a request-many, which the call stops
+        // as it ends.
         const copy =
           waitLeft > 0
-            ? this.requestWithNotice(subject, data, h, listen, () => sendIn(Math.min(waitLeft + firstResend, listen)))
-            : this.nc.request(subject, data, { timeout: listen, headers: h });
+            ? this.requestWithNotice(subject, data, h, listen, () => sendIn(Math.min(waitLeft + firstResend, listen)), copiesDone.signal)
+            : signal
+              ? this.requestOne(subject, data, h, listen, copiesDone.signal)
+              : this.nc.request(subject, data, { timeout: listen, headers: h });
         copy.then(answer, fail);
         sendIn(resendIn);
         resendIn = Math.min(resendIn * RESEND_GROWTH, firstResend * RESEND_MAX_FACTOR);
@@ -312,6 +421,12 @@ export class LockClient {
         if (reply.ok !== false || !reply.error)
           return end(() => reject(new LockError('PROTOCOL_MISMATCH', `reply on ${subject} is not a lockmgr reply`)));
         const error = errorFromWire(reply.error);
+        // The daemon stopped while the request waited: at once to another daemon (or, with none
+        // yet, after pauses, as below), with what is left of the wait.
+        if (reply.error.code === 'DAEMON_STOPPING') {
+          failure = error;
+          return sendIn(0);
+        }
         // Committed or not, only a re-send of the same request id can tell.
         if (reply.error.code !== 'OUTCOME_UNKNOWN' || body.request_id === undefined) return end(() => reject(error));
         failure = error;
@@ -320,9 +435,13 @@ export class LockClient {
       };
       const fail = (err: unknown) => {
         unanswered -= 1;
+        if (ended) return;
         const code = (err as { code?: string }).code;
         if (code === NatsErrorCode.Timeout) return; // the call's own expiry says so
-        if (code !== NatsErrorCode.NoResponders) return end(() => reject(err as Error));
+        if (code !== NatsErrorCode.NoResponders) {
+          if (link.closed || this.nc.isClosed()) return end(() => reject(this.closedError(subject)));
+          return end(() => reject(errorFromNats(err, { subject })));
+        }
         // No daemon yet (a restart): ask again after a pause, unless a copy is still out.
         failure = new NoDaemon(subject, { cause: err });
         if (unanswered === 0) sendIn(pause);
@@ -332,13 +451,69 @@ export class LockClient {
     });
   }
 
+  /** The connection is closed (by `close()`, or nats.js gave up reconnecting). */
+  private closedError(subject: string): ConnectionClosed {
+    const err = this.link.closeError;
+    return new ConnectionClosed(
+      `the NATS connection is closed${err ? ` (it gave up reconnecting: ${err.message})` : ''}; no request on ${subject}: connect a new client`,
+      err ? { cause: err } : undefined,
+    );
+  }
+
+  /** Why a call whose time ran out failed: NATS down now, else what was last heard (no answer at all by default). */
+  private expiredError(subject: string, timeoutMs: number, failure: Error | null, disconnected: boolean): Error {
+    failure ??= new RequestTimeout(subject, timeoutMs);
+    if (!this.link.connected) {
+      const last = this.link.lastError ? `; last error: ${this.link.lastError}` : '';
+      return new NatsUnavailable(
+        `NATS is disconnected (the client is reconnecting${last}): no answer on ${subject} within ${timeoutMs} ms; calls work again once NATS is back`,
+        { cause: failure },
+      );
+    }
+    if (disconnected && failure instanceof RequestTimeout) {
+      return new RequestTimeout(
+        subject,
+        timeoutMs,
+        { cause: failure },
+        `no reply on ${subject} within ${timeoutMs} ms (NATS was disconnected for part of it)`,
+      );
+    }
+    return failure;
+  }
+
+  /** One copy of a request that may be cancelled: resolves its answer; stops listening when `done` aborts. */
+  private async requestOne(subject: string, data: Uint8Array, h: MsgHdrs, timeout: number, done: AbortSignal): Promise<Msg> {
+    const replies = await this.nc.requestMany(subject, data, {
+      strategy: RequestStrategy.Count,
+      maxMessages: 1,
+      maxWait: timeout,
+      headers: h,
+    });
+    const stop = () => stopReplies(replies);
+    done.addEventListener('abort', stop, { once: true });
+    try {
+      if (done.aborted) stop();
+      for await (const msg of replies) return msg;
+    } finally {
+      done.removeEventListener('abort', stop);
+    }
+    throw NatsError.errorForCode(NatsErrorCode.Timeout);
+  }
+
   /**
    * One copy of a get that may wait: the daemon says when it starts waiting (`onWaiting`), then
    * answers by the end of the wait. A grant made after waiting comes as a request: answering it
    * tells the daemon someone took it. The copy listens on an inbox of its own, gone once the call
    * ends, so that a grant for a call that ended finds nobody and is withdrawn. Resolves the answer.
    */
-  private async requestWithNotice(subject: string, data: Uint8Array, h: MsgHdrs, timeout: number, onWaiting: () => void): Promise<Msg> {
+  private async requestWithNotice(
+    subject: string,
+    data: Uint8Array,
+    h: MsgHdrs,
+    timeout: number,
+    onWaiting: () => void,
+    done: AbortSignal,
+  ): Promise<Msg> {
     const replies = await this.nc.requestMany(subject, data, {
       strategy: RequestStrategy.Count,
       maxMessages: 2,
@@ -346,13 +521,20 @@ export class LockClient {
       headers: h,
       noMux: true,
     });
-    for await (const msg of replies) {
-      if (msg.data.length < 64 && isWaitingNotice(parseOrNull(msg.data))) {
-        onWaiting();
-        continue;
+    const stop = () => stopReplies(replies);
+    done.addEventListener('abort', stop, { once: true });
+    try {
+      if (done.aborted) stop();
+      for await (const msg of replies) {
+        if (msg.data.length < 64 && isWaitingNotice(parseOrNull(msg.data))) {
+          onWaiting();
+          continue;
+        }
+        if (msg.reply) msg.respond(HANDOVER_TAKEN);
+        return msg;
       }
-      if (msg.reply) msg.respond(HANDOVER_TAKEN);
-      return msg;
+    } finally {
+      done.removeEventListener('abort', stop);
     }
     throw NatsError.errorForCode(NatsErrorCode.Timeout);
   }
@@ -378,7 +560,7 @@ export class LockClient {
       }),
       this.timeout,
       // Many names take longer to do: a copy waits longer before it is sent again.
-      { slowMs: names.length * SET_MS_PER_NAME },
+      { slowMs: names.length * SET_MS_PER_NAME, signal: options.signal },
     );
     return new LockSetResult(result);
   }
@@ -403,7 +585,7 @@ export class LockClient {
           wait: wait || undefined,
         }),
         this.timeout + Math.max(0, wait) * 1000,
-        { waitMs: Math.max(0, wait) * 1000, firstSent },
+        { waitMs: Math.max(0, wait) * 1000, firstSent, signal: options.signal },
       );
     } finally {
       done?.();
@@ -443,11 +625,11 @@ export class LockClient {
    * been granted to someone else, NotOwner is thrown and their lock stays.
    * Resolves true if a live lock was released, false if there was none (not an error).
    */
-  async unlock(lock: string | Lock): Promise<boolean> {
+  async unlock(lock: string | Lock, options: RequestOptions = {}): Promise<boolean> {
     const req = typeof lock === 'string' ? { name: checkName(lock) } : { name: checkName(lock.name), token: lock.token };
     // Released on purpose: no longer one of its session's held locks.
     if (typeof lock !== 'string' && lock.session) this.sessions.get(lock.session)?.untrack(lock);
-    return (await this.call('unlock', req)).unlocked;
+    return (await this.call('unlock', req, this.timeout, { signal: options.signal })).unlocked;
   }
 
   /**
@@ -467,18 +649,21 @@ export class LockClient {
         locked_by: options.locked_by ?? this.lockedBy,
         lock_process: options.lock_process,
       }),
+      this.timeout,
+      { signal: options.signal },
     );
     return byObject ? lock.assign(record) : Lock.fromRecord(record);
   }
 
   /** True if a live (unexpired) lock holds the name. */
-  async isLocked(lock: string | Lock): Promise<boolean> {
-    return (await this.call('is_locked', { name: checkName(typeof lock === 'string' ? lock : lock.name) })).locked;
+  async isLocked(lock: string | Lock, options: RequestOptions = {}): Promise<boolean> {
+    const name = checkName(typeof lock === 'string' ? lock : lock.name);
+    return (await this.call('is_locked', { name }, this.timeout, { signal: options.signal })).locked;
   }
 
   /** The live lock holding `name`, or null. */
-  async lockInfo(name: string): Promise<Lock | null> {
-    const r = await this.call('is_locked', { name: checkName(name) });
+  async lockInfo(name: string, options: RequestOptions = {}): Promise<Lock | null> {
+    const r = await this.call('is_locked', { name: checkName(name) }, this.timeout, { signal: options.signal });
     return r.lock ? Lock.fromRecord(r.lock) : null;
   }
 
@@ -496,40 +681,72 @@ export class LockClient {
 
   /** One page of live locks; pass `next` back as `after` for the following page. */
   async listLocksPage(options: ListLocksOptions = {}): Promise<{ locks: Lock[]; next?: string }> {
-    const r: ListResult = await this.call('list', compact({ prefix: options.prefix, limit: options.limit, after: options.after }));
+    const request = compact({ prefix: options.prefix, limit: options.limit, after: options.after });
+    const r: ListResult = await this.call('list', request, this.timeout, { signal: options.signal });
     return r.next === undefined ? { locks: r.locks.map(Lock.fromRecord) } : { locks: r.locks.map(Lock.fromRecord), next: r.next };
   }
 
   /** Remove expired locks now; resolves how many were removed. */
-  async cleanLocks(): Promise<number> {
-    return (await this.call('clean', {})).removed;
+  async cleanLocks(options: RequestOptions = {}): Promise<number> {
+    return (await this.call('clean', {}, this.timeout, { signal: options.signal })).removed;
   }
 
   /** Remove every lock, held or not (admin). Resolves how many were removed. */
-  async resetLocks(): Promise<number> {
-    return (await this.call('reset', {})).removed;
+  async resetLocks(options: RequestOptions = {}): Promise<number> {
+    return (await this.call('reset', {}, this.timeout, { signal: options.signal })).removed;
   }
 
   /**
    * Open a session of your own (most code uses the client's shared one, through `hold` and
    * `withLock`). It is kept alive until `close()`, or until it is lost.
    */
-  async openSession(options: SessionOptions = {}): Promise<Session> {
+  async openSession(options: SessionOptions & RequestOptions = {}): Promise<Session> {
     const sentAt = performance.now();
-    const opened = await this.call('session_open', compact({ ttl: options.ttl, locked_by: options.locked_by ?? this.lockedBy }));
+    const request = compact({ ttl: options.ttl, locked_by: options.locked_by ?? this.lockedBy });
+    const opened = await this.call('session_open', request, this.timeout, { signal: options.signal });
     return new Session(this, opened, sentAt);
   }
 
-  /** The client's shared session (`sessionTtl`), opened on first use and again after it was lost. */
-  async session(): Promise<Session> {
+  /**
+   * The client's shared session (`sessionTtl`), opened on first use and again after it was lost.
+   * `signal` stops this caller's wait for it; the opening itself is cancelled only when every
+   * caller waiting for it has cancelled.
+   */
+  async session(options: RequestOptions = {}): Promise<Session> {
+    const { signal } = options;
+    if (signal?.aborted) throw new Cancelled('opening a session', signal.reason);
     const current = this.sharedSession;
-    if (current) {
-      const session = await current.catch(() => undefined);
+    if (current && !current.opening) {
+      const session = await current.promise.catch(() => undefined);
       if (session?.alive) return session;
       if (this.sharedSession === current) this.sharedSession = undefined;
     }
-    this.sharedSession ??= this.openSession({ ttl: this.sessionTtl });
-    return this.sharedSession;
+    if (!this.sharedSession) {
+      const controller = new AbortController();
+      const shared: SharedSession = { opening: true, waiters: 0, controller, promise: undefined as unknown as Promise<Session> };
+      shared.promise = this.openSession({ ttl: this.sessionTtl, signal: controller.signal }).finally(() => (shared.opening = false));
+      // A failed opening is forgotten: the next caller tries again.
+      shared.promise.catch(() => {
+        if (this.sharedSession === shared) this.sharedSession = undefined;
+      });
+      this.sharedSession = shared;
+    }
+    const shared = this.sharedSession;
+    if (!signal || !shared.opening) return shared.promise;
+    shared.waiters += 1;
+    let stop: (() => void) | undefined;
+    const cancelled = new Promise<never>((_, reject) => {
+      stop = () => {
+        if (--shared.waiters === 0 && shared.opening) shared.controller.abort(signal.reason);
+        reject(new Cancelled('opening a session', signal.reason));
+      };
+      signal.addEventListener('abort', stop, { once: true });
+    });
+    try {
+      return await Promise.race([shared.promise, cancelled]);
+    } finally {
+      signal.removeEventListener('abort', stop!);
+    }
   }
 
   /**
@@ -538,7 +755,7 @@ export class LockClient {
    * releases it when the scope ends.
    */
   async hold(name: string, options: Omit<GetLockOptions, 'expires' | 'session'> = {}): Promise<HeldLock> {
-    const session = await this.session();
+    const session = await this.session({ signal: options.signal });
     const lock = await this.getLock(name, { ...options, session });
     return new HeldLock(this, session, lock);
   }
@@ -562,7 +779,7 @@ export class LockClient {
   ): Promise<T> {
     const options = typeof optionsOrFn === 'function' ? {} : optionsOrFn;
     const fn = typeof optionsOrFn === 'function' ? optionsOrFn : maybeFn!;
-    const session = options.keepalive === false ? null : await this.session();
+    const session = options.keepalive === false ? null : await this.session({ signal: options.signal });
     const mgr = new LockManager(this, name, options, session);
     await mgr.enter();
     let result: T;
@@ -586,11 +803,20 @@ export class LockClient {
     return new LockEventStream(this.nc, this.prefix, options);
   }
 
-  /** Close the shared session (releasing its locks), and the NATS connection if this client opened it. */
+  /**
+   * Close the shared session (releasing its locks), then the NATS connection if this client
+   * opened it: drained (answers on their way are taken), or closed at once while NATS is down.
+   * Calls after it fail with ConnectionClosed.
+   */
   async close(): Promise<void> {
     const session = this.sharedSession;
     this.sharedSession = undefined;
-    if (session) await (await session.catch(() => undefined))?.close();
-    if (this.ownsConnection && !this.nc.isClosed()) await this.nc.drain();
+    session?.controller.abort();
+    if (session) await (await session.promise.catch(() => undefined))?.close();
+    if (!this.ownsConnection || this.nc.isClosed()) return;
+    if (this.nc.isDraining()) return void (await this.nc.closed());
+    // A drain needs the server (nats.js leaves a connection open whose drain found NATS away).
+    if (this.link.connected) await this.nc.drain().catch(() => undefined);
+    if (!this.nc.isClosed()) await this.nc.close().catch(() => undefined);
   }
 }

@@ -21,9 +21,16 @@ export interface WithLockOptions {
   lock_process?: number;
   /** Seconds to wait for a held lock (woken by its release). Default 0: fail at once. */
   wait?: number;
+  /**
+   * Cancels the manager's calls (taking the lock, `mgr.lock()`, `mgr.renew()`) with Cancelled.
+   * The releases on the way out are made all the same.
+   */
+  signal?: AbortSignal;
 }
 
 export interface ManagerLockOptions {
+  /** Default: the manager's `signal`. */
+  signal?: AbortSignal;
   /**
    * Seconds this lock lasts (0 or null: never expires). Given, the lock is taken for that long,
    * outside the session; by default it is kept alive with the manager's (or lasts its `expires`).
@@ -36,6 +43,8 @@ export interface ManagerLockOptions {
 }
 
 export interface ManagerRenewOptions {
+  /** Default: the manager's `signal`. */
+  signal?: AbortSignal;
   /** Seconds. Default 120. */
   expires?: number | null;
   /** Default true: add to the current expiry. */
@@ -53,6 +62,8 @@ export class LockManager {
   readonly wait: number;
   readonly locked_by: string;
   readonly lock_process: number | undefined;
+  /** The caller's `signal`: cancels taking locks (not the releases on the way out). */
+  private readonly cancelSignal: AbortSignal | undefined;
 
   /** Signals of the locks taken in the session, by grant. */
   private readonly signals = new Map<Lock, AbortSignal>();
@@ -75,6 +86,7 @@ export class LockManager {
     this.wait = options.wait ?? 0;
     this.locked_by = options.locked_by ?? client.lockedBy;
     this.lock_process = options.lock_process;
+    this.cancelSignal = options.signal;
   }
 
   /** @internal Take the main lock (throws Locked when it cannot). */
@@ -93,6 +105,7 @@ export class LockManager {
         wait: options.wait ?? this.wait,
         locked_by: this.locked_by,
         lock_process: this.lock_process,
+        signal: options.signal ?? this.cancelSignal,
       });
       if (this.main_lock === null) this.main_lock = lock;
       this.locks.push(lock);
@@ -104,12 +117,15 @@ export class LockManager {
     }
   }
 
-  /** Release the main lock, or the given one; only a grant this manager holds is released. */
-  async unlock(lock?: string | Lock): Promise<boolean> {
+  /**
+   * Release the main lock, or the given one; only a grant this manager holds is released. Only a
+   * `signal` given here cancels it (not the manager's: a release is wanted all the same).
+   */
+  async unlock(lock?: string | Lock, options: { signal?: AbortSignal } = {}): Promise<boolean> {
     const grant = this.grantFor(lock);
-    if (!grant) return typeof lock === 'string' ? this.client.unlock(lock) : false;
+    if (!grant) return typeof lock === 'string' ? this.client.unlock(lock, options) : false;
     this.locks.splice(this.locks.indexOf(grant), 1);
-    return this.releaseQuietly(grant);
+    return this.releaseQuietly(grant, options.signal);
   }
 
   /**
@@ -119,7 +135,14 @@ export class LockManager {
   async renew(lock?: string | Lock, options: ManagerRenewOptions = {}): Promise<Lock> {
     const expires = options.expires === undefined ? DEFAULT_RENEW_SECONDS : options.expires;
     const create = options.create ?? true;
-    const renewOptions = { expires, add_time: options.add_time ?? true, locked_by: this.locked_by, lock_process: this.lock_process };
+    const signal = options.signal ?? this.cancelSignal;
+    const renewOptions = {
+      expires,
+      add_time: options.add_time ?? true,
+      locked_by: this.locked_by,
+      lock_process: this.lock_process,
+      signal,
+    };
     const grant = this.grantFor(lock);
     if (grant) return this.client.renewLock(grant, { ...renewOptions, create });
     // Not a grant we hold. A lock this call creates becomes ours (released on exit); one that
@@ -128,7 +151,7 @@ export class LockManager {
     for (let attempt = 1; ; attempt++) {
       if (create) {
         try {
-          const created = await this.client.getLock(name, { expires, locked_by: this.locked_by, lock_process: this.lock_process });
+          const created = await this.client.getLock(name, { expires, locked_by: this.locked_by, lock_process: this.lock_process, signal });
           this.locks.push(created);
           if (name === this.name) this.main_lock = created;
           return created;
@@ -187,12 +210,12 @@ export class LockManager {
   }
 
   /** Release a grant by token; a lock re-granted to someone else or gone is left alone. */
-  private async releaseQuietly(grant: Lock): Promise<boolean> {
+  private async releaseQuietly(grant: Lock, signal?: AbortSignal): Promise<boolean> {
     // Released on purpose: its signal no longer speaks for this manager.
     this.signals.delete(grant);
     this.session?.untrack(grant);
     try {
-      return await this.client.unlock(grant);
+      return await this.client.unlock(grant, { signal });
     } catch (err) {
       if (err instanceof NotOwner || err instanceof LockNotFound) return false;
       throw err;

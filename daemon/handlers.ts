@@ -62,6 +62,19 @@ const BUSY_LOOK_MS = 250;
 /** Answers kept for copies of requests: at most this many (the newest). */
 const MAX_ANSWERS_KEPT = 20_000;
 
+/**
+ * The daemon is stopping: a `get` that was waiting for its lock is given up, not refused. The
+ * client sends it again (same request id) to another daemon, or to one started in this one's place.
+ */
+export class DaemonStopping extends Error {
+  constructor(name: string) {
+    super(
+      `this daemon is stopping and gave up waiting for lock ${name}: send the request again (same request_id, what is left of the wait)`,
+    );
+    this.name = 'DaemonStopping';
+  }
+}
+
 /** Who a request says it is (`locked_by`, process id) and which NATS client sent it. */
 export function requesterOf(req: NormalizedRequests[Endpoint], client: string | null): Requester {
   const r = req as { lockedBy?: string | null; process?: number | null };
@@ -152,10 +165,13 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
       for (;;) {
         const r = await tryGet(req, ctx);
         if (!('held' in r)) return front ? handOver(r, req, ctx) : r;
-        if (clock.now() >= deadline || waiters.closed) {
+        if (clock.now() >= deadline) {
           if (r.held) throw lockedError(r.held);
           throw new RowBusy(`the row of lock ${req.name} is held by another database session`);
         }
+        // Stopping, with wait left: not LOCKED, but "ask another daemon" (it no longer takes new
+        // requests by now, so a copy sent again goes elsewhere).
+        if (waiters.closed) throw new DaemonStopping(req.name);
         if (!front) ctx.waiting?.();
         const heldUntil = r.held ? (r.held.locked_until ?? Infinity) : clock.now() + BUSY_LOOK_MS;
         await waiters.wait(ticket, Math.min(deadline, heldUntil + 1), front);
@@ -237,8 +253,11 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
     if (options.sharedStore && attempt > 1 && ('value' in answer || answer.error instanceof LockRuleError)) {
       answer = await settleShared(id, answer, ctx);
     }
-    // Committed or not is unknown: a copy must find out again.
-    if (!('error' in answer && answer.error instanceof CommitInDoubt)) answered.set(id, answer, clock.now());
+    // Committed or not is unknown, or nothing was done because this daemon is stopping: a copy
+    // must find out again.
+    if (!('error' in answer && (answer.error instanceof CommitInDoubt || answer.error instanceof DaemonStopping))) {
+      answered.set(id, answer, clock.now());
+    }
     return settle<Api[E]['result']>(answer);
   }
 

@@ -75,6 +75,13 @@ export class LockDaemon {
   private sweeper?: Sweeper;
   private authority?: Authority;
   private natsStatus?: { stop?: () => void };
+  private natsGone?: (err: Error) => void;
+  /**
+   * Settles if the NATS connection closes for good while the daemon is not stopping (it
+   * reconnects forever, so only something unforeseen does this): the daemon then serves nobody,
+   * and whoever runs it should stop it and start it again (the command exits 1).
+   */
+  readonly natsLost: Promise<Error> = new Promise((resolve) => (this.natsGone = resolve));
   /** Per waited-for name: a subscription to its events, so releases by other daemons wake us. */
   private readonly wakeSubs = new Map<string, Subscription>();
   private readonly waiters: WaitQueue;
@@ -247,7 +254,9 @@ export class LockDaemon {
           servers: c.natsUrl,
           creds: c.natsCreds || undefined,
           name: `lockmgr-daemon ${this.id}`,
-          nats: { maxReconnectAttempts: -1, reconnectTimeWait: 1000 },
+          // Reconnect forever, also through repeated authentication errors (a server restarted
+          // with its accounts not yet loaded): a daemon that gave up would serve nobody.
+          nats: { maxReconnectAttempts: -1, reconnectTimeWait: 1000, ignoreAuthErrorAbort: true },
         });
       } catch (err) {
         if ((err as { code?: unknown }).code === 'NATS_CREDENTIALS') throw err;
@@ -261,6 +270,12 @@ export class LockDaemon {
   }
 
   private watchNats(nc: NatsConnection): void {
+    void nc.closed().then((err) => {
+      if (this.stopping || !this.ownsConnection) return;
+      const lost = new Error(`the NATS connection closed${err ? `: ${err.message}` : ''}`, { cause: err ?? undefined });
+      this.logger.error(`${lost.message}; this daemon serves nobody until it is started again`);
+      this.natsGone?.(lost);
+    });
     const status = nc.status();
     this.natsStatus = status as { stop?: () => void };
     void (async () => {
@@ -319,7 +334,9 @@ export class LockDaemon {
           .then(() => undefined)
           .catch(() => undefined),
       );
-    // Waiting `get`s answer LOCKED now rather than hold up the stop.
+    // Only now, with the endpoints drained (the server has our unsubscribe: no request reaches
+    // this daemon any more), are waiting `get`s given up: they answer DAEMON_STOPPING, and the
+    // client sends each again to another daemon, or to one started in this one's place.
     this.waiters.close();
     if (this.lockService) await within(this.lockService.idle());
     if (sweeping) await within(sweeping);

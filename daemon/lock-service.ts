@@ -17,7 +17,7 @@ import {
 } from '../shared/protocol';
 import { RequestInvalid, validateRequest, type NormalizedRequests } from '../shared/validate';
 import { requestChannel } from './diagnostics';
-import { requesterOf, type Handlers, type RequestContext } from './handlers';
+import { DaemonStopping, requesterOf, type Handlers, type RequestContext } from './handlers';
 import { LockRuleError } from './lock-ops';
 import type { Logger } from './logger';
 import { CommitInDoubt, RowBusy, StoreUnavailable } from './store/store';
@@ -149,6 +149,9 @@ export class LockService {
           code: ErrorCode.STORE_UNAVAILABLE,
           message: `the lock database is unavailable, try again: ${err.message}`,
         });
+      }
+      if (err instanceof DaemonStopping) {
+        return this.fail(msg, { code: ErrorCode.DAEMON_STOPPING, message: err.message });
       }
       if (err instanceof RowBusy) {
         // Acquiring a name whose row another session holds: as good as held. Anything else: retry.

@@ -270,6 +270,12 @@ export const ErrorCode = {
   AUTHORITY_CONFLICT: 'AUTHORITY_CONFLICT',
   /** The session has lapsed (or never existed): its locks are lost; open a new one. */
   SESSION_NOT_FOUND: 'SESSION_NOT_FOUND',
+  /**
+   * The daemon is stopping (draining) and gave up a `get` that was waiting for its lock; nothing
+   * was done. Send the same request again (same request id, what is left of the wait): another
+   * daemon, or one started in its place, takes it.
+   */
+  DAEMON_STOPPING: 'DAEMON_STOPPING',
   INTERNAL: 'INTERNAL',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
@@ -286,6 +292,7 @@ export const ERROR_STATUS: Record<ErrorCode, number> = {
   REPLY_TOO_LARGE: 413,
   AUTHORITY_CONFLICT: 503,
   SESSION_NOT_FOUND: 404,
+  DAEMON_STOPPING: 503,
   INTERNAL: 500,
 };
 

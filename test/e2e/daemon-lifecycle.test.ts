@@ -7,13 +7,14 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
-import { LockClient, Locked, NoDaemon } from '../../client/index';
+import { Cancelled, LockClient, NoDaemon } from '../../client/index';
 import { runCli, startCli, until } from '../helpers/cli';
 import { createTestDatabase, type TestDatabase } from '../helpers/databases';
 import { startNatsOnPort } from '../helpers/events';
 import { freePort, startNatsServer, type NatsServer } from '../helpers/nats-server';
 import { spawnDaemon, type DaemonProcess } from '../helpers/stack';
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 let seq = 0;
 const uniquePrefix = () => `lc${process.pid}x${++seq}`;
 
@@ -62,8 +63,9 @@ describe('lockmgr daemon lifecycle (built binary)', () => {
       // batches finish within one turn of the event loop, so the signal never falls inside one.
       await client.getLock('drain.held', { expires: 3600 });
       acknowledged.push('drain.held');
+      const giveUp = new AbortController();
       const waiting = Array.from({ length: 5 }, () =>
-        client.getLock('drain.held', { wait: 60 }).then(
+        client.getLock('drain.held', { wait: 60, signal: giveUp.signal }).then(
           () => 'granted',
           (err: unknown) => err,
         ),
@@ -83,8 +85,12 @@ describe('lockmgr daemon lifecycle (built binary)', () => {
       expect(stopping).toBeDefined();
       expect(Number(stopping!.inFlight)).toBeGreaterThanOrEqual(5);
       expect(lines.some((l) => l.message === 'stopped')).toBe(true);
-      // The waiting gets were answered (LOCKED: the lock is still held), not left to time out.
-      for (const outcome of await Promise.all(waiting)) expect(outcome).toBeInstanceOf(Locked);
+      // The waiting gets did not hold up the stop, and were handed back (DAEMON_STOPPING), not
+      // answered LOCKED: their calls go on asking for a daemon, within their wait.
+      const early = await Promise.race([Promise.all(waiting).then(() => 'settled'), sleep(1000).then(() => 'still asking')]);
+      expect(early).toBe('still asking');
+      giveUp.abort();
+      for (const outcome of await Promise.all(waiting)) expect(outcome).toBeInstanceOf(Cancelled);
 
       const sqlite = new BetterSqlite3(db.url, { readonly: true });
       const stored = new Set((sqlite.prepare('SELECT name FROM lockmgr_locks').all() as { name: string }[]).map((r) => r.name));

@@ -23,10 +23,20 @@ export const DOCUMENTED_CODES: readonly string[] = [
   'AUTHORITY_CONFLICT',
   'REPLY_TOO_LARGE',
   'OUTCOME_UNKNOWN',
+  // The client's, for NATS itself: away when the call's time ran out, closed, refusing; and a
+  // call its caller cancelled.
+  'NATS_UNAVAILABLE',
+  'CONNECTION_CLOSED',
+  'PERMISSION_DENIED',
+  'NATS_ERROR',
+  'CANCELLED',
 ];
 
-/** Codes after which a request may have been done or not: an unlock with one proves nothing. */
-export const UNKNOWN_OUTCOME_CODES: readonly string[] = ['REQUEST_TIMEOUT', 'OUTCOME_UNKNOWN'];
+/**
+ * Codes after which a request may have been done or not: an unlock with one proves nothing.
+ * (NATS_UNAVAILABLE: a copy may have gone out before NATS went away.)
+ */
+export const UNKNOWN_OUTCOME_CODES: readonly string[] = ['REQUEST_TIMEOUT', 'OUTCOME_UNKNOWN', 'NATS_UNAVAILABLE', 'CANCELLED'];
 
 /** Answers from a daemon that served the request (a refusal by the lock rules is service too). */
 export const ANSWER_CODES: readonly string[] = ['LOCKED', 'NOT_OWNER', 'LOCK_NOT_FOUND'];

@@ -3,7 +3,7 @@
  * (to stop or restart it) and for isolation between test files.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort, waitForPort } from '../../bench/lib/procs';
@@ -20,13 +20,24 @@ export interface NatsServer {
   readonly storeDir: string;
 }
 
-export async function startNatsServer(opts: { jetstream?: boolean } = {}): Promise<NatsServer> {
+export interface NatsServerOptions {
+  jetstream?: boolean;
+  /**
+   * A configuration file's text (users and permissions, say), written to the server's directory
+   * and passed with -c; the address, port and JetStream flags still come from the command line.
+   */
+  config?: string;
+}
+
+export async function startNatsServer(opts: NatsServerOptions = {}): Promise<NatsServer> {
   const dir = mkdtempSync(join(tmpdir(), 'lockmgr-nats-'));
   const port = await freePort();
   let child: ChildProcess;
   let output = '';
+  if (opts.config !== undefined) writeFileSync(join(dir, 'nats.conf'), opts.config);
   const launch = async () => {
     const args = ['-a', '127.0.0.1', '-p', String(port)];
+    if (opts.config !== undefined) args.push('-c', join(dir, 'nats.conf'));
     if (opts.jetstream !== false) args.push('-js', '-sd', join(dir, 'js'));
     child = spawn('nats-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout!.on('data', (d) => (output += d));

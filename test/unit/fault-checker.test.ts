@@ -180,15 +180,17 @@ describe('fault-history checker', () => {
         end: 20,
         timeoutMs: 3000,
         ok: false,
-        code: 'CONNECTION_CLOSED',
-        message: 'closed',
+        code: 'UNCODED:TypeError',
+        message: 'boom',
       })
       .call({ client: 'c3', op: 'get', name: 'b', start: 30, end: 40, timeoutMs: 3000, ok: false, code: 'AUTHORITY_CONFLICT' })
       .call({ client: 'c3', op: 'get', name: 'b', start: 50, end: 60, timeoutMs: 3000, ok: false, code: 'NO_DAEMON' }).calls;
     const r = checkHistory(calls);
-    expect(r.undocumented).toEqual([expect.objectContaining({ code: 'CONNECTION_CLOSED', message: 'closed' })]);
+    expect(r.undocumented).toEqual([expect.objectContaining({ code: 'UNCODED:TypeError', message: 'boom' })]);
     expect(r.violations.map((v) => v.property)).toEqual(['undocumented-code']);
-    expect(DOCUMENTED_CODES).toEqual(expect.arrayContaining(['LOCKED', 'STORE_UNAVAILABLE', 'REQUEST_TIMEOUT', 'OUTCOME_UNKNOWN']));
+    expect(DOCUMENTED_CODES).toEqual(
+      expect.arrayContaining(['LOCKED', 'STORE_UNAVAILABLE', 'REQUEST_TIMEOUT', 'OUTCOME_UNKNOWN', 'DAEMON_STOPPING', 'NATS_UNAVAILABLE']),
+    );
   });
 
   it('does not count a write refused by the fenced resource as an error code', () => {

@@ -4,6 +4,7 @@
  */
 import { inspect } from 'node:util';
 import {
+  DaemonStopping,
   errorFromWire,
   InternalError,
   InvalidRequest,
@@ -163,6 +164,7 @@ describe('errorFromWire', () => {
     ['NOT_OWNER', NotOwner],
     ['INVALID_REQUEST', InvalidRequest],
     ['STORE_UNAVAILABLE', StoreUnavailable],
+    ['DAEMON_STOPPING', DaemonStopping],
     ['INTERNAL', InternalError],
   ] as const)('%s -> %p, keeping code and message', (code, cls) => {
     const err = errorFromWire({ code, message: `the ${code} message` });
