@@ -1,6 +1,7 @@
 /**
  * `lockmgr run` losing its lock: the command must be gone before anyone else is granted the lock.
- * The daemons' lock-delay is 3 s and run is told so (--lock-delay 3); sessions last 2 s.
+ * The daemons' lock-delay is 3 s and run is told so (--lock-delay 3, or LOCKMGR_LOCK_DELAY=3);
+ * sessions last 2 s.
  *
  * The commands write the time (epoch ms) every 20 ms; the next holder's grant time is the lock's
  * created_at (set by the daemon, in this process, from the same clock).
@@ -90,12 +91,16 @@ describe('lockmgr run losing its lock (built binary, real daemon, 3 s lock-delay
     await stack?.stop();
   });
 
-  const run = (name: string, opts: string[], command: string[]) =>
-    startCli(['run', name, '--ttl', TTL, '--lock-delay', LOCK_DELAY, ...opts, ...conn, '--', ...command], { timeoutMs: 40_000 });
+  /** lockmgr run, told the daemons' lock-delay by --lock-delay, or with `viaEnv` by LOCKMGR_LOCK_DELAY. */
+  const run = (name: string, opts: string[], command: string[], viaEnv = false) =>
+    startCli(['run', name, '--ttl', TTL, ...(viaEnv ? [] : ['--lock-delay', LOCK_DELAY]), ...opts, ...conn, '--', ...command], {
+      timeoutMs: 40_000,
+      env: viaEnv ? { LOCKMGR_LOCK_DELAY: LOCK_DELAY } : {},
+    });
 
   it('released by name: a command ignoring SIGTERM is SIGKILLed before the next holder is granted the lock, --grace or not', async () => {
     const { out, pidFile } = files();
-    const p = run('forced', ['--grace', '30'], stubborn(out, pidFile));
+    const p = run('forced', ['--grace', '30'], stubborn(out, pidFile), true);
     await started(pidFile, out);
     const pid = readPid(pidFile);
     leftovers.push(pid);
