@@ -6,7 +6,7 @@
 import { hostname } from 'node:os';
 import type { NatsConnection } from 'nats';
 import type { Argv } from 'yargs';
-import { LockClient } from '../client/lock-client';
+import { LockClient, type LockClientOptions } from '../client/lock-client';
 import { ConnectionClosed, LockError, LockFail, Locked, NatsUnavailable, NoDaemon, RequestTimeout } from '../client/errors';
 import { ConfigError, loadConfig } from '../daemon/config';
 import { connectNats as connectToNats, NatsCredentialsError } from '../shared/connect';
@@ -19,7 +19,7 @@ export const EXIT = {
   ERROR: 1,
   /** A lock is held by someone else: set-lock --fail met a held lock; run could not take its lock. */
   LOCKED: 2,
-  /** run: the lock was lost while the command ran (released by someone else, or not renewed in time). */
+  /** run: the lock was lost while the command ran (released by someone else, or its session could not be kept alive). */
   LOCK_LOST: 3,
   /** Bad command line: unknown option, missing argument, bad value. */
   USAGE: 64,
@@ -141,10 +141,15 @@ export async function connectNats(conn: Connection, name: string, opts: { reconn
   }
 }
 
-export async function openClient(argv: ClientArgs, name: string, opts: { reconnectForever?: boolean } = {}): Promise<LockClient> {
+export async function openClient(
+  argv: ClientArgs,
+  name: string,
+  options: LockClientOptions & { reconnectForever?: boolean } = {},
+): Promise<LockClient> {
+  const { reconnectForever, ...clientOptions } = options;
   const conn = resolveConnection(argv);
-  const nc = await connectNats(conn, name, opts);
-  return new LockClient(nc, { prefix: conn.prefix, timeout: conn.timeoutMs }, true);
+  const nc = await connectNats(conn, name, { reconnectForever });
+  return new LockClient(nc, { ...clientOptions, prefix: conn.prefix, timeout: conn.timeoutMs }, true);
 }
 
 /** Exit code and message for any error a command may meet. */

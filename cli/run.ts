@@ -1,36 +1,49 @@
 /**
  * `lockmgr run <name> -- <command…>`: hold a lock while a command runs (like `flock`,
- * `etcdctl lock`, `consul lock`). Takes the lock (waiting up to --wait), runs the command with
- * stdio inherited, renews the grant in the background by its token, releases it when the
- * command exits and passes the exit code through. If the lock is lost (released by someone
- * else, or not renewed before it expired), the command is stopped: SIGTERM, then SIGKILL.
+ * `etcdctl lock`, `consul lock`). Takes the lock in the client's session (waiting up to --wait),
+ * runs the command with stdio inherited while the session is kept alive, releases the lock when the
+ * command exits and passes the exit code through. If the lock is lost (the session could not be
+ * kept alive in time, or someone released the lock by name), the command is stopped — SIGTERM, then
+ * SIGKILL — before the daemons' lock-delay is over, so before anyone else can be granted the lock.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import type { Argv, CommandModule } from 'yargs';
-import { LockNotFound, Locked, NotOwner } from '../client/errors';
+import { Locked } from '../client/errors';
+import type { HeldLock } from '../client/held-lock';
 import type { Lock } from '../client/lock';
-import type { LockClient } from '../client/lock-client';
 import { pythonTime } from '../client/lock';
+import { LockLost } from '../client/session';
+import { loadConfig } from '../daemon/config';
+import { DEFAULT_SESSION_TTL, MAX_SESSION_TTL, MIN_SESSION_TTL } from '../shared/protocol';
 import { EXIT, describeError, openClient, reportError, withClientOptions, type ClientArgs } from './client-common';
 
 interface RunArgs extends ClientArgs {
   name: string;
   wait: number;
-  timeout: number;
+  ttl?: number;
+  timeout?: number;
   grace: number;
+  'lock-delay'?: number;
+  'kill-group': boolean;
   'locked-by'?: string;
   'conflict-exit-code': number;
   '--'?: (string | number)[];
 }
 
-/** How often a never-expiring lock (--timeout 0) is checked for loss. */
-const NEVER_EXPIRES_CHECK_MS = 5000;
-/** Longest pause between renewals, and the retry delay after a failed one. */
-const MAX_RETRY_MS = 1000;
+/** The SIGKILL comes this long before the lock-delay ends (half the lock-delay if that is shorter). */
+const KILL_SLACK_MS = 1000;
+/** How often the command's process group is looked at once its first process has exited. */
+const GROUP_POLL_MS = 50;
+/** Signals sent to lockmgr that are passed on to the command. */
+const FORWARDED: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
 function warn(text: string): void {
   process.stderr.write(`lockmgr: ${text}\n`);
+}
+
+function seconds(ms: number): string {
+  return `${Number((Math.max(0, ms) / 1000).toFixed(1))}s`;
 }
 
 function holderOf(lock: Lock | null | undefined): string {
@@ -39,74 +52,20 @@ function holderOf(lock: Lock | null | undefined): string {
   return lock.locked_until ? `${who} until ${pythonTime(lock.locked_until)}` : `${who}, never expiring`;
 }
 
-interface Keeper {
-  /** Stop renewing; resolves once no renewal is in flight. */
-  stop(): Promise<void>;
+function whyLost(reason: unknown): string {
+  return reason instanceof LockLost ? reason.why : String(reason);
 }
 
-/**
- * Renew `lock` (by its token) every third of its lifetime. Calls `onLost` once if the daemon says
- * the grant is gone, or if its expiry passes without a renewal having been answered.
- */
-function keepLock(client: LockClient, lock: Lock, expires: number | null, argv: RunArgs, onLost: (reason: string) => void): Keeper {
-  const period = expires ? (expires * 1000) / 3 : NEVER_EXPIRES_CHECK_MS;
-  let stopped = false;
-  let timer: NodeJS.Timeout | undefined;
-  let current: Promise<void> = Promise.resolve();
+/** --ttl, else the deprecated --timeout (0, which meant "never expires", gives the default; kept within 1-3600). */
+export function sessionTtl(argv: Pick<RunArgs, 'ttl' | 'timeout'>): number {
+  if (argv.ttl !== undefined) return argv.ttl;
+  if (argv.timeout === undefined || argv.timeout === 0) return DEFAULT_SESSION_TTL;
+  return Math.min(MAX_SESSION_TTL, Math.max(MIN_SESSION_TTL, argv.timeout));
+}
 
-  const renewOnce = async (): Promise<number | null> => {
-    const until = lock.locked_until?.getTime();
-    let expiryTimer: NodeJS.Timeout | undefined;
-    try {
-      const renewal = client.renewLock(lock, { expires, locked_by: argv['locked-by'], lock_process: process.pid });
-      if (until === undefined) {
-        await renewal;
-      } else {
-        const late = new Promise<'late'>((resolve) => {
-          expiryTimer = setTimeout(() => resolve('late'), Math.max(0, until - Date.now()));
-        });
-        if ((await Promise.race([renewal, late])) === 'late') {
-          renewal.catch(() => undefined);
-          if (!stopped) onLost(`it expired at ${pythonTime(new Date(until))} before a renewal was answered`);
-          return null;
-        }
-      }
-      return period;
-    } catch (err) {
-      if (stopped) return null;
-      if (err instanceof NotOwner) {
-        onLost(`it was granted to ${holderOf(err.lock)}`);
-        return null;
-      }
-      if (err instanceof LockNotFound) {
-        onLost('it was released or has expired (did someone run clear-lock or reset-locks?)');
-        return null;
-      }
-      if (until !== undefined && Date.now() >= until) {
-        onLost(`it expired while renewals failed (${describeError(err).message})`);
-        return null;
-      }
-      warn(`renewing lock "${lock.name}" failed, retrying: ${describeError(err).message}`);
-      return Math.min(MAX_RETRY_MS, period);
-    } finally {
-      clearTimeout(expiryTimer);
-    }
-  };
-
-  const schedule = (ms: number | null) => {
-    if (stopped || ms === null) return;
-    timer = setTimeout(() => {
-      current = renewOnce().then(schedule);
-    }, ms);
-  };
-  schedule(period);
-  return {
-    stop: async () => {
-      stopped = true;
-      clearTimeout(timer);
-      await current.catch(() => undefined);
-    },
-  };
+/** The daemons' lock-delay, in seconds: --lock-delay > LOCKMGR_LOCK_DELAY > lockDelay in --config > 15. */
+function daemonsLockDelay(argv: RunArgs): number {
+  return loadConfig({ file: argv.config, flags: { lockDelay: argv['lock-delay'] } }).config.lockDelay;
 }
 
 interface ChildResult {
@@ -115,51 +74,146 @@ interface ChildResult {
   error?: NodeJS.ErrnoException;
 }
 
-async function supervise(client: LockClient, lock: Lock, command: string[], expires: number | null, argv: RunArgs): Promise<number> {
-  const child = spawn(command[0]!, command.slice(1), {
-    stdio: 'inherit',
-    env: { ...process.env, LOCKMGR_LOCK_NAME: lock.name, LOCKMGR_LOCK_TOKEN: String(lock.token) },
-  });
-  const result = new Promise<ChildResult>((resolve) => {
-    child.once('error', (error) => resolve({ code: null, signal: null, error }));
-    child.once('exit', (code, signal) => resolve({ code, signal }));
-  });
+/** The command: its process, or with --kill-group every process of its own process group. */
+class Command {
+  readonly child: ChildProcess;
+  readonly exited: Promise<ChildResult>;
 
-  let exited = false;
+  constructor(
+    argv: string[],
+    env: NodeJS.ProcessEnv,
+    private readonly group: boolean,
+  ) {
+    // detached: a new session and process group, led by the command (setsid).
+    this.child = spawn(argv[0]!, argv.slice(1), { stdio: 'inherit', env, detached: group });
+    this.exited = new Promise<ChildResult>((resolve) => {
+      this.child.once('error', (error) => resolve({ code: null, signal: null, error }));
+      this.child.once('exit', (code, signal) => resolve({ code, signal }));
+    });
+  }
+
+  signal(signal: NodeJS.Signals): void {
+    const pid = this.child.pid;
+    if (pid === undefined) return;
+    try {
+      if (this.group) process.kill(-pid, signal);
+      else this.child.kill(signal);
+    } catch {
+      // Nothing left to signal.
+    }
+  }
+
+  /** With --kill-group: is a process of the group left? */
+  groupAlive(): boolean {
+    const pid = this.child.pid;
+    if (!this.group || pid === undefined) return false;
+    try {
+      process.kill(-pid, 0);
+      return true;
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'EPERM';
+    }
+  }
+}
+
+/** Stops the command: SIGTERM at once, SIGKILL at the earliest deadline asked for. */
+class Stopper {
+  killed = false;
+  private termSent = false;
+  private killAt = Infinity;
+  private timer?: NodeJS.Timeout;
+
+  constructor(private readonly command: Command) {}
+
+  /** SIGTERM now (once), SIGKILL at `at` (performance.now() ms) at the latest: at once if it has passed. */
+  stopBy(at: number): void {
+    if (this.killed || at >= this.killAt) return;
+    const left = at - performance.now();
+    if (left <= 0) return this.kill();
+    if (!this.termSent) {
+      this.termSent = true;
+      this.command.signal('SIGTERM');
+    }
+    this.killAt = at;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.kill(), left);
+  }
+
+  cancel(): void {
+    clearTimeout(this.timer);
+  }
+
+  private kill(): void {
+    clearTimeout(this.timer);
+    this.killed = true;
+    this.command.signal('SIGKILL');
+  }
+}
+
+async function supervise(held: HeldLock, command: string[], argv: RunArgs, lockDelayMs: number): Promise<number> {
+  const name = held.name;
+  if (held.signal.aborted) {
+    warn(`lost lock "${name}" before the command started: ${whyLost(held.signal.reason)}; not running the command`);
+    return EXIT.LOCK_LOST;
+  }
+  const cmd = new Command(command, { ...process.env, LOCKMGR_LOCK_NAME: name, LOCKMGR_LOCK_TOKEN: String(held.token) }, argv['kill-group']);
+  const stopper = new Stopper(cmd);
+  const graceMs = argv.grace * 1000;
+  const slackMs = Math.min(KILL_SLACK_MS, lockDelayMs / 2);
   let lost: string | undefined;
-  let killTimer: NodeJS.Timeout | undefined;
-  const onLost = (reason: string) => {
-    if (lost !== undefined || exited) return;
-    lost = reason;
-    warn(`lost lock "${lock.name}": ${reason}; stopping the command (SIGTERM, then SIGKILL after ${argv.grace}s)`);
-    child.kill('SIGTERM');
-    killTimer = setTimeout(() => child.kill('SIGKILL'), argv.grace * 1000);
+  let done = false;
+
+  // The lock is being lost: nobody else can be granted it before lostAfter + the lock-delay, so
+  // the SIGKILL comes before that, whatever --grace says.
+  const onLost = () => {
+    const reason: unknown = held.signal.reason;
+    lost = whyLost(reason);
+    if (done) return;
+    const lostAfter = reason instanceof LockLost ? reason.lostAfter : performance.now();
+    const killBy = lostAfter + lockDelayMs - slackMs;
+    const left = killBy - performance.now();
+    if (left <= 0) {
+      warn(
+        `lost lock "${name}": ${lost}; it may be granted to someone else already (was lockmgr run paused or starved?): killing the command (SIGKILL)`,
+      );
+    } else {
+      warn(`lost lock "${name}": ${lost}; stopping the command (SIGTERM, then SIGKILL after ${seconds(Math.min(graceMs, left))})`);
+    }
+    stopper.stopBy(Math.min(performance.now() + graceMs, killBy));
   };
+  held.signal.addEventListener('abort', onLost, { once: true });
   // Signals sent to lockmgr go to the command; lockmgr releases the lock once it has exited.
   const forward = (signal: NodeJS.Signals) => {
-    if (!exited) child.kill(signal);
+    if (!done) cmd.signal(signal);
   };
-  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
-  for (const s of signals) process.on(s, forward);
+  for (const s of FORWARDED) process.on(s, forward);
 
-  const keeper = keepLock(client, lock, expires, argv, onLost);
-  const r = await result;
-  exited = true;
-  clearTimeout(killTimer);
-  await keeper.stop();
-  for (const s of signals) process.off(s, forward);
+  const r = await cmd.exited;
+  if (cmd.groupAlive()) {
+    // With --kill-group, nothing of the command may run once the lock is released.
+    if (lost === undefined) {
+      warn(
+        `the command exited, leaving processes in its group: stopping them (SIGTERM, then SIGKILL after ${seconds(graceMs)}) before releasing lock "${name}"`,
+      );
+      stopper.stopBy(performance.now() + graceMs);
+    }
+    while (cmd.groupAlive() && !stopper.killed) await new Promise((resolve) => setTimeout(resolve, GROUP_POLL_MS));
+  }
+  done = true;
+  stopper.cancel();
+  held.signal.removeEventListener('abort', onLost);
+  for (const s of FORWARDED) process.off(s, forward);
 
+  if (lost === undefined && held.signal.aborted) lost = whyLost(held.signal.reason);
   if (lost === undefined) {
     try {
-      if (!(await client.unlock(lock))) lost = 'it had expired before the command finished';
+      if (!(await held.release())) lost = 'it was released by someone else, or its session lapsed, before the command finished';
     } catch (err) {
-      if (err instanceof NotOwner) lost = `it was granted to ${holderOf(err.lock)} before the command finished`;
-      else
-        warn(
-          `could not release lock "${lock.name}" (${describeError(err).message}); it expires on its own at ${pythonTime(lock.locked_until)}`,
-        );
+      warn(
+        `could not release lock "${name}" (${describeError(err).message}); closing the session releases it, or it is free once the session has lapsed`,
+      );
     }
-    if (lost !== undefined) warn(`lost lock "${lock.name}": ${lost}`);
+    if (lost !== undefined) warn(`lost lock "${name}": ${lost}`);
   }
 
   if (r.error) {
@@ -181,36 +235,32 @@ export async function runLocked(argv: RunArgs): Promise<number> {
     warn('name the command to run after "--", e.g. lockmgr run nightly-report -- ./report.sh\nRun "lockmgr run --help" for usage.');
     return EXIT.USAGE;
   }
-  const expires = argv.timeout === 0 ? null : argv.timeout;
-  let client: LockClient | undefined;
+  let client: Awaited<ReturnType<typeof openClient>> | undefined;
   try {
-    // Reconnect forever: the lock is renewed for as long as the command runs, across NATS outages.
-    client = await openClient(argv, 'run', { reconnectForever: true });
-    let lock: Lock;
+    const lockDelayMs = daemonsLockDelay(argv) * 1000;
+    // Reconnect forever: the session is kept alive for as long as the command runs, across NATS outages.
+    client = await openClient(argv, 'run', { reconnectForever: true, sessionTtl: sessionTtl(argv), locked_by: argv['locked-by'] });
+    let held: HeldLock;
     try {
-      lock = await client.getLock(argv.name, {
-        expires,
-        wait: argv.wait,
-        locked_by: argv['locked-by'],
-        lock_process: process.pid,
-      });
+      held = await client.hold(argv.name, { wait: argv.wait, locked_by: argv['locked-by'], lock_process: process.pid });
     } catch (err) {
       if (!(err instanceof Locked)) throw err;
       const waited = argv.wait > 0 ? ` and was not released within ${argv.wait}s` : '';
       warn(`lock "${argv.name}" is held by ${holderOf(err.lock)}${waited}; not running the command`);
       return argv['conflict-exit-code'];
     }
-    return await supervise(client, lock, command, expires, argv);
+    return await supervise(held, command, argv, lockDelayMs);
   } catch (err) {
     return reportError(err, false);
   } finally {
+    // Closes the session too, releasing whatever it still holds.
     await client?.close().catch(() => undefined);
   }
 }
 
 export const runCommand: CommandModule<object, RunArgs> = {
   command: 'run <name>',
-  describe: 'Hold a lock while a command runs: take it, renew it, release it when the command exits',
+  describe: 'Hold a lock while a command runs: take it, keep it alive, release it when the command exits',
   builder: (y: Argv) =>
     withClientOptions(y.parserConfiguration({ 'populate--': true }), { json: false })
       .usage('$0 run <name> [options] -- <command> [args...]')
@@ -221,30 +271,58 @@ export const runCommand: CommandModule<object, RunArgs> = {
         default: 0,
         describe: 'Seconds to wait for the lock if it is held (0: give up at once)',
       })
+      .option('ttl', {
+        type: 'number',
+        describe: `Seconds of the session the lock is held in (${MIN_SESSION_TTL}-${MAX_SESSION_TTL}, a keepalive every third): if lockmgr run dies or is cut off, the lock is free after the ttl plus the daemons' lock-delay [default ${DEFAULT_SESSION_TTL}]`,
+      })
       .option('timeout', {
         alias: 't',
         type: 'number',
-        default: 60,
-        describe: 'Lock lifetime in seconds, renewed every third of it while the command runs (0: never expires)',
+        describe: 'Deprecated: taken as --ttl (0 gives the default ttl)',
       })
-      .option('grace', { type: 'number', default: 10, describe: 'Seconds between SIGTERM and SIGKILL when the lock is lost' })
+      .option('grace', {
+        type: 'number',
+        default: 10,
+        describe:
+          'Seconds between SIGTERM and SIGKILL when the lock is lost, cut short so that the SIGKILL comes before the lock-delay ends',
+      })
+      .option('lock-delay', {
+        type: 'number',
+        describe:
+          "The daemons' lockDelay: seconds a lost lock stays blocked; the SIGKILL comes 1 s before it ends [env LOCKMGR_LOCK_DELAY, or lockDelay from --config, default 15]",
+      })
+      .option('kill-group', {
+        type: 'boolean',
+        default: false,
+        describe: 'Run the command in a process group of its own and signal the whole group (its children too)',
+      })
       .option('locked-by', { type: 'string', describe: 'Custom "locked_by" (default: this machine\'s hostname)' })
       .option('conflict-exit-code', { type: 'number', default: EXIT.LOCKED, describe: 'Exit code when the lock is held by someone else' })
       .check((argv) => {
-        for (const key of ['wait', 'timeout', 'grace'] as const) {
+        for (const key of ['wait', 'timeout', 'grace', 'lock-delay'] as const) {
           const v = argv[key];
+          if (v === undefined) continue;
           if (!(typeof v === 'number' && Number.isFinite(v) && v >= 0))
             throw new Error(`--${key} must be a non-negative number of seconds, got ${String(v)}`);
         }
+        const ttl = argv.ttl;
+        if (ttl !== undefined && !(typeof ttl === 'number' && Number.isFinite(ttl) && ttl >= MIN_SESSION_TTL && ttl <= MAX_SESSION_TTL))
+          throw new Error(`--ttl must be a number of seconds from ${MIN_SESSION_TTL} to ${MAX_SESSION_TTL}, got ${String(ttl)}`);
         const c = argv['conflict-exit-code'];
         if (!(Number.isInteger(c) && c >= 0 && c <= 255))
           throw new Error(`--conflict-exit-code must be an integer 0-255, got ${String(c)}`);
         return true;
       })
       .example('$0 run nightly-report -- ./report.sh --full', 'skip (exit 2) if another run holds the lock')
-      .example('$0 run -w 300 -t 30 db-migrate -- npm run migrate', 'wait up to 5 min for the lock; 30 s lifetime, renewed')
+      .example(
+        '$0 run -w 300 --kill-group db-migrate -- npm run migrate',
+        'wait up to 5 min for the lock; stop npm and its children if it is lost',
+      )
       .epilogue(
-        "Exit status: the command's own (128+n if killed by signal n); 2 (or --conflict-exit-code) if the lock is held; " +
+        'If the lock is lost (its session could not be kept alive in time, or someone released it by name), the command gets SIGTERM, ' +
+          "then SIGKILL before the daemons' lock-delay ends: it never runs once the lock can be granted to anyone else, as long as " +
+          "--lock-delay is at most the daemons' lockDelay and lockmgr run itself is not paused or killed (reset-locks frees names at once). " +
+          "Exit status: the command's own (128+n if killed by signal n); 2 (or --conflict-exit-code) if the lock is held; " +
           '3 if the lock was lost while the command ran; 127/126 if the command cannot be run; 69 if NATS or the daemon is unreachable. ' +
           'The command sees LOCKMGR_LOCK_NAME and LOCKMGR_LOCK_TOKEN (the fencing token) in its environment.',
       ) as unknown as Argv<RunArgs>,

@@ -8,7 +8,9 @@
  * surely alive until `t + ttl` for the last keepalive that was answered, and a held lock's signal
  * fires `margin` before that (covering clock rate drift and a slow answer), or as soon as a
  * keepalive says the lock is gone (released by name, or reset) — a lock released by force stays
- * through the lock-delay, so its holder has that long to stop. A process that was paused sees its
+ * through the lock-delay after its release, which came after the previous keepalive was sent, so
+ * its holder has the lock-delay less the time since then to stop (`LockLost.lostAfter` says from
+ * when the lock-delay counts, at the earliest). A process that was paused sees its
  * signals fired at once when it resumes: `signal.aborted` checks the deadline on every read, before
  * any of the process's timers catch up.
  */
@@ -26,7 +28,17 @@ export interface SessionOptions {
 export class LockLost extends LockError {
   constructor(
     readonly lockName: string,
-    why: string,
+    /** Why, in a few words: the session lapsed, or the lock was released by someone else. */
+    readonly why: string,
+    /**
+     * A moment (performance.now() ms) before which the lock was surely still its holder's: the
+     * session's sure expiry when it lapsed (possibly still ahead when the signal fires), the
+     * sending of the last keepalive answered before it was found released by name. The daemons
+     * keep a lost lock from anyone else for their lock-delay after its loss, so nobody else can be
+     * granted it before `lostAfter` plus the lock-delay — unless the locks were reset, which frees
+     * them at once, or the holder itself closed the session.
+     */
+    readonly lostAfter: number = performance.now(),
   ) {
     super('LOCK_LOST', `lock ${lockName} was lost: ${why}`);
   }
@@ -68,6 +80,8 @@ function deadlineController(deadline: () => number, reason: () => unknown): Abor
 interface Holding {
   lock: Lock;
   controller: AbortController;
+  /** When (performance.now() ms) it was handed to the session, after its grant. */
+  since: number;
 }
 
 export class Session {
@@ -79,11 +93,14 @@ export class Session {
   private readonly controller: AbortController;
   /** Until when (performance.now() ms) the session is surely alive, less the margin. */
   private validUntil: number;
+  /** When (performance.now() ms) the last answered keepalive (or the open) was sent. */
+  private confirmedAt: number;
   private readonly holdings = new Map<string, Holding>();
   /** Names a `get` in this session is being sent for, and how many. */
   private readonly pending = new Map<string, number>();
   private timer?: ReturnType<typeof setTimeout>;
   private lostWhy?: string;
+  private lostAfter?: number;
   private closing?: Promise<void>;
 
   /** @internal Use `client.openSession()`. */
@@ -95,9 +112,10 @@ export class Session {
     this.id = opened.session;
     this.ttl = opened.ttl;
     this.validUntil = sentAt + this.ttl * 1000 - this.margin;
+    this.confirmedAt = sentAt;
     this.controller = deadlineController(
       () => this.validUntil,
-      () => this.lost('no keepalive was answered in time (the session may have lapsed)'),
+      () => this.lost('no keepalive was answered in time (the session may have lapsed)', this.sureExpiry),
     );
     this.signal = this.controller.signal;
     this.schedule();
@@ -106,6 +124,11 @@ export class Session {
   /** Milliseconds before the session's sure expiry at which its signals fire. */
   get margin(): number {
     return Math.max(MIN_MARGIN_MS, this.ttl * 1000 * MARGIN_SHARE);
+  }
+
+  /** Until when (performance.now() ms) the session is surely alive: the signals fire `margin` before. */
+  get sureExpiry(): number {
+    return this.validUntil + this.margin;
   }
 
   /** False once the session is lost or closed. */
@@ -136,10 +159,15 @@ export class Session {
   track(lock: Lock): AbortSignal {
     const controller = deadlineController(
       () => this.validUntil,
-      () => new LockLost(lock.name, this.lostWhy ?? 'no keepalive was answered in time (the session may have lapsed)'),
+      () =>
+        new LockLost(
+          lock.name,
+          this.lostWhy ?? 'no keepalive was answered in time (the session may have lapsed)',
+          this.lostAfter ?? this.sureExpiry,
+        ),
     );
-    if (this.signal.aborted) controller.abort(new LockLost(lock.name, this.lostWhy ?? 'its session was lost'));
-    this.holdings.set(lock.name, { lock, controller });
+    if (this.signal.aborted) controller.abort(new LockLost(lock.name, this.lostWhy ?? 'its session was lost', this.lostAfter));
+    this.holdings.set(lock.name, { lock, controller, since: performance.now() });
     return controller.signal;
   }
 
@@ -156,12 +184,16 @@ export class Session {
     try {
       const r = await this.client.call('session_keepalive', { session: this.id }, this.remainingMs());
       if (this.signal.aborted) return;
+      // A lock missing now was released after the previous answered keepalive was sent.
+      const previous = this.confirmedAt;
       this.validUntil = Math.max(this.validUntil, sentAt + r.ttl * 1000 - this.margin);
+      this.confirmedAt = Math.max(this.confirmedAt, sentAt);
       const listed = new Map(r.locks.map((l) => [l.name, l.token]));
       for (const [name, h] of [...this.holdings]) {
-        if (listed.get(name) === h.lock.token) continue;
+        // A lock granted while this keepalive was on its way may not be listed yet.
+        if (listed.get(name) === h.lock.token || h.since > sentAt) continue;
         this.holdings.delete(name);
-        h.controller.abort(new LockLost(name, 'it was released by someone else (by name) or reset'));
+        h.controller.abort(new LockLost(name, 'it was released by someone else (by name) or reset', previous));
       }
       // A lock of the session nobody here holds or waits for: granted to a call whose reply
       // never arrived (it timed out, or was cancelled). Release it rather than keep it alive.
@@ -170,7 +202,7 @@ export class Session {
         this.client.call('unlock', { name: l.name, token: l.token }).catch(() => undefined);
       }
     } catch (err) {
-      if (err instanceof SessionNotFound) this.lose('the session lapsed (no keepalive reached a daemon within its ttl)');
+      if (err instanceof SessionNotFound) this.lose('the session lapsed (no keepalive reached a daemon within its ttl)', this.sureExpiry);
       // Anything else (no daemon, NATS away): try again at the next beat; the deadline still counts.
     }
   }
@@ -179,7 +211,7 @@ export class Session {
   close(): Promise<void> {
     this.closing ??= (async () => {
       const wasAlive = this.alive;
-      this.lose('the session was closed');
+      this.lose('the session was closed', performance.now());
       if (wasAlive) await this.client.call('session_close', { session: this.id }).catch(() => undefined);
     })();
     return this.closing;
@@ -203,15 +235,16 @@ export class Session {
     deadlineTimer.unref();
   }
 
-  private lost(why: string): LockLost {
+  private lost(why: string, lostAfter: number): LockLost {
     this.lostWhy ??= why;
-    for (const [name, h] of this.holdings) h.controller.abort(new LockLost(name, why));
+    this.lostAfter ??= lostAfter;
+    for (const [name, h] of this.holdings) h.controller.abort(new LockLost(name, why, lostAfter));
     this.holdings.clear();
-    return new LockLost('(session)', why);
+    return new LockLost('(session)', why, lostAfter);
   }
 
-  private lose(why: string): void {
+  private lose(why: string, lostAfter: number): void {
     clearTimeout(this.timer);
-    if (!this.controller.signal.aborted) this.controller.abort(this.lost(why));
+    if (!this.controller.signal.aborted) this.controller.abort(this.lost(why, lostAfter));
   }
 }

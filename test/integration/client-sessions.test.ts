@@ -101,17 +101,24 @@ describe.each(STORES)('sessions through the client, on %s', (store) => {
     const worker = await stack.newClient({ locked_by: 'worker', sessionTtl: TTL });
     let abortedAt = 0;
     let grantedAt = 0;
+    let releaseSentAt = 0;
     const run = worker.withLock('cs.forced', async (mgr) => {
-      mgr.signal.addEventListener('abort', () => (abortedAt = Date.now()));
+      mgr.signal.addEventListener('abort', () => (abortedAt = performance.now()));
+      releaseSentAt = performance.now();
       expect(await client.unlock('cs.forced')).toBe(true); // by name, without the token: by force
-      const next = client.getLock('cs.forced', { wait: 10 }).then((l) => ((grantedAt = Date.now()), l));
+      const next = client.getLock('cs.forced', { wait: 10 }).then((l) => ((grantedAt = performance.now()), l));
       await until(() => mgr.signal.aborted, 5_000, 'the signal');
       await next;
       return 'returned';
     });
-    await expect(run).rejects.toBeInstanceOf(LockLost);
+    const lost = (await run.catch((err: unknown) => err)) as LockLost;
+    expect(lost).toBeInstanceOf(LockLost);
+    expect(lost.why).toContain('released by someone else');
     expect(abortedAt).toBeGreaterThan(0);
     expect(grantedAt).toBeGreaterThan(abortedAt);
+    // lostAfter is no later than the release, and the name stayed blocked a lock-delay after it.
+    expect(lost.lostAfter).toBeLessThanOrEqual(releaseSentAt);
+    expect(grantedAt).toBeGreaterThanOrEqual(lost.lostAfter + LOCK_DELAY * 1000);
     await client.unlock('cs.forced');
     await worker.close();
   });
