@@ -1,10 +1,10 @@
 /**
  * A waiter whose caller is gone is never left holding the lock: a grant made after a wait is
  * handed to the caller as a request, and when nobody listens for it any more (the process was
- * killed, the call ended) it is withdrawn at once and the next waiter gets the name.
+ * killed, the call was cancelled or ended) it is withdrawn at once and the next waiter gets the name.
  */
 import { type NatsConnection, RequestStrategy } from 'nats';
-import type { Lock } from '../../client/index';
+import { Cancelled, type Lock } from '../../client/index';
 import type { LockEvent } from '../../shared/events';
 import { eventSubject } from '../../shared/events';
 import { STORES } from '../helpers/databases';
@@ -65,6 +65,34 @@ describe.each(STORES)('waiters that are gone, on %s', (store) => {
     expect(afterRelease.length === 0 || afterRelease.length === 2).toBe(true);
     if (afterRelease.length === 2) expect(afterRelease[1]).toMatch(/^released \(withdraw\)/);
     await other.unlock(lock);
+    await other.close();
+  });
+
+  it('a waiting getLock cancelled with its signal is not granted: the next waiter gets the lock at once', async () => {
+    const name = 'gone.cancelled';
+    const daemon = stack.daemons[0]!;
+    const events = follow(stack.client.nc, stack.prefix, name);
+    await stack.client.nc.flush();
+    const holder = await stack.client.getLock(name);
+    const quitter = await stack.newClient({ locked_by: 'quitter' });
+    const controller = new AbortController();
+    const cancelled = quitter.getLock(name, { wait: 30, signal: controller.signal }).catch((e: unknown) => e);
+    await until(() => daemon.requestsInFlight === 1, 10_000, 'the cancelled call to wait');
+    const other = await stack.newClient({ locked_by: 'next' });
+    const next = other.getLock(name, { wait: 30 });
+    await until(() => daemon.requestsInFlight === 2, 10_000, 'the live waiter to wait');
+    controller.abort();
+    expect(await cancelled).toBeInstanceOf(Cancelled);
+
+    await stack.client.unlock(holder);
+    const lock = await next;
+    expect(lock.locked_by).toBe('next');
+    await until(() => events.some((e) => e.type === 'created' && e.lock.locked_by === 'next'), 5_000, 'the events');
+    // A grant the cancelled call got, if one was made, was withdrawn before the live waiter's.
+    const quitterGrants = events.filter((e) => e.lock.locked_by === 'quitter').map((e) => `${e.type} ${e.cause.operation}`);
+    expect(quitterGrants.length === 0 || quitterGrants.join(',') === 'created get,released withdraw').toBe(true);
+    await other.unlock(lock);
+    await quitter.close();
     await other.close();
   });
 
