@@ -349,14 +349,15 @@ export class LockClient {
       let failure: Error | null = null;
       let resend: ReturnType<typeof setTimeout> | undefined;
       let ended = false;
-      // Aborted when the call ends: every copy stops listening for its answer.
-      const copiesDone = new AbortController();
+      // Aborted when the call ends: every copy that listens on its own stops (made only for such
+      // copies: an AbortController and its abort cost more than the rest of a plain call).
+      let copiesDone: AbortController | undefined;
       const end = (settle: () => void) => {
         if (ended) return;
         ended = true;
         clearTimeout(resend);
         clearTimeout(expiry);
-        copiesDone.abort();
+        copiesDone?.abort();
         signal?.removeEventListener('abort', cancel);
         unwatch();
         settle();
@@ -401,9 +402,16 @@ export class LockClient {
         // as it ends.
         const copy =
           waitLeft > 0
-            ? this.requestWithNotice(subject, data, h, listen, () => sendIn(Math.min(waitLeft + firstResend, listen)), copiesDone.signal)
+            ? this.requestWithNotice(
+                subject,
+                data,
+                h,
+                listen,
+                () => sendIn(Math.min(waitLeft + firstResend, listen)),
+                (copiesDone ??= new AbortController()).signal,
+              )
             : signal
-              ? this.requestOne(subject, data, h, listen, copiesDone.signal)
+              ? this.requestOne(subject, data, h, listen, (copiesDone ??= new AbortController()).signal)
               : this.nc.request(subject, data, { timeout: listen, headers: h });
         copy.then(answer, fail);
         sendIn(resendIn);
