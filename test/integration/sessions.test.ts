@@ -6,7 +6,7 @@
  * holder; closing a session releases its locks at once. Sessions live in the store: a daemon
  * restart keeps them.
  */
-import type { Api, Endpoint, Reply } from '../../shared/protocol';
+import { requestSubject, type Api, type Endpoint, type Reply } from '../../shared/protocol';
 import type { LockEvent } from '../../shared/events';
 import { eventSubject } from '../../shared/events';
 import { STORES } from '../helpers/databases';
@@ -20,7 +20,7 @@ const decoder = new TextDecoder();
 const LOCK_DELAY = 0.5;
 
 async function raw<E extends Endpoint>(stack: Stack, endpoint: E, body: Api[E]['request']): Promise<Reply<Api[E]['result']>> {
-  const subject = `${stack.prefix}.${endpoint.replace('session_', 'session.')}`;
+  const subject = requestSubject(stack.prefix, endpoint);
   const msg = await stack.client.nc.request(subject, encoder.encode(JSON.stringify(body)), { timeout: 5000 });
   return JSON.parse(decoder.decode(msg.data)) as Reply<Api[E]['result']>;
 }
