@@ -763,6 +763,7 @@ export class LockClient {
    * releases it when the scope ends.
    */
   async hold(name: string, options: Omit<GetLockOptions, 'expires' | 'session'> = {}): Promise<HeldLock> {
+    checkName(name); // before a session is opened for it
     const session = await this.session({ signal: options.signal });
     const lock = await this.getLock(name, { ...options, session });
     return new HeldLock(this, session, lock);
@@ -787,9 +788,9 @@ export class LockClient {
   ): Promise<T> {
     const options = typeof optionsOrFn === 'function' ? {} : optionsOrFn;
     const fn = typeof optionsOrFn === 'function' ? optionsOrFn : maybeFn!;
-    const session = options.keepalive === false ? null : await this.session({ signal: options.signal });
-    const mgr = new LockManager(this, name, options, session);
-    await mgr.enter();
+    checkName(name); // the name and the options are checked before a session is opened for them
+    const mgr = new LockManager(this, name, options);
+    await mgr.enter(options.keepalive === false ? null : await this.session({ signal: options.signal }));
     let result: T;
     try {
       result = await fn(mgr);

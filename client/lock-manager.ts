@@ -74,7 +74,7 @@ export class LockManager {
     readonly name: string,
     options: WithLockOptions = {},
     /** The session the locks are taken in, kept alive meanwhile; null: locks that last `expires`. */
-    private readonly session: Session | null = null,
+    private session: Session | null = null,
   ) {
     if (options.wait !== undefined && (typeof options.wait !== 'number' || !(options.wait >= 0))) {
       // The same class the daemon's INVALID_REQUEST maps to, so callers catch one error type.
@@ -89,8 +89,9 @@ export class LockManager {
     this.cancelSignal = options.signal;
   }
 
-  /** @internal Take the main lock (throws Locked when it cannot). */
-  async enter(): Promise<void> {
+  /** @internal Take the main lock (throws Locked when it cannot), in `session` if one is given. */
+  async enter(session: Session | null = null): Promise<void> {
+    this.session ??= session;
     await this.lock(this.name);
   }
 
