@@ -114,6 +114,7 @@ describe('SQLite token and event numbering', () => {
         { seq: 2, event_id: 'e2' },
         { seq: 3, event_id: 'e3' },
       ]);
+      await store.migrate(); // the rest, which today's lock statements need
       const seqs: number[] = [];
       const batcher = new Batcher(store, { onCommit: (events) => seqs.push(...events.map((e) => e.seq)) });
       await grantWith(batcher)('x');
