@@ -66,9 +66,13 @@ const BUSY_TIMEOUT_MS = 250;
 /** Delivered outbox rows are removed by the next transaction, or by one of their own after this many ms. */
 const REMOVAL_DELAY_MS = 20;
 
-/** ms between looks at the `-wal` file's size, and after a checkpoint a reader held back. */
+/**
+ * ms between looks at the `-wal` file's size, and after a checkpoint that left frames over (a
+ * reader held them back: a backup, or for a moment the checkpointing worker thread). The WAL grows
+ * meanwhile, so the pause stays short: 1000 ms let it reach 10 times a 3 MB limit on a busy host.
+ */
 const WAL_CHECK_MS = 2;
-const WAL_HELD_RETRY_MS = 1000;
+const WAL_HELD_RETRY_MS = 50;
 
 const UNAVAILABLE = new Set(['SQLITE_BUSY', 'SQLITE_LOCKED', 'SQLITE_CANTOPEN', 'SQLITE_IOERR', 'SQLITE_FULL', 'SQLITE_READONLY']);
 
