@@ -3,6 +3,7 @@
  * and has the intended structure, its server flags match the ones the tests and .ci/run start
  * nats-server with, the Dockerfile builds and runs the CLI, and the example configs load.
  */
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseDocument } from 'yaml';
@@ -42,6 +43,11 @@ function storeDir(args: string[]): string | undefined {
 describe('docker-compose.yml', () => {
   const compose = loadCompose();
   const { nats, postgres, lockmgr } = compose.services;
+
+  it("is accepted by Debian's docker-compose (1.29), which refuses what newer Compose alone knows (a top-level name)", () => {
+    const r = spawnSync('docker-compose', ['-f', join(ROOT, 'docker-compose.yml'), 'config', '-q'], { encoding: 'utf8' });
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+  });
 
   it('has exactly the nats, postgres and lockmgr services and declares its named volumes', () => {
     expect(Object.keys(compose.services).sort()).toEqual(['lockmgr', 'nats', 'postgres']);
