@@ -49,7 +49,19 @@ export function buildCli(args: string[]) {
     });
 }
 
+/**
+ * A reader that stops early (`lockmgr events | head`) closes the pipe: the output is no longer
+ * wanted, which is not an error. Exit quietly, as Unix tools do, instead of with a stack trace.
+ */
+function exitQuietlyOnClosedOutput(): void {
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
+  });
+}
+
 if (require.main === module) {
+  exitQuietlyOnClosedOutput();
   buildCli(hideBin(process.argv))
     .parseAsync()
     .catch((err: Error) => {

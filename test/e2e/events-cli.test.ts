@@ -147,6 +147,23 @@ describe('lockmgr events and the auditor example (built programs, real daemon)',
     expect(events.every((e) => e.lock.name.startsWith('live.'))).toBe(true);
   });
 
+  it('a reader that stops early (lockmgr events | head -1) ends it quietly, exit 0', async () => {
+    const p = startCli(['events', '--follow', '--name', 'head.>', ...conn], { timeoutMs: 20_000 });
+    await waitFor(
+      async () => {
+        await stack.client.setLock('head.probe', { timeout: 60 });
+        return p.stdout().includes('head.probe');
+      },
+      10_000,
+      'the first line',
+    );
+    // The reader has its line and goes away: the pipe closes; the next events find it closed.
+    p.child.stdout!.destroy();
+    for (let i = 0; i < 5; i++) await stack.client.setLock(`head.${i}`, { timeout: 60 });
+    const r = await p.done;
+    expect({ code: r.code, signal: r.signal, stderr: r.stderr }).toEqual({ code: 0, signal: null, stderr: '' });
+  });
+
   it('says what is wrong: bad flags (64), no such stream (69)', async () => {
     const badType = await cli(['--type', 'bogus']);
     expect(badType.code).toBe(64);
