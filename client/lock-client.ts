@@ -402,16 +402,11 @@ export class LockClient {
         // as it ends.
         const copy =
           waitLeft > 0
-            ? this.requestWithNotice(
-                subject,
-                data,
-                h,
-                listen,
-                () => sendIn(Math.min(waitLeft + firstResend, listen)),
-                (copiesDone ??= new AbortController()).signal,
+            ? this.requestCopy(subject, data, h, listen, (copiesDone ??= new AbortController()).signal, () =>
+                sendIn(Math.min(waitLeft + firstResend, listen)),
               )
             : signal
-              ? this.requestOne(subject, data, h, listen, (copiesDone ??= new AbortController()).signal)
+              ? this.requestCopy(subject, data, h, listen, (copiesDone ??= new AbortController()).signal)
               : this.nc.request(subject, data, { timeout: listen, headers: h });
         copy.then(answer, fail);
         sendIn(resendIn);
@@ -489,52 +484,34 @@ export class LockClient {
     return failure;
   }
 
-  /** One copy of a request that may be cancelled: resolves its answer; stops listening when `done` aborts. */
-  private async requestOne(subject: string, data: Uint8Array, h: MsgHdrs, timeout: number, done: AbortSignal): Promise<Msg> {
-    const replies = await this.nc.requestMany(subject, data, {
-      strategy: RequestStrategy.Count,
-      maxMessages: 1,
-      maxWait: timeout,
-      headers: h,
-    });
-    const stop = () => stopReplies(replies);
-    done.addEventListener('abort', stop, { once: true });
-    try {
-      if (done.aborted) stop();
-      for await (const msg of replies) return msg;
-    } finally {
-      done.removeEventListener('abort', stop);
-    }
-    throw NatsError.errorForCode(NatsErrorCode.Timeout);
-  }
-
   /**
-   * One copy of a get that may wait: the daemon says when it starts waiting (`onWaiting`), then
-   * answers by the end of the wait. A grant made after waiting comes as a request: answering it
-   * tells the daemon someone took it. The copy listens on an inbox of its own, gone once the call
-   * ends, so that a grant for a call that ended finds nobody and is withdrawn. Resolves the answer.
+   * One copy of a request that listens on its own: resolves its answer; stops listening when
+   * `done` aborts. A get that may wait (`onWaiting` given) is told when the daemon starts waiting,
+   * then answered by the end of the wait; a grant made after waiting comes as a request, and
+   * answering it tells the daemon someone took it. Such a copy listens on an inbox of its own,
+   * gone once the call ends, so that a grant for a call that ended finds nobody and is withdrawn.
    */
-  private async requestWithNotice(
+  private async requestCopy(
     subject: string,
     data: Uint8Array,
     h: MsgHdrs,
     timeout: number,
-    onWaiting: () => void,
     done: AbortSignal,
+    onWaiting?: () => void,
   ): Promise<Msg> {
     const replies = await this.nc.requestMany(subject, data, {
       strategy: RequestStrategy.Count,
-      maxMessages: 2,
+      maxMessages: onWaiting ? 2 : 1,
       maxWait: timeout,
       headers: h,
-      noMux: true,
+      noMux: onWaiting !== undefined,
     });
     const stop = () => stopReplies(replies);
     done.addEventListener('abort', stop, { once: true });
     try {
       if (done.aborted) stop();
       for await (const msg of replies) {
-        if (msg.data.length < 64 && isWaitingNotice(parseOrNull(msg.data))) {
+        if (onWaiting && msg.data.length < 64 && isWaitingNotice(parseOrNull(msg.data))) {
           onWaiting();
           continue;
         }
