@@ -149,7 +149,17 @@ const encoder = new TextEncoder();
 const HANDOVER_TAKEN = encoder.encode('{}');
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** The requests that change something: each call carries a request id, kept across its attempts. */
-const MUTATIONS: ReadonlySet<Endpoint> = new Set(['set', 'get', 'unlock', 'renew', 'clean', 'reset']);
+const MUTATIONS: ReadonlySet<Endpoint> = new Set([
+  'set',
+  'get',
+  'unlock',
+  'renew',
+  'clean',
+  'reset',
+  'admin_set',
+  'admin_unlock',
+  'admin_renew',
+]);
 /**
  * Copies of an unanswered call: the first after this, then each half as long again after the
  * last, up to four times as long. Well above an answer's usual time (ms), so that copies go out
@@ -255,6 +265,7 @@ export class LockClient {
   private readonly requestIds = new RequestIds();
   private sharedSession?: SharedSession;
   /** Sessions this client took locks in, by id (to let go of a lock released by its token). */
+  /** The sessions this client took locks in, by public name (as lock records name them). */
   private readonly sessions = new Map<string, Session>();
   /** Seconds: the ttl of the shared session. */
   readonly sessionTtl: number;
@@ -527,13 +538,15 @@ export class LockClient {
   /**
    * Create and/or renew several locks in one transaction (django-lockmgr's `set_lock`).
    * `setLock('hello', 'world')`, `setLock('a', 'b', {timeout: 30, fail: true})`.
+   * Renewing (the default) extends whoever's locks hold the names: an admin operation (`P.admin.set`);
+   * with `renew: false` it only creates (`P.set`).
    */
   async setLock(...args: (string | string[] | SetLockOptions)[]): Promise<LockSetResult> {
     const last = args[args.length - 1];
     const options: SetLockOptions = typeof last === 'object' && last !== null && !Array.isArray(last) ? (args.pop() as SetLockOptions) : {};
     const names = (args as (string | string[])[]).flat().map(checkName);
     const result = await this.call(
-      'set',
+      options.renew === false ? 'set' : 'admin_set',
       compact({
         locks: names,
         timeout: options.timeout === undefined ? DEFAULT_EXPIRES : options.timeout,
@@ -579,7 +592,7 @@ export class LockClient {
     if (session) {
       session.track(lock);
       for (const [id, s] of this.sessions) if (!s.alive) this.sessions.delete(id);
-      this.sessions.set(session.id, session);
+      this.sessions.set(session.publicId, session);
     }
     if (!wait) await this.refuseIfLate(lock, firstSent.at);
     return lock;
@@ -606,25 +619,28 @@ export class LockClient {
   }
 
   /**
-   * Release a lock. By name: whoever holds it. By a Lock: only that grant; if the name has since
-   * been granted to someone else, NotOwner is thrown and their lock stays.
+   * Release a lock. By a Lock: only that grant; if the name has since been granted to someone
+   * else, NotOwner is thrown and their lock stays. By name: whoever holds it, an admin operation
+   * (`P.admin.unlock`).
    * Resolves true if a live lock was released, false if there was none (not an error).
    */
   async unlock(lock: string | Lock, options: RequestOptions = {}): Promise<boolean> {
-    const req = typeof lock === 'string' ? { name: checkName(lock) } : { name: checkName(lock.name), token: lock.token };
+    if (typeof lock === 'string')
+      return (await this.call('admin_unlock', { name: checkName(lock) }, this.timeout, { signal: options.signal })).unlocked;
     // Released on purpose: no longer one of its session's held locks.
-    if (typeof lock !== 'string' && lock.session) this.sessions.get(lock.session)?.untrack(lock);
+    if (lock.session) this.sessions.get(lock.session)?.untrack(lock);
+    const req = { name: checkName(lock.name), token: lock.token };
     return (await this.call('unlock', req, this.timeout, { signal: options.signal })).unlocked;
   }
 
   /**
    * Extend a lock (never shortening it). Given a Lock, only that grant is renewed, and the object
-   * is updated in place and returned.
+   * is updated in place and returned. By name, whoever holds it: an admin operation (`P.admin.renew`).
    */
   async renewLock(lock: string | Lock, options: RenewLockOptions = {}): Promise<Lock> {
     const byObject = typeof lock !== 'string';
     const record = await this.call(
-      'renew',
+      byObject ? 'renew' : 'admin_renew',
       compact({
         name: checkName(byObject ? lock.name : lock),
         token: byObject ? lock.token : undefined,

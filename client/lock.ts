@@ -25,7 +25,7 @@ export class Lock {
   updated_at!: Date;
   /** Fencing token of this grant: pass it to the resources the lock protects. */
   token!: number;
-  /** The id of the session the lock was taken in (it lasts as long as the session), or null. */
+  /** The public name of the session the lock was taken in (it lasts as long as the session), or null. */
   session!: string | null;
 
   static fromRecord(r: LockRecord): Lock {

@@ -14,6 +14,7 @@
  * signals fired at once when it resumes: `signal.aborted` checks the deadline on every read, before
  * any of the process's timers catch up.
  */
+import { publicSessionId } from '../shared/sessions';
 import { LockError, SessionNotFound } from './errors';
 import type { Lock } from './lock';
 import type { LockClient } from './lock-client';
@@ -86,6 +87,8 @@ interface Holding {
 
 export class Session {
   readonly id: string;
+  /** How lock records and events name this session (`Lock.session`); the id itself stays here. */
+  readonly publicId: string;
   /** Seconds. */
   readonly ttl: number;
   /** Fires when the session is lost (or closed): every lock held in it is lost then. */
@@ -110,6 +113,7 @@ export class Session {
     sentAt: number,
   ) {
     this.id = opened.session;
+    this.publicId = publicSessionId(this.id);
     this.ttl = opened.ttl;
     this.validUntil = sentAt + this.ttl * 1000 - this.margin;
     this.confirmedAt = sentAt;

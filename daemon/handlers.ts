@@ -220,13 +220,13 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
    */
   const running = new Map<string, Promise<unknown>>();
   const answered = new AnswerMemory(options.requestWindowMs, MAX_ANSWERS_KEPT);
-  function joinCopies<E extends Endpoint>(handler: Handler<E>): Handler<E> {
+  function joinCopies<Q, R>(handler: (req: Q, ctx: RequestContext) => Promise<R>): (req: Q, ctx: RequestContext) => Promise<R> {
     return (req, ctx) => {
       const { requestId: id, attempt } = req as Partial<Mutation>;
       if (id === undefined || id === null) return handler(req, ctx);
       const given = answered.get(id, clock.now());
-      if (given) return Promise.resolve().then(() => settle<Api[E]['result']>(given));
-      const first = running.get(id) as ReturnType<Handler<E>> | undefined;
+      if (given) return Promise.resolve().then(() => settle<R>(given));
+      const first = running.get(id) as Promise<R> | undefined;
       if (first) {
         if ((req as Partial<NormalizedRequests['get']>).waitMs) ctx.waiting?.();
         return first;
@@ -237,13 +237,13 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
     };
   }
 
-  async function answerOnce<E extends Endpoint>(
-    handler: Handler<E>,
-    req: NormalizedRequests[E],
+  async function answerOnce<Q, R>(
+    handler: (req: Q, ctx: RequestContext) => Promise<R>,
+    req: Q,
     ctx: RequestContext,
     id: string,
     attempt: number,
-  ): Promise<Api[E]['result']> {
+  ): Promise<R> {
     let answer: Answer;
     try {
       answer = { value: await handler(req, ctx) };
@@ -258,7 +258,7 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
     if (!('error' in answer && (answer.error instanceof CommitInDoubt || answer.error instanceof DaemonStopping))) {
       answered.set(id, answer, clock.now());
     }
-    return settle<Api[E]['result']>(answer);
+    return settle<R>(answer);
   }
 
   /** The answer to a copy, as recorded in the shared store: this one, or one recorded before. */
@@ -273,19 +273,28 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
     }
   }
 
+  const unlock = joinCopies(async (req: NormalizedRequests['unlock'], ctx: RequestContext) => {
+    const r = await once(ops.unlock(req, ctx.who, options.lockDelayMs), req, ctx, (released) =>
+      released ? { unlocked: true } : undefined,
+    );
+    return 'recalled' in r ? r.recalled : { unlocked: r.value };
+  });
+  const renew = joinCopies(async (req: NormalizedRequests['renew'], ctx: RequestContext) => {
+    const r = await once(ops.renew(req, ctx.who), req, ctx, toLockRecord);
+    return 'recalled' in r ? r.recalled : toLockRecord(r.value);
+  });
+  const setOnce = joinCopies(set);
+
+  // The admin endpoints do the same as the everyday ones; what differs is what validation lets
+  // through (by name, renewing) and who NATS permissions let send it.
   return {
-    set: joinCopies(set),
+    set: setOnce,
     get: joinCopies(getWithWait),
-    unlock: joinCopies(async (req, ctx) => {
-      const r = await once(ops.unlock(req, ctx.who, options.lockDelayMs), req, ctx, (released) =>
-        released ? { unlocked: true } : undefined,
-      );
-      return 'recalled' in r ? r.recalled : { unlocked: r.value };
-    }),
-    renew: joinCopies(async (req, ctx) => {
-      const r = await once(ops.renew(req, ctx.who), req, ctx, toLockRecord);
-      return 'recalled' in r ? r.recalled : toLockRecord(r.value);
-    }),
+    unlock,
+    renew,
+    admin_set: setOnce,
+    admin_unlock: unlock,
+    admin_renew: renew,
     is_locked: async (req, ctx) => {
       const row = await batcher.run(ops.isLocked(req.name), ctx.tag);
       return { locked: row !== null, lock: row ? toLockRecord(row) : null };
@@ -335,7 +344,7 @@ function refusalError(r: RecordedRefusal): LockRuleError {
   return new LockRuleError(r.code as ErrorCode, r.message, r.lock as LockRecord | undefined);
 }
 
-/** A granted lock's record as the row it came from (times in ms). */
+/** A granted lock's record as the row it came from (times in ms), for withdrawing it: by name and token. */
 function toGrantedRow(l: LockRecord): LockRow {
   const ms = (iso: string) => Date.parse(iso);
   return {
@@ -346,6 +355,6 @@ function toGrantedRow(l: LockRecord): LockRow {
     created_at: ms(l.created_at),
     updated_at: ms(l.updated_at),
     token: l.token,
-    session_id: l.session ?? null,
+    session_id: null, // the record names its session by its public name only
   };
 }

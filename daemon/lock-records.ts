@@ -3,6 +3,7 @@
  * strings), built once per row since a granted lock is both replied and recorded in an event.
  */
 import type { LockRecord } from '../shared/protocol';
+import { publicSessionId } from '../shared/sessions';
 import type { LockRow } from './store/store';
 
 const records = new WeakMap<LockRow, LockRecord>();
@@ -19,7 +20,8 @@ export function toLockRecord(row: LockRow): LockRecord {
       updated_at: iso(row.updated_at),
       token: row.token,
     };
-    if (row.session_id !== null) record.session = row.session_id;
+    // Records go to anyone who asks and into events: the session's public name, not its id.
+    if (row.session_id !== null) record.session = publicSessionId(row.session_id);
     records.set(row, record);
   }
   return record;

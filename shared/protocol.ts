@@ -38,10 +38,22 @@ export const ENDPOINTS = [
   'session_open',
   'session_keepalive',
   'session_close',
+  'admin_set',
+  'admin_unlock',
+  'admin_renew',
 ] as const;
 export type Endpoint = (typeof ENDPOINTS)[number];
 
-/** Where each endpoint listens, under the prefix: its name, but sessions under `session.`. */
+/**
+ * The endpoints that act on locks whoever holds them: renewing by name (`set` with renew, `renew`
+ * without a token) and releasing by name. They listen on subjects of their own (`P.admin.*`), so
+ * NATS permissions can keep them from everyday clients; `clean` and `reset` are admin operations
+ * too, on their own subjects. The everyday `unlock` and `renew` act only on the grant whose token
+ * they carry, and the everyday `set` only creates.
+ */
+export const ADMIN_ENDPOINTS = ['admin_set', 'admin_unlock', 'admin_renew', 'clean', 'reset'] as const satisfies readonly Endpoint[];
+
+/** Where each endpoint listens, under the prefix: its name, but sessions under `session.` and admin operations under `admin.`. */
 const SUBJECT_SUFFIX: Record<Endpoint, string> = {
   set: 'set',
   get: 'get',
@@ -54,6 +66,9 @@ const SUBJECT_SUFFIX: Record<Endpoint, string> = {
   session_open: 'session.open',
   session_keepalive: 'session.keepalive',
   session_close: 'session.close',
+  admin_set: 'admin.set',
+  admin_unlock: 'admin.unlock',
+  admin_renew: 'admin.renew',
 };
 
 export function requestSubject(prefix: string, endpoint: Endpoint): string {
@@ -103,7 +118,10 @@ export interface LockRecord {
   updated_at: string;
   /** Fencing token: grows with every grant of any lock, never repeats. */
   token: number;
-  /** The session the lock is bound to (it lasts as long as the session): absent for other locks. */
+  /**
+   * The session the lock is bound to (it lasts as long as the session), by its public name (a
+   * digest of the session id, which stays with its holder): absent for other locks.
+   */
   session?: string;
 }
 
@@ -248,6 +266,9 @@ export interface Api {
   session_open: { request: SessionOpenRequest; result: SessionResult };
   session_keepalive: { request: SessionRequest; result: KeepaliveResult };
   session_close: { request: SessionRequest; result: SessionCloseResult };
+  admin_set: { request: SetRequest; result: LockSetResultRecord };
+  admin_unlock: { request: UnlockRequest; result: UnlockResult };
+  admin_renew: { request: RenewRequest; result: LockRecord };
 }
 
 // ---- replies ----

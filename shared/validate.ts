@@ -111,6 +111,9 @@ export interface NormalizedRequests {
   session_open: NormalizedSessionOpen;
   session_keepalive: { session: string };
   session_close: { session: string };
+  admin_set: NormalizedSet;
+  admin_unlock: NormalizedUnlock;
+  admin_renew: NormalizedRenew;
 }
 
 /** Collects problems field by field so one reply can name all of them. */
@@ -171,6 +174,10 @@ class Reader {
     return value;
   }
 
+  has(field: string): boolean {
+    return this.body[field] !== undefined && this.body[field] !== null;
+  }
+
   integer(field: string): number | null {
     const value = this.body[field];
     if (value === undefined || value === null) return null;
@@ -222,6 +229,9 @@ const FIELDS: Record<Endpoint, readonly string[]> = {
   session_open: ['ttl', 'locked_by'],
   session_keepalive: ['session'],
   session_close: ['session'],
+  admin_set: ['locks', 'timeout', 'fail', 'renew', 'create', 'locked_by', 'process_id', ...MUTATION_FIELDS],
+  admin_unlock: ['name', 'token', ...MUTATION_FIELDS],
+  admin_renew: ['name', 'expires', 'add_time', 'create', 'token', 'locked_by', 'lock_process', ...MUTATION_FIELDS],
 };
 
 function readGet(r: Reader, body: Record<string, unknown>): NormalizedGet {
@@ -252,7 +262,23 @@ function readSessionOpen(r: Reader, body: Record<string, unknown>): NormalizedSe
   return { ttlMs, lockedBy: r.text('locked_by') };
 }
 
-function readSet(r: Reader, body: Record<string, unknown>): NormalizedSet {
+/** The subject to use instead, named in the refusals of by-name requests on the everyday subjects. */
+const BY_NAME = (endpoint: string) => `is an admin operation: send it to the admin.${endpoint} subject`;
+
+/**
+ * The token on the everyday `unlock` and `renew`: required, so that they act only on the caller's
+ * own grant. Acting by name is what the admin subjects are for.
+ */
+function ownToken(r: Reader, endpoint: 'unlock' | 'renew'): number | null {
+  if (r.has('token')) return r.integer('token');
+  r.problems.push({
+    field: 'token',
+    problem: `is required: ${endpoint === 'unlock' ? 'releasing' : 'renewing'} a lock by name ${BY_NAME(endpoint)}`,
+  });
+  return null;
+}
+
+function readSet(r: Reader, body: Record<string, unknown>, everyday: boolean): NormalizedSet {
   const locks = body.locks;
   const names: string[] = [];
   if (!Array.isArray(locks)) {
@@ -270,10 +296,33 @@ function readSet(r: Reader, body: Record<string, unknown>): NormalizedSet {
     names,
     expiresMs: r.duration('timeout', DEFAULT_EXPIRES),
     fail: r.bool('fail', false),
-    renew: r.bool('renew', true),
+    renew: everyday ? everydayRenew(r) : r.bool('renew', true),
     create: r.bool('create', true),
     lockedBy: r.text('locked_by'),
     process: r.integer('process_id'),
+    ...r.mutation(),
+  };
+}
+
+/** The everyday `set` only creates: it renews nobody's lock (renew defaults to false and may not be true). */
+function everydayRenew(r: Reader): boolean {
+  if (r.bool('renew', false)) r.problems.push({ field: 'renew', problem: `renewing held locks by name ${BY_NAME('set')}` });
+  return false;
+}
+
+function readUnlock(r: Reader, everyday: boolean): NormalizedUnlock {
+  return { name: r.name('name'), token: everyday ? ownToken(r, 'unlock') : r.integer('token'), ...r.mutation() };
+}
+
+function readRenew(r: Reader, everyday: boolean): NormalizedRenew {
+  return {
+    name: r.name('name'),
+    expiresMs: r.duration('expires', DEFAULT_EXPIRES),
+    addTime: r.bool('add_time', false),
+    create: r.bool('create', false),
+    token: everyday ? ownToken(r, 'renew') : r.integer('token'),
+    lockedBy: r.text('locked_by'),
+    process: r.integer('lock_process'),
     ...r.mutation(),
   };
 }
@@ -293,19 +342,10 @@ type Readers = { [E in Endpoint]: (r: Reader, body: Record<string, unknown>) => 
 
 /** How each endpoint's request is read; every default is applied here. */
 const READERS: Readers = {
-  set: readSet,
+  set: (r, body) => readSet(r, body, true),
   get: readGet,
-  unlock: (r) => ({ name: r.name('name'), token: r.integer('token'), ...r.mutation() }),
-  renew: (r) => ({
-    name: r.name('name'),
-    expiresMs: r.duration('expires', DEFAULT_EXPIRES),
-    addTime: r.bool('add_time', false),
-    create: r.bool('create', false),
-    token: r.integer('token'),
-    lockedBy: r.text('locked_by'),
-    process: r.integer('lock_process'),
-    ...r.mutation(),
-  }),
+  unlock: (r) => readUnlock(r, true),
+  renew: (r) => readRenew(r, true),
   is_locked: (r) => ({ name: r.name('name') }),
   list: readList,
   clean: (r) => r.mutation(),
@@ -313,6 +353,9 @@ const READERS: Readers = {
   session_open: readSessionOpen,
   session_keepalive: (r) => ({ session: r.session('session', true)! }),
   session_close: (r) => ({ session: r.session('session', true)! }),
+  admin_set: (r, body) => readSet(r, body, false),
+  admin_unlock: (r) => readUnlock(r, false),
+  admin_renew: (r) => readRenew(r, false),
 };
 
 /** Validate and normalise one request body for `endpoint`. Throws RequestInvalid. */

@@ -45,7 +45,7 @@ describe.each(STORES)('bad input on %s', (store) => {
     const got = await send('get', { name, expires: 5 });
     expect(got.reply.ok).toBe(true);
     expect(got.msg.headers?.get('Nats-Service-Error-Code') ?? '').toBe('');
-    const unlocked = await send('unlock', { name });
+    const unlocked = await send('unlock', { name, token: (got.reply.result as { token: number }).token });
     expect(unlocked.reply).toEqual({ ok: true, result: { unlocked: true } });
   }
 
@@ -120,10 +120,16 @@ describe.each(STORES)('bad input on %s', (store) => {
       ['set', { locks: ['a'], create: 'false' }, ['create']],
       ['set', { locks: ['a'], timeout: [] }, ['timeout']],
       ['set', { locks: ['a'], process_id: 'x1' }, ['process_id']],
-      ['renew', { name: 'a', add_time: 'true' }, ['add_time']],
+      ['renew', { name: 'a', token: 1, add_time: 'true' }, ['add_time']],
       ['renew', { name: 'a', token: 'abc' }, ['token']],
       ['unlock', { name: 'a', token: 1.25 }, ['token']],
-      ['unlock', {}, ['name']],
+      ['admin.unlock', {}, ['name']],
+      ['admin.renew', { name: 'a', create: 1 }, ['create']],
+      ['admin.set', { locks: 'a' }, ['locks']],
+      // The everyday subjects act on the caller's own grant: by name is for the admin subjects.
+      ['unlock', { name: 'a' }, ['token']],
+      ['renew', { name: 'a', expires: 30 }, ['token']],
+      ['set', { locks: ['a'], renew: true }, ['renew']],
       ['is_locked', { name: null }, ['name']],
       ['list', { limit: 0 }, ['limit']],
       ['list', { limit: 10_001 }, ['limit']],
@@ -140,7 +146,7 @@ describe.each(STORES)('bad input on %s', (store) => {
       ['get', { name: 'a', bogus: 1 }, ['bogus']],
       ['get', { name: 'a', timeout: 30 }, ['timeout']],
       ['set', { locks: ['a'], expires: 30 }, ['expires']],
-      ['unlock', { name: 'a', force: true }, ['force']],
+      ['unlock', { name: 'a', token: 1, force: true }, ['force']],
       ['clean', { all: true }, ['all']],
       ['reset', { confirm: 'yes' }, ['confirm']],
     ] as const)('unknown field: %s %j -> INVALID_REQUEST naming %j', async (endpoint, body, fields) => {
@@ -177,7 +183,8 @@ describe.each(STORES)('bad input on %s', (store) => {
       ['a NUL character', 'a\u0000b'],
       ['a control character', 'a\u0007b'],
     ])('%s -> INVALID_REQUEST on every endpoint that takes a name', async (_title, name) => {
-      for (const endpoint of ['get', 'unlock', 'renew', 'is_locked']) await expectInvalid(endpoint, { name }, ['name']);
+      for (const endpoint of ['get', 'admin.unlock', 'admin.renew', 'is_locked']) await expectInvalid(endpoint, { name }, ['name']);
+      for (const endpoint of ['unlock', 'renew']) await expectInvalid(endpoint, { name, token: 1 }, ['name']);
       await expectInvalid('set', { locks: ['fine', name] }, ['locks[1]']);
     });
 
@@ -186,7 +193,7 @@ describe.each(STORES)('bad input on %s', (store) => {
         const { reply } = await send('get', { name, expires: 5 });
         expect(reply.ok).toBe(true);
         expect((reply.result as { name: string }).name).toBe(name);
-        expect((await send('unlock', { name })).reply).toEqual({ ok: true, result: { unlocked: true } });
+        expect((await send('admin.unlock', { name })).reply).toEqual({ ok: true, result: { unlocked: true } });
       }
     });
   });
@@ -199,7 +206,7 @@ describe.each(STORES)('bad input on %s', (store) => {
       ['get', { name: 'a', wait: -1 }, ['wait']],
       ['get', { name: 'a', wait: -0.001 }, ['wait']],
       ['set', { locks: ['a'], timeout: -5 }, ['timeout']],
-      ['renew', { name: 'a', expires: -60 }, ['expires']],
+      ['renew', { name: 'a', token: 1, expires: -60 }, ['expires']],
       ['get', { name: 'a', expires: MAX_SECONDS + 1 }, ['expires']],
       ['get', { name: 'a', wait: MAX_SECONDS + 1 }, ['wait']],
       ['set', { locks: ['a'], timeout: '1e400' }, ['timeout']],

@@ -12,7 +12,7 @@ import { AuthorityConflict as DaemonAuthorityConflict } from '../../daemon/autho
 import { CHANNELS } from '../../daemon/diagnostics';
 import { StoreInUse, type Requester } from '../../daemon/store/store';
 import { eventSubject, type LockEvent } from '../../shared/events';
-import { servicePingSubject, type Api, type Endpoint, type LockRecord, type Reply } from '../../shared/protocol';
+import { requestSubject, servicePingSubject, type Api, type Endpoint, type LockRecord, type Reply } from '../../shared/protocol';
 import { runCli } from '../helpers/cli';
 import { createTestDatabase, STORES } from '../helpers/databases';
 import { quietLogger, startStack, type Stack } from '../helpers/stack';
@@ -55,7 +55,9 @@ async function follow(
 }
 
 async function raw<E extends Endpoint>(stack: Stack, endpoint: E, body: object): Promise<Reply<Api[E]['result']>> {
-  const msg = await stack.client.nc.request(`${stack.prefix}.${endpoint}`, encoder.encode(JSON.stringify(body)), { timeout: 5000 });
+  const msg = await stack.client.nc.request(requestSubject(stack.prefix, endpoint), encoder.encode(JSON.stringify(body)), {
+    timeout: 5000,
+  });
   return JSON.parse(decoder.decode(msg.data)) as Reply<Api[E]['result']>;
 }
 
@@ -84,18 +86,20 @@ describe.each(STORES)('request ids on %s: a re-sent request is never done twice'
 
   it('an unlock sent again answers unlocked: true, and does not release a grant made since', async () => {
     const lock = await stack.client.getLock('rid.unlock');
-    const first = await raw(stack, 'unlock', { name: 'rid.unlock', request_id: 'u-1' });
+    const first = await raw(stack, 'admin_unlock', { name: 'rid.unlock', request_id: 'u-1' });
     expect(first).toEqual({ ok: true, result: { unlocked: true } });
     const next = await stack.client.getLock('rid.unlock');
     expect(next.token).toBeGreaterThan(lock.token);
-    expect(await raw(stack, 'unlock', { name: 'rid.unlock', request_id: 'u-1', attempt: 2 })).toEqual(first);
+    expect(await raw(stack, 'admin_unlock', { name: 'rid.unlock', request_id: 'u-1', attempt: 2 })).toEqual(first);
     expect((await stack.client.lockInfo('rid.unlock'))?.token).toBe(next.token);
   });
 
   it('copies of one request that arrive together are done once and answered alike (they join the first)', async () => {
     await stack.client.getLock('rid.together');
     // Two copies of one unlock in the same moment, as a re-send can arrive while the first runs.
-    const copies = await Promise.all([1, 2].map((attempt) => raw(stack, 'unlock', { name: 'rid.together', request_id: 'u-2', attempt })));
+    const copies = await Promise.all(
+      [1, 2].map((attempt) => raw(stack, 'admin_unlock', { name: 'rid.together', request_id: 'u-2', attempt })),
+    );
     expect(copies).toEqual([
       { ok: true, result: { unlocked: true } },
       { ok: true, result: { unlocked: true } },
@@ -147,9 +151,9 @@ describe.each(STORES)('request ids on %s: a re-sent request is never done twice'
     });
     expect(await stack.client.isLocked('rid.late')).toBe(false);
     // "Nothing to unlock" stays so: the copy does not release the lock taken since.
-    expect(await raw(stack, 'unlock', { name: 'rid.late', request_id: 'late-2' })).toEqual({ ok: true, result: { unlocked: false } });
+    expect(await raw(stack, 'admin_unlock', { name: 'rid.late', request_id: 'late-2' })).toEqual({ ok: true, result: { unlocked: false } });
     const taken = await stack.client.getLock('rid.late');
-    expect(await raw(stack, 'unlock', { name: 'rid.late', request_id: 'late-2', attempt: 2 })).toEqual({
+    expect(await raw(stack, 'admin_unlock', { name: 'rid.late', request_id: 'late-2', attempt: 2 })).toEqual({
       ok: true,
       result: { unlocked: false },
     });

@@ -7,6 +7,7 @@
  * restart keeps them.
  */
 import { requestSubject, type Api, type Endpoint, type Reply } from '../../shared/protocol';
+import { publicSessionId } from '../../shared/sessions';
 import type { LockEvent } from '../../shared/events';
 import { eventSubject } from '../../shared/events';
 import { STORES } from '../helpers/databases';
@@ -52,7 +53,7 @@ describe.each(STORES)('sessions on %s', (store) => {
     expect(s.ttl).toBe(1);
     expect(Date.parse(s.expires_at)).toBeGreaterThan(Date.now());
     const lock = await ok(stack, 'get', { name: 'sess.kept', session: s.session });
-    expect(lock.session).toBe(s.session);
+    expect(lock.session).toBe(publicSessionId(s.session));
     // The lock's expiry is the session's plus the lock-delay.
     expect(Date.parse(lock.locked_until!)).toBe(Date.parse(s.expires_at) + LOCK_DELAY * 1000);
     for (let i = 0; i < 6; i++) {
@@ -88,7 +89,7 @@ describe.each(STORES)('sessions on %s', (store) => {
     await until(() => events.some((e) => e.type === 'expired'), 5_000, 'the expired event');
     const expired = events.find((e) => e.type === 'expired')!;
     expect(expired.lock.token).toBe(lock.token);
-    expect(expired.lock.session).toBe(s.session);
+    expect(expired.lock.session).toBe(publicSessionId(s.session));
     expect(expired.cause.reason).toBe('session lapsed');
     // A lapsed session binds no new lock.
     expect(await raw(stack, 'get', { name: 'sess.other', session: s.session })).toMatchObject({
@@ -103,7 +104,7 @@ describe.each(STORES)('sessions on %s', (store) => {
     const s = await ok(stack, 'session_open', { ttl: 10 });
     const lock = await ok(stack, 'get', { name: 'sess.forced', session: s.session });
     const forcedAt = Date.now();
-    expect(await ok(stack, 'unlock', { name: 'sess.forced' })).toEqual({ unlocked: true });
+    expect(await ok(stack, 'admin_unlock', { name: 'sess.forced' })).toEqual({ unlocked: true });
     expect((await ok(stack, 'session_keepalive', { session: s.session })).locks).toEqual([]);
     expect(await raw(stack, 'get', { name: 'sess.forced' })).toMatchObject({ ok: false, error: { code: 'LOCKED' } });
     const next = await ok(stack, 'get', { name: 'sess.forced', wait: 5 });

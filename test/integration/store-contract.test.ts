@@ -17,6 +17,7 @@ import { DuplicateRequest, StoreInUse, type LockRow, type Store, type StoreTx } 
 import type { EventCause } from '../../shared/events';
 import { createTestDatabase, type TestDatabase } from '../helpers/databases';
 import { MemoryStore } from '../helpers/memory-store';
+import { publicSessionId } from '../../shared/sessions';
 
 type Kind = 'memory' | 'sqlite' | 'postgres';
 const KINDS: Kind[] = ['memory', 'sqlite', 'postgres'];
@@ -549,7 +550,7 @@ describe.each(KINDS)('Store contract: %s', (kind) => {
       return bound;
     });
     expect(a).toMatchObject({ name: 's.a', session_id: 's-1', locked_until: opened.expires_at + 5 });
-    expect(toLockRecord(a!).session).toBe('s-1');
+    expect(toLockRecord(a!).session).toBe(publicSessionId('s-1'));
     expect(await run((tx) => tx.bindLock('s.a', a!.token + 1000, 's-1', 0))).toBeNull(); // another grant's token
     await grant('outside', MINUTE);
     expect((await run((tx) => tx.selectLive('outside')))?.session_id).toBeNull();

@@ -75,8 +75,8 @@ describe('validateRequest', () => {
   const FIRST_SEND = { requestId: null, attempt: 1 };
 
   describe('defaults, as django-lockmgr documents them', () => {
-    it('set: 600 s, fail=false, renew=true, create=true, no owner', () => {
-      expect(validateRequest('set', { locks: ['a', 'b'] })).toEqual({
+    it("admin.set (the seed's set_lock): 600 s, fail=false, renew=true, create=true, no owner", () => {
+      expect(validateRequest('admin_set', { locks: ['a', 'b'] })).toEqual({
         names: ['a', 'b'],
         expiresMs: DEFAULT_EXPIRES * 1000,
         fail: false,
@@ -126,8 +126,8 @@ describe('validateRequest', () => {
       expect(problems('set', { locks: ['a'], session: 'S' })).toEqual(['session']);
     });
 
-    it('renew: 600 s, add_time=false, create=false, no token', () => {
-      expect(validateRequest('renew', { name: 'a' })).toEqual({
+    it('admin.renew: 600 s, add_time=false, create=false, no token', () => {
+      expect(validateRequest('admin_renew', { name: 'a' })).toEqual({
         name: 'a',
         expiresMs: 600_000,
         addTime: false,
@@ -139,8 +139,8 @@ describe('validateRequest', () => {
       });
     });
 
-    it('unlock, is_locked, list, clean, reset', () => {
-      expect(validateRequest('unlock', { name: 'a' })).toEqual({ name: 'a', token: null, ...FIRST_SEND });
+    it('admin.unlock, is_locked, list, clean, reset', () => {
+      expect(validateRequest('admin_unlock', { name: 'a' })).toEqual({ name: 'a', token: null, ...FIRST_SEND });
       expect(validateRequest('is_locked', { name: 'a' })).toEqual({ name: 'a' });
       expect(validateRequest('list', {})).toEqual({ prefix: null, limit: DEFAULT_LIST_LIMIT, after: null });
       expect(validateRequest('clean', {})).toEqual(FIRST_SEND);
@@ -162,7 +162,7 @@ describe('validateRequest', () => {
         ['attempt', 1.5],
         ['attempt', '2'],
       ] as const) {
-        expect(() => validateRequest('unlock', { name: 'a', [field]: value })).toThrow(RequestInvalid);
+        expect(() => validateRequest('unlock', { name: 'a', token: 1, [field]: value })).toThrow(RequestInvalid);
       }
       expect(() => validateRequest('is_locked', { name: 'a', request_id: 'r' })).toThrow(/request_id: is not a field of this request/);
       expect(() => validateRequest('list', { attempt: 1 })).toThrow(/attempt: is not a field of this request/);
@@ -170,7 +170,7 @@ describe('validateRequest', () => {
 
     it('null for an optional field means its default', () => {
       expect(
-        validateRequest('set', { locks: ['a'], fail: null, renew: null, create: null, locked_by: null, process_id: null }),
+        validateRequest('admin_set', { locks: ['a'], fail: null, renew: null, create: null, locked_by: null, process_id: null }),
       ).toMatchObject({
         fail: false,
         renew: true,
@@ -179,6 +179,31 @@ describe('validateRequest', () => {
         process: null,
       });
       expect(validateRequest('get', { name: 'a', wait: null, lock_process: null })).toMatchObject({ waitMs: 0, process: null });
+    });
+  });
+
+  describe("the everyday subjects act on the caller's own grants only; acting by name is for the admin subjects", () => {
+    it('unlock and renew need the token of the grant; admin.unlock and admin.renew take a name alone', () => {
+      expect(problems('unlock', { name: 'a' })).toEqual([
+        { field: 'token', problem: 'is required: releasing a lock by name is an admin operation: send it to the admin.unlock subject' },
+      ]);
+      expect(problems('renew', { name: 'a', expires: 5 })).toEqual([
+        { field: 'token', problem: 'is required: renewing a lock by name is an admin operation: send it to the admin.renew subject' },
+      ]);
+      expect(problems('unlock', { name: 'a', token: null })).toEqual([expect.objectContaining({ field: 'token' })]);
+      expect(validateRequest('unlock', { name: 'a', token: 7 })).toEqual({ name: 'a', token: 7, ...FIRST_SEND });
+      expect(validateRequest('renew', { name: 'a', token: 7 })).toMatchObject({ name: 'a', token: 7 });
+      expect(validateRequest('admin_renew', { name: 'a', token: 7 })).toMatchObject({ token: 7 });
+    });
+
+    it('set only creates: renew is false unless asked, and asking is refused; admin.set renews by default', () => {
+      expect(validateRequest('set', { locks: ['a'] })).toMatchObject({ renew: false, create: true });
+      expect(validateRequest('set', { locks: ['a'], renew: false })).toMatchObject({ renew: false });
+      expect(problems('set', { locks: ['a'], renew: true })).toEqual([
+        { field: 'renew', problem: 'renewing held locks by name is an admin operation: send it to the admin.set subject' },
+      ]);
+      expect(validateRequest('admin_set', { locks: ['a'] })).toMatchObject({ renew: true });
+      expect(validateRequest('admin_set', { locks: ['a'], renew: false })).toMatchObject({ renew: false });
     });
   });
 
@@ -197,7 +222,7 @@ describe('validateRequest', () => {
       [MAX_SECONDS, MAX_SECONDS * 1000],
     ])('expires %j -> %j ms', (expires, ms) => {
       expect(validateRequest('get', { name: 'a', expires }).expiresMs).toBe(ms);
-      expect(validateRequest('renew', { name: 'a', expires }).expiresMs).toBe(ms);
+      expect(validateRequest('renew', { name: 'a', token: 1, expires }).expiresMs).toBe(ms);
       expect(validateRequest('set', { locks: ['a'], timeout: expires }).expiresMs).toBe(ms);
     });
 
@@ -300,8 +325,8 @@ describe('validateRequest', () => {
     it('unknown fields are refused on every endpoint, by name', () => {
       expect(fields('get', { name: 'a', timeout: 5 })).toEqual(['timeout']);
       expect(fields('set', { locks: ['a'], expires: 5 })).toEqual(['expires']);
-      expect(fields('renew', { name: 'a', wait: 5 })).toEqual(['wait']);
-      expect(fields('unlock', { name: 'a', force: true })).toEqual(['force']);
+      expect(fields('renew', { name: 'a', token: 1, wait: 5 })).toEqual(['wait']);
+      expect(fields('unlock', { name: 'a', token: 1, force: true })).toEqual(['force']);
       expect(fields('is_locked', { name: 'a', token: 1 })).toEqual(['token']);
       expect(fields('list', { name: 'a' })).toEqual(['name']);
       expect(fields('clean', { all: true })).toEqual(['all']);
@@ -309,8 +334,11 @@ describe('validateRequest', () => {
     });
 
     it('names are required where the endpoint takes one', () => {
-      for (const endpoint of ['get', 'unlock', 'renew', 'is_locked'] as const) {
+      for (const endpoint of ['get', 'admin_unlock', 'admin_renew', 'is_locked'] as const) {
         expect(problems(endpoint, {})).toEqual([{ field: 'name', problem: 'is required' }]);
+      }
+      for (const endpoint of ['unlock', 'renew'] as const) {
+        expect(problems(endpoint, { token: 1 })).toEqual([{ field: 'name', problem: 'is required' }]);
       }
     });
 
