@@ -96,7 +96,7 @@ export class LockDaemon {
   /** Per waited-for name: a subscription to its events, so releases by other daemons wake us. */
   private readonly wakeSubs = new Map<string, Subscription>();
   private readonly waiters: WaitQueue;
-  /** Prometheus metrics (served with httpListen). */
+  /** Prometheus metrics (served with httpListen) and the tallies behind $SRV.STATS. */
   readonly metrics: DaemonMetrics;
   private starting?: Promise<void>;
   private stopping?: Promise<void>;
@@ -281,6 +281,15 @@ export class LockDaemon {
       description: 'lock coordinator: django-lockmgr semantics over NATS request/reply',
       queue: SERVICE_NAME,
       metadata: { ...metadata },
+      // nats.js times only the synchronous start of a handler, and counts as errors only what it
+      // throws: $SRV.STATS gets this daemon's own tallies of whole requests and error replies,
+      // written into the endpoint's stats record it is about to report.
+      statsHandler: (endpoint) => {
+        const { name, stats } = endpoint as { name?: string; stats?: object };
+        const ours = name === undefined ? undefined : this.metrics.endpointStats(name);
+        if (stats && ours) Object.assign(stats, ours);
+        return Promise.resolve(undefined);
+      },
     });
     for (const endpoint of ENDPOINTS) {
       this.service.addEndpoint(endpoint, {

@@ -1,8 +1,8 @@
 /**
  * The daemon's Prometheus metrics, in a registry of its own (several daemons may run in one
- * process).
+ * process), and the per-endpoint tallies that the NATS services framework reports in $SRV.STATS.
  *
- * A request costs a counter increment and a histogram observation: the label
+ * A request costs a counter increment, a histogram observation and a few additions: the label
  * children are made once per endpoint and outcome. What the store, the wait queue or the sweeper
  * know is read only when someone scrapes.
  */
@@ -43,8 +43,21 @@ export function storeErrorKind(err: unknown): StoreErrorKind {
   return 'other';
 }
 
-/** One endpoint: its label children. */
+/** An endpoint's numbers as the services framework reports them (times in nanoseconds). */
+export interface EndpointStats {
+  num_requests: number;
+  num_errors: number;
+  processing_time: number;
+  average_processing_time: number;
+  last_error?: string;
+}
+
+/** One endpoint: its tallies for $SRV.STATS and its label children. */
 class EndpointRecord {
+  requests = 0;
+  errors = 0;
+  totalMs = 0;
+  lastError?: string;
   readonly byOutcome = new Map<Outcome, Counter.Internal>();
 
   constructor(
@@ -151,6 +164,12 @@ export class DaemonMetrics implements BatchObserver {
   request(endpoint: Endpoint, outcome: Outcome, ms: number): void {
     const e = this.endpoints.get(endpoint);
     if (!e) return;
+    e.requests += 1;
+    e.totalMs += ms;
+    if (outcome !== 'ok') {
+      e.errors += 1;
+      e.lastError = outcome;
+    }
     e.outcome(outcome).inc();
     e.latency.observe(ms / 1000);
   }
@@ -161,6 +180,21 @@ export class DaemonMetrics implements BatchObserver {
 
   failed(err: unknown): void {
     this.storeErrors.get(storeErrorKind(err))!.inc();
+  }
+
+  /** What $SRV.STATS reports for `endpoint`: whole requests, and every error reply. */
+  endpointStats(endpoint: string): EndpointStats | undefined {
+    const e = this.endpoints.get(endpoint as Endpoint);
+    if (!e) return undefined;
+    const ns = Math.round(e.totalMs * 1e6);
+    const stats: EndpointStats = {
+      num_requests: e.requests,
+      num_errors: e.errors,
+      processing_time: ns,
+      average_processing_time: e.requests > 0 ? Math.round(ns / e.requests) : 0,
+    };
+    if (e.lastError) stats.last_error = e.lastError;
+    return stats;
   }
 
   /** The Prometheus text exposition, with the sampled values read now. */

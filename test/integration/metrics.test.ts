@@ -1,10 +1,11 @@
 /**
  * The daemon's HTTP listener against real daemons, a real nats-server and real databases:
  * /metrics follows the requests (counters by endpoint and outcome, the latency histogram, held
- * locks, sessions, waiters, the outbox while NATS is away), /healthz answers while the process lives, and /readyz reports this
+ * locks, sessions, waiters, the outbox while NATS is away), $SRV.STATS counts error replies and
+ * times whole requests, /healthz answers while the process lives, and /readyz reports this
  * daemon's own NATS and database connections — not another daemon's on the same prefix.
  */
-import { connect } from 'nats';
+import { connect, RequestStrategy, type NatsConnection, type ServiceStats } from 'nats';
 import { LockClient, Locked, LockNotFound } from '../../client/index';
 import type { LockDaemon } from '../../daemon/lock-daemon';
 import { eventually } from '../helpers/cli';
@@ -30,6 +31,15 @@ async function scrapeUntil(url: string, check: (m: Scrape) => void, timeoutMs = 
   }, timeoutMs);
 }
 
+/** What every daemon on `prefix` answers to $SRV.STATS.lockmgr. */
+async function serviceStats(nc: NatsConnection, prefix: string): Promise<ServiceStats[]> {
+  const out: ServiceStats[] = [];
+  for await (const s of await nc.services.client({ strategy: RequestStrategy.Timer, maxWait: 1000 }).stats('lockmgr')) {
+    if (s.metadata?.prefix === prefix) out.push(s);
+  }
+  return out;
+}
+
 describe.each(STORES)('metrics and health over HTTP (%s)', (store) => {
   let stack: Stack;
   let url: string;
@@ -40,7 +50,7 @@ describe.each(STORES)('metrics and health over HTTP (%s)', (store) => {
   });
   afterAll(() => stack?.stop());
 
-  it('serves request counters by endpoint and outcome, a latency histogram of whole requests, and the gauges, changing as requests are made', async () => {
+  it('serves request counters by endpoint and outcome, a latency histogram of whole requests, and the gauges, changing as requests are made; $SRV.STATS agrees', async () => {
     const before = await scrape(url);
     expect(before.value('lockmgr_requests_total', { endpoint: 'get', outcome: 'ok' })).toBe(0);
     expect(before.value('lockmgr_requests_total', { endpoint: 'set', outcome: 'ok' })).toBe(0);
@@ -101,6 +111,22 @@ describe.each(STORES)('metrics and health over HTTP (%s)', (store) => {
       expect(after.value('lockmgr_request_duration_seconds_sum', { endpoint: 'get' })).toBeGreaterThanOrEqual(0.3);
       expect(after.value('lockmgr_request_duration_seconds_bucket', { endpoint: 'get', le: '0.25' })).toBeLessThanOrEqual(2);
       expect(after.value('lockmgr_request_duration_seconds_sum', { endpoint: 'get' })).toBeLessThanOrEqual(waitedMs / 1000 + 1);
+
+      // $SRV.STATS: error replies are errors, and async handlers' whole time is counted.
+      const [stats, ...others] = await serviceStats(nc, stack.prefix);
+      expect(others).toHaveLength(0);
+      const ep = (name: string) => stats!.endpoints!.find((e) => e.name === name)!;
+      expect(ep('renew')).toMatchObject({ num_requests: 1, num_errors: 1, last_error: 'LOCK_NOT_FOUND' });
+      expect(ep('set')).toMatchObject({ num_requests: 2, num_errors: 1, last_error: 'INVALID_REQUEST' });
+      expect(ep('get')).toMatchObject({ num_requests: 3, num_errors: 1, last_error: 'LOCKED' });
+      expect(ep('get').processing_time).toBeGreaterThanOrEqual(300e6); // ns: the wait included
+      expect(ep('set').processing_time).toBeGreaterThan(0);
+      expect(ep('set').average_processing_time).toBeGreaterThan(0);
+      expect(ep('is_locked')).toMatchObject({ num_requests: 0, num_errors: 0, processing_time: 0 });
+      // The same requests as Prometheus counts them.
+      for (const e of stats!.endpoints!) {
+        expect([e.name, after.sum('lockmgr_requests_total', { endpoint: e.name })]).toEqual([e.name, e.num_requests]);
+      }
     } finally {
       await Promise.all([nc.close(), client.close(), other.close()]);
     }

@@ -1,7 +1,7 @@
 /**
  * What the metrics record, without NATS or a database: the request side reports every request once,
  * answered, with its outcome and its whole time; the batcher reports commits and failed
- * transactions; a scrape reads the sampled values and does not hang
+ * transactions; the tallies behind $SRV.STATS; a scrape reads the sampled values and does not hang
  * on a store that does not answer.
  */
 import { Batcher, type BatchObserver } from '../../daemon/batcher';
@@ -95,6 +95,20 @@ describe('DaemonMetrics', () => {
   });
 
   const render = async () => parseExposition((await metrics.render()).body);
+
+  it('tallies whole requests and error replies per endpoint, in nanoseconds, for $SRV.STATS', () => {
+    expect(metrics.endpointStats('renew')).toEqual({ num_requests: 0, num_errors: 0, processing_time: 0, average_processing_time: 0 });
+    metrics.request('renew', 'ok', 2);
+    metrics.request('renew', ErrorCode.LOCK_NOT_FOUND, 4);
+    expect(metrics.endpointStats('renew')).toEqual({
+      num_requests: 2,
+      num_errors: 1,
+      processing_time: 6_000_000,
+      average_processing_time: 3_000_000,
+      last_error: 'LOCK_NOT_FOUND',
+    });
+    expect(metrics.endpointStats('$SYS')).toBeUndefined();
+  });
 
   it('counts requests by endpoint and outcome, observes their seconds, and labels every sample with the prefix', async () => {
     metrics.request('get', 'ok', 2);
