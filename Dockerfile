@@ -21,9 +21,16 @@ RUN npm ci --no-audit --no-fund --ignore-scripts \
     && test -f daemon/dist/cli/main.js
 
 FROM node:20-bookworm-slim
+# wget for the healthcheck: it asks the daemon's /readyz without starting a Node process.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends wget \
+    && rm -rf /var/lib/apt/lists/*
+# Metrics and health checks over HTTP on every interface of the container; the port is published
+# only where asked (docker run -p 127.0.0.1:9464:9464), and Prometheus scrapes it on the container network.
 ENV NODE_ENV=production \
     LOCKMGR_DB=/data/lockmgr.sqlite \
-    LOCKMGR_LOG_FORMAT=json
+    LOCKMGR_LOG_FORMAT=json \
+    LOCKMGR_HTTP_LISTEN=0.0.0.0:9464
 WORKDIR /app
 COPY --from=build /app/node_modules node_modules
 COPY --from=build /app/daemon/package.json daemon/package.json
@@ -33,8 +40,10 @@ RUN ln -s /app/daemon/dist/cli/main.js /usr/local/bin/lockmgr \
     && mkdir -p /data && chown node:node /data
 USER node
 VOLUME ["/data"]
-# Healthy when the daemon in this container answers on NATS and reaches its database.
-HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 CMD ["lockmgr", "ping", "--local"]
+EXPOSE 9464
+# Healthy when the daemon in this container is ready: its own database and NATS connections answer.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["wget", "-q", "-O-", "--content-on-error", "http://127.0.0.1:9464/readyz"]
 # SIGTERM drains (docker stop); give it LOCKMGR_DRAIN_TIMEOUT plus a margin with --stop-timeout.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["lockmgr"]

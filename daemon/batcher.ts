@@ -100,11 +100,20 @@ class OperationBusy extends Error {
   }
 }
 
+/** Told how each transaction ended (the metrics). */
+export interface BatchObserver {
+  /** A transaction of `size` operations committed. */
+  committed(size: number): void;
+  /** A transaction failed with `err` (it may be run again). */
+  failed(err: unknown): void;
+}
+
 export interface BatcherOptions {
   /** Most operations in one transaction. */
   maxBatch?: number;
   /** Called after each commit with the events it recorded (to wake waiters and the relay). */
   onCommit?: (events: CommittedEvent[]) => void;
+  observer?: BatchObserver;
   clock?: Clock;
 }
 
@@ -276,8 +285,12 @@ export class Batcher {
         return out;
       }, trace);
       ok = true;
+      this.options.observer?.committed(batch.length);
       if (events.length > 0) this.options.onCommit?.(events);
       return outcomes;
+    } catch (err) {
+      this.options.observer?.failed(err instanceof OperationBusy ? err.busy : err);
+      throw err;
     } finally {
       if (trace) transactionChannel.publish({ phase: 'end', trace, ok });
     }

@@ -28,3 +28,12 @@ export const systemClock: Clock = {
 export function sleep(clock: Clock, ms: number): Promise<void> {
   return new Promise((resolve) => clock.schedule(resolve, ms));
 }
+
+/** `promise`, or a rejection naming `what` if it has not settled within `ms` on `clock`. */
+export function within<T>(clock: Clock, promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let cancel: Cancel | undefined;
+  const late = new Promise<never>((_, reject) => {
+    cancel = clock.schedule(() => reject(new Error(`${what} did not answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, late]).finally(() => cancel?.());
+}

@@ -9,6 +9,7 @@ import { DEFAULT_PREFIX } from '../shared/protocol';
 import { maskNatsUrls } from '../shared/nats-url';
 import { maskDatabaseUrl } from './store';
 import { LOG_LEVELS } from './logger';
+import { parseListenAddress } from './http-server';
 
 type Kind = 'string' | 'number' | 'boolean' | 'enum';
 interface OptionSpec {
@@ -18,11 +19,15 @@ interface OptionSpec {
   choices?: readonly string[];
   secret?: boolean;
   min?: number;
+  /** A string option that may be empty (unset). */
+  optional?: boolean;
+  /** What is wrong with a (non-empty) string value, or null. */
+  check?: (value: string) => string | null;
 }
 
 export const OPTIONS = {
   natsUrl: { kind: 'string', default: DEFAULT_NATS_URL, describe: 'NATS server URL(s), comma-separated', secret: true },
-  natsCreds: { kind: 'string', default: '', describe: 'NATS credentials file (.creds), if the server needs one' },
+  natsCreds: { kind: 'string', default: '', optional: true, describe: 'NATS credentials file (.creds), if the server needs one' },
   prefix: { kind: 'string', default: DEFAULT_PREFIX, describe: 'Subject prefix P: requests on P.set, P.get...; events on P.events.>' },
   db: { kind: 'string', default: './data/lockmgr.sqlite', describe: 'SQLite file path, or a postgres:// URL', secret: true },
   dbPoolSize: { kind: 'number', default: 4, min: 1, describe: 'PostgreSQL connections per daemon' },
@@ -109,6 +114,13 @@ export const OPTIONS = {
   eventsReplicas: { kind: 'number', default: 1, min: 1, describe: 'Replicas of the events stream' },
   eventsMaxAge: { kind: 'number', default: 0, min: 0, describe: 'Seconds events are kept in the stream (0: forever)' },
   eventsDuplicateWindow: { kind: 'number', default: 600, min: 1, describe: 'Seconds JetStream remembers event ids to drop re-sends' },
+  httpListen: {
+    kind: 'string',
+    default: '',
+    optional: true,
+    check: (value) => parseListenAddress(value).problem ?? null,
+    describe: 'host:port for /metrics (Prometheus), /healthz and /readyz over HTTP (empty: no HTTP listener)',
+  },
 } as const satisfies Record<string, OptionSpec>;
 
 export type ConfigKey = keyof typeof OPTIONS;
@@ -158,11 +170,14 @@ function coerce(key: ConfigKey, raw: unknown, origin: string): string | number |
       }
       return raw;
     }
-    default:
-      if (typeof raw !== 'string' || (raw === '' && key !== 'natsCreds')) {
+    default: {
+      if (typeof raw !== 'string' || (raw === '' && !spec.optional)) {
         throw new ConfigError(`${origin}: ${key} must be a non-empty string, got ${JSON.stringify(raw)}`);
       }
+      const problem = raw === '' ? null : spec.check?.(raw);
+      if (problem) throw new ConfigError(`${origin}: ${key} ${problem}, got ${JSON.stringify(raw)}`);
       return raw;
+    }
   }
 }
 

@@ -12,11 +12,13 @@ import { maskNatsUrls } from '../shared/nats-url';
 import { ENDPOINTS, requestSubject, SERVICE_NAME, type DaemonMetadata } from '../shared/protocol';
 import { Authority } from './authority';
 import { Batcher } from './batcher';
-import { systemClock, sleep, type Clock } from './clock';
+import { systemClock, sleep, within, type Clock } from './clock';
 import { loadConfig, maskedConfig, type DaemonConfig } from './config';
 import { lockHandlers } from './handlers';
+import { parseListenAddress, startHttpServer, type RunningHttpServer } from './http-server';
 import { LockService } from './lock-service';
 import { createLogger, type Logger, type LogLevel } from './logger';
+import { DaemonMetrics } from './metrics';
 import { startEventRelay, type RunningRelay } from './relay';
 import { openStore } from './store';
 import type { CommittedEvent, Store } from './store/store';
@@ -56,6 +58,8 @@ const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
 const HANDOVER_TIMEOUT_MS = 1000;
 /** Room a reply leaves in a message for the headers of an error reply. */
 const REPLY_HEADROOM = 1024;
+/** How long /readyz waits for the database and NATS to answer. */
+const READY_TIMEOUT_MS = 2000;
 
 /** Event types after which a waiter of the name may find it free. */
 const RELEASE_TYPES: ReadonlySet<EventType> = new Set(['released', 'expired', 'reset']);
@@ -74,6 +78,13 @@ export class LockDaemon {
   private lockService?: LockService;
   private sweeper?: Sweeper;
   private authority?: Authority;
+  private http?: RunningHttpServer;
+  /** The endpoints are registered and the sweeper runs. */
+  private serving = false;
+  /** Between a NATS disconnect and the reconnect: false. */
+  private natsConnected = false;
+  /** A readiness check of the store in flight, shared by the checks that come meanwhile. */
+  private storeCheck?: Promise<unknown>;
   private natsStatus?: { stop?: () => void };
   private natsGone?: (err: Error) => void;
   /**
@@ -85,6 +96,8 @@ export class LockDaemon {
   /** Per waited-for name: a subscription to its events, so releases by other daemons wake us. */
   private readonly wakeSubs = new Map<string, Subscription>();
   private readonly waiters: WaitQueue;
+  /** Prometheus metrics (served with httpListen) and the tallies behind $SRV.STATS. */
+  readonly metrics: DaemonMetrics;
   private starting?: Promise<void>;
   private stopping?: Promise<void>;
 
@@ -99,6 +112,17 @@ export class LockDaemon {
           this.wakeSubs.get(name)?.unsubscribe();
           this.wakeSubs.delete(name);
         },
+      },
+      this.clock,
+    );
+    this.metrics = new DaemonMetrics(
+      this.config.prefix,
+      ENDPOINTS,
+      {
+        counts: () => this.db?.counts(),
+        waiters: () => this.waiters.size,
+        inFlight: () => this.requestsInFlight,
+        sweeperLagMs: () => this.sweeper?.lagMs,
       },
       this.clock,
     );
@@ -129,9 +153,40 @@ export class LockDaemon {
     return this.relay?.relay.deliveryMode;
   }
 
+  /** Where /metrics, /healthz and /readyz are served (`http://host:port`), once started with httpListen. */
+  get httpUrl(): string | undefined {
+    return this.http?.url;
+  }
+
+  /**
+   * Why this daemon cannot serve requests now, or null when it can: for /readyz. It looks at this
+   * process only — its own database connection and its own NATS connection, each asked now.
+   */
+  async notReady(): Promise<string | null> {
+    if (this.stopping) return 'stopping';
+    const nc = this.nc;
+    if (!this.serving || !nc) return 'starting';
+    if (nc.isClosed()) return 'the NATS connection is closed';
+    if (nc.isDraining()) return 'the NATS connection is draining';
+    if (!this.natsConnected) return 'NATS is disconnected (reconnecting)';
+    const refused = this.authority?.refusal();
+    if (refused) return refused.message;
+    const failed = (what: string) => (err: unknown) => `${what}: ${(err as Error).message}`;
+    const storeCheck = (this.storeCheck ??= within(this.clock, this.store.identity(), READY_TIMEOUT_MS, 'the database').finally(
+      () => (this.storeCheck = undefined),
+    ));
+    const [db, natsRtt] = await Promise.all([
+      storeCheck.then(() => null, failed('database unavailable')),
+      within(this.clock, nc.rtt(), READY_TIMEOUT_MS, 'NATS').then(() => null, failed('NATS unavailable')),
+    ]);
+    return db ?? natsRtt;
+  }
+
   private async doStart(): Promise<void> {
     const c = this.config;
     this.logger.info('starting lockmgr daemon', { version: SERVICE_VERSION, id: this.id, config: maskedConfig(c) });
+    // First: /healthz answers (and /readyz says why not yet) while the rest starts, NATS awaited included.
+    if (c.httpListen) await this.startHttp(c.httpListen);
 
     const store = openStore({
       url: c.db,
@@ -155,7 +210,12 @@ export class LockDaemon {
     const storeId = await store.identity();
     this.logger.info('store ready', { store: store.describe(), dialect: store.kind, storeId });
 
-    const batcher = new Batcher(store, { maxBatch: c.maxBatch, onCommit: (events) => this.committed(events), clock: this.clock });
+    const batcher = new Batcher(store, {
+      maxBatch: c.maxBatch,
+      onCommit: (events) => this.committed(events),
+      observer: this.metrics,
+      clock: this.clock,
+    });
 
     if (this.options.nc) {
       this.nc = this.options.nc;
@@ -212,6 +272,7 @@ export class LockDaemon {
           () => 'sent' as const,
           (err: { code?: string }) => (err.code === NatsErrorCode.NoResponders ? 'gone' : 'sent'),
         ),
+      (endpoint, outcome, ms) => this.metrics.request(endpoint, outcome, ms),
     );
     this.lockService = lockService;
     this.service = await nc.services.add({
@@ -220,6 +281,15 @@ export class LockDaemon {
       description: 'lock coordinator: django-lockmgr semantics over NATS request/reply',
       queue: SERVICE_NAME,
       metadata: { ...metadata },
+      // nats.js times only the synchronous start of a handler, and counts as errors only what it
+      // throws: $SRV.STATS gets this daemon's own tallies of whole requests and error replies,
+      // written into the endpoint's stats record it is about to report.
+      statsHandler: (endpoint) => {
+        const { name, stats } = endpoint as { name?: string; stats?: object };
+        const ours = name === undefined ? undefined : this.metrics.endpointStats(name);
+        if (stats && ours) Object.assign(stats, ours);
+        return Promise.resolve(undefined);
+      },
     });
     for (const endpoint of ENDPOINTS) {
       this.service.addEndpoint(endpoint, {
@@ -241,7 +311,15 @@ export class LockDaemon {
     if (c.authorityCheckInterval > 0) authority.start();
     this.sweeper = new Sweeper(batcher, c.sweepInterval * 1000, this.logger, this.clock);
     this.sweeper.start();
+    this.serving = true;
     this.logger.info('ready');
+  }
+
+  private async startHttp(listen: string): Promise<void> {
+    const { address, problem } = parseListenAddress(listen);
+    if (!address) throw new Error(`httpListen ${problem}`);
+    this.http = await startHttpServer(address, { metrics: () => this.metrics.render(), notReady: () => this.notReady() });
+    this.logger.info('serving HTTP', { url: this.http.url, paths: ['/metrics', '/healthz', '/readyz'] });
   }
 
   private async connectNats(): Promise<NatsConnection> {
@@ -270,6 +348,7 @@ export class LockDaemon {
   }
 
   private watchNats(nc: NatsConnection): void {
+    this.natsConnected = !nc.isClosed();
     void nc.closed().then((err) => {
       if (this.stopping || !this.ownsConnection) return;
       const lost = new Error(`the NATS connection closed${err ? `: ${err.message}` : ''}`, { cause: err ?? undefined });
@@ -280,9 +359,13 @@ export class LockDaemon {
     this.natsStatus = status as { stop?: () => void };
     void (async () => {
       for await (const s of status) {
-        if (s.type === 'disconnect') this.logger.warn('NATS disconnected; reconnecting', { server: s.data });
-        else if (s.type === 'reconnect') this.logger.info('NATS reconnected', { server: s.data });
-        else if (s.type === 'error') this.logger.error(`NATS error: ${String(s.data)}`);
+        if (s.type === 'disconnect') {
+          this.natsConnected = false;
+          this.logger.warn('NATS disconnected; reconnecting', { server: s.data });
+        } else if (s.type === 'reconnect') {
+          this.natsConnected = true;
+          this.logger.info('NATS reconnected', { server: s.data });
+        } else if (s.type === 'error') this.logger.error(`NATS error: ${String(s.data)}`);
       }
     })().catch(() => undefined);
   }
@@ -350,6 +433,7 @@ export class LockDaemon {
     this.natsStatus?.stop?.();
     if (this.nc && this.ownsConnection) await within(this.nc.drain().catch(() => undefined));
     await this.db?.close();
+    await this.http?.close();
     this.logger.info('stopped');
   }
 }

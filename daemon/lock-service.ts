@@ -37,6 +37,12 @@ const decoder = new TextDecoder();
 
 const WAITING_NOTICE = encoder.encode(JSON.stringify({ waiting: true } satisfies WaitingNotice));
 
+/** How a request ended: `ok`, or the code of the error it was answered with. */
+export type Outcome = 'ok' | ErrorCode;
+
+/** Told of every request once it is answered, with how long it took in all (ms). */
+export type RequestObserver = (endpoint: Endpoint, outcome: Outcome, ms: number) => void;
+
 export function encodeReply<E extends Endpoint>(reply: Reply<Api[E]['result']>): Uint8Array {
   return encoder.encode(JSON.stringify(reply));
 }
@@ -55,6 +61,7 @@ export class LockService {
      * more ("no responders"), else `sent`. Without it, grants after a wait are plain replies.
      */
     private readonly requestTo?: (subject: string, data: Uint8Array) => Promise<'sent' | 'gone'>,
+    private readonly observe?: RequestObserver,
   ) {}
 
   /** Requests being handled right now. */
@@ -71,22 +78,28 @@ export class LockService {
   /** Entry point for the NATS service framework: synchronous, never throws. */
   handle(endpoint: Endpoint, msg: Responder | Msg): void {
     this.inflight += 1;
-    const started = process.hrtime.bigint();
+    const started = performance.now();
     const original = msg as Responder;
     const responder = requestChannel.hasSubscribers ? traced(endpoint, original) : original;
-    this.process(endpoint, responder, original)
-      .catch((err: unknown) => this.fail(responder, { code: ErrorCode.INTERNAL, message: `internal error: ${(err as Error).message}` }))
+    let outcome: Outcome = ErrorCode.INTERNAL;
+    void this.process(endpoint, responder, original)
+      .then(
+        (o) => (outcome = o),
+        (err: unknown) =>
+          (outcome = this.fail(responder, { code: ErrorCode.INTERNAL, message: `internal error: ${(err as Error).message}` })),
+      )
       .finally(() => {
         this.inflight -= 1;
-        if (this.logger.isDebugEnabled()) {
-          this.logger.debug('request', { endpoint, ms: Number(process.hrtime.bigint() - started) / 1e6 });
-        }
         if (this.inflight === 0) for (const w of this.idleWaiters.splice(0)) w();
+        // The whole request, its asynchronous work and waits included.
+        const ms = performance.now() - started;
+        this.observe?.(endpoint, outcome, ms);
+        if (this.logger.isDebugEnabled()) this.logger.debug('request', { endpoint, ms });
       });
   }
 
   /** `original` is the message as it came (it names the request in the diagnostics). */
-  private async process<E extends Endpoint>(endpoint: E, msg: Responder, original: Responder): Promise<void> {
+  private async process<E extends Endpoint>(endpoint: E, msg: Responder, original: Responder): Promise<Outcome> {
     const refused = this.refusal();
     if (refused) return this.fail(msg, refused);
     if (msg.data.length > MAX_PAYLOAD_BYTES) {
@@ -130,6 +143,7 @@ export class LockService {
       }
       const result = await handler(req, ctx);
       if (!ctx.delivered) msg.respond(encodeReply<E>({ ok: true, result }));
+      return 'ok';
     } catch (err) {
       if (err instanceof LockRuleError) {
         const error: WireError = { code: err.code, message: err.message };
@@ -163,11 +177,13 @@ export class LockService {
     }
   }
 
-  private fail(msg: Responder, error: WireError): void {
+  /** Answer with `error`; returns its code. */
+  private fail(msg: Responder, error: WireError): ErrorCode {
     // A NATS header value cannot hold CR or LF (nats.js throws), and messages may quote the
     // request (JSON.parse errors do): flatten them for the header; the body keeps the original.
     const description = error.message.replace(/[\r\n]+/g, ' ');
     msg.respondError(ERROR_STATUS[error.code], description, encoder.encode(JSON.stringify({ ok: false, error } satisfies Reply<never>)));
+    return error.code;
   }
 }
 

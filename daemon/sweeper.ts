@@ -20,6 +20,8 @@ export class Sweeper {
   private sweeping?: Promise<void>;
   private stopped = false;
   private readonly who: Requester = { lockedBy: hostname(), process: process.pid, client: null };
+  /** When the last sweep that removed every expired lock began (every lock expired before it is gone). */
+  private clearedAt?: number;
 
   constructor(
     private readonly batcher: Batcher,
@@ -29,7 +31,13 @@ export class Sweeper {
   ) {}
 
   start(): void {
+    this.clearedAt = this.clock.now();
     this.cancelTimer = this.clock.schedule(() => this.tick(), this.intervalMs);
+  }
+
+  /** ms since the start of the last sweep that removed every expired lock; undefined before start. */
+  get lagMs(): number | undefined {
+    return this.clearedAt === undefined ? undefined : this.clock.now() - this.clearedAt;
   }
 
   /** No more sweeps; resolves once the one running (if any) has finished. */
@@ -68,12 +76,17 @@ export class Sweeper {
   }
 
   private async sweepLocks(): Promise<void> {
+    const began = this.clock.now();
     try {
       for (;;) {
         const started = performance.now();
         const rows = await this.batcher.run(ops.deleteExpired(EXPIRED_PAGE, this.who, 'sweeper'));
         if (rows.length > 0) this.logger.debug('swept expired locks', { count: rows.length });
-        if (rows.length < EXPIRED_PAGE || this.stopped) return;
+        if (rows.length < EXPIRED_PAGE) {
+          this.clearedAt = began;
+          return;
+        }
+        if (this.stopped) return;
         // A long run of expiries (thousands at once): leave requests, and the relay publishing
         // the expiries, a share of the thread between pages.
         await sleep(this.clock, (performance.now() - started) * SWEEP_PAUSE);

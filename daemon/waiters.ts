@@ -100,6 +100,13 @@ export class WaitQueue {
     });
   }
 
+  /** Requests waiting now, all names together. */
+  get size(): number {
+    let n = 0;
+    for (const queue of this.queues.values()) n += queue.length;
+    return n;
+  }
+
   /** A lock named `name` was released or expired: let its first waiter try. */
   notify(name: string): void {
     const f = this.followed.get(name);

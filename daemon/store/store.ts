@@ -219,6 +219,20 @@ export interface RelayLease {
   release(): Promise<void>;
 }
 
+/** What the metrics report of a store, counted at one moment. */
+export interface StoreCounts {
+  /** Live (unexpired) locks. */
+  locks: number;
+  /** Sessions that have not lapsed. */
+  sessions: number;
+  /** Events waiting in the outbox. */
+  outbox: number;
+  /** `at` of the oldest event waiting in the outbox (ms since the epoch); null when none waits. */
+  oldestEventAt: number | null;
+  /** The store's clock when it counted (ms since the epoch): what `oldestEventAt` compares with. */
+  now: number;
+}
+
 export interface MigrateOptions {
   onApplied?: (name: string) => void;
   /** Stop after this migration (default: apply all). */
@@ -251,6 +265,8 @@ export interface Store {
   transaction<T>(work: (tx: StoreTx) => Promise<T>, trace?: object): Promise<TransactionResult<T>>;
   /** Events waiting in the outbox with seq <= `upTo`. */
   countOutbox(upTo?: number): Promise<number>;
+  /** Locks, sessions and the outbox, counted in one query: for a metrics scrape, not for requests. */
+  counts(): Promise<StoreCounts>;
   /** The store's identity: a random id written when its schema was first applied (after migrate). */
   identity(): Promise<string>;
   /** The relay lease of this store (one per store). */

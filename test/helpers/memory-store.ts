@@ -22,6 +22,7 @@ import {
   type Requester,
   type SessionRow,
   type Store,
+  type StoreCounts,
   type StoreTx,
   type TransactionResult,
 } from '../../daemon/store/store';
@@ -363,6 +364,19 @@ export class MemoryStore implements Store {
   async countOutbox(upTo = Number.MAX_SAFE_INTEGER): Promise<number> {
     if (this.closed) throw new StoreUnavailable('the store has been closed');
     return this.outbox.filter((e) => e.seq <= upTo).length;
+  }
+
+  async counts(): Promise<StoreCounts> {
+    if (this.closed) throw new StoreUnavailable('the store has been closed');
+    const now = this.clock.now();
+    const live = [...this.locks.values()].filter((l) => l.locked_until === null || l.locked_until > now);
+    return {
+      now,
+      locks: live.length,
+      sessions: [...this.sessions.values()].filter((s) => s.expires_at > now).length,
+      outbox: this.outbox.length,
+      oldestEventAt: this.outbox[0]?.at ?? null,
+    };
   }
 
   relayLease(): RelayLease {

@@ -421,6 +421,27 @@ describe.each(KINDS)('Store contract: %s', (kind) => {
     expect(await store.countOutbox()).toBe(3);
   });
 
+  it('counts live locks (not those expired and not yet swept), live sessions and the outbox with its oldest event, on its clock', async () => {
+    expect(await store.counts()).toEqual({ locks: 0, sessions: 0, outbox: 0, oldestEventAt: null, now: expect.any(Number) });
+    const { events } = await store.transaction(async (tx) => {
+      for (const [name, ms] of [
+        ['live', MINUTE],
+        ['forever', null],
+        ['gone', -1],
+      ] as const) {
+        tx.emit('created', toLockRecord((await tx.insertLock(name, ms, who))!), cause);
+      }
+      await tx.openSession('s-live', MINUTE, who);
+      await tx.openSession('s-lapsed', -1, who);
+    });
+    const counts = await store.counts();
+    expect(counts).toMatchObject({ locks: 2, sessions: 1, outbox: 3, oldestEventAt: events[0]!.at });
+    expect(counts.now).toBeGreaterThanOrEqual(events[0]!.at);
+    await store.relayLease().acquire();
+    await store.relayLease().remove([events[0]!.seq]);
+    expect(await store.counts()).toMatchObject({ outbox: 2, oldestEventAt: events[1]!.at });
+  });
+
   it('relay lease: read oldest first (after, limit, before), remove and removeThrough', async () => {
     const lease = store.relayLease();
     // PostgreSQL: reading needs the lease, held on a connection of its own.

@@ -14,6 +14,7 @@ import {
   type FirstStatement,
   type RelayLease,
   type Store,
+  type StoreCounts,
   type StoreTx,
   type TransactionResult,
 } from '../../daemon/store/store';
@@ -413,6 +414,9 @@ class GatedStore implements Store {
   }
   countOutbox(upTo?: number): Promise<number> {
     return this.inner.countOutbox(upTo);
+  }
+  counts(): Promise<StoreCounts> {
+    return this.inner.counts();
   }
   relayLease(): RelayLease {
     return this.inner.relayLease();

@@ -6,6 +6,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError, OPTIONS, envName, flagName, loadConfig, maskedConfig, type ConfigKey } from '../../daemon/config';
+import { parseListenAddress } from '../../daemon/http-server';
 import { maskNatsUrls, natsServerOptions } from '../../shared/nats-url';
 
 const KEYS = Object.keys(OPTIONS) as ConfigKey[];
@@ -34,6 +35,7 @@ function valueFor(key: ConfigKey, layer: Layer): string | number | boolean {
       return [others[0], spec.default, others[others.length - 1]][i]!;
     }
     default:
+      if (key === 'httpListen') return `127.0.0.1:${9460 + i}`;
       return key === 'db' ? `/tmp/${layer}-db.sqlite` : `${layer}-${key}`;
   }
 }
@@ -112,6 +114,18 @@ describe('loadConfig precedence', () => {
     expect(loadConfig({ env: { LOCKMGR_SWEEP_INTERVAL: '0.25' } }).config.sweepInterval).toBe(0.25);
   });
 
+  it('takes the HTTP listener as host:port, [v6]:port or empty (none)', () => {
+    expect(loadConfig({ env: {} }).config.httpListen).toBe('');
+    for (const value of ['127.0.0.1:9464', '0.0.0.0:0', '[::1]:9464', 'metrics.internal:80']) {
+      expect(loadConfig({ env: { LOCKMGR_HTTP_LISTEN: value } }).config.httpListen).toBe(value);
+    }
+    expect(parseListenAddress('[::1]:9464').address).toEqual({ host: '::1', port: 9464 });
+    expect(parseListenAddress('127.0.0.1:0').address).toEqual({ host: '127.0.0.1', port: 0 });
+    for (const bad of [':9464', '127.0.0.1:', 'http://127.0.0.1:9464', '::1:9464', '127.0.0.1:9464/metrics']) {
+      expect([bad, parseListenAddress(bad).problem]).toEqual([bad, expect.any(String)]);
+    }
+  });
+
   it('derives env and flag names from the option names', () => {
     expect(envName('natsUrl')).toBe('LOCKMGR_NATS_URL');
     expect(envName('eventsDuplicateWindow')).toBe('LOCKMGR_EVENTS_DUPLICATE_WINDOW');
@@ -150,6 +164,16 @@ describe('loadConfig errors name the source and the option', () => {
       /LOCKMGR_MIGRATE: migrate must be true or false/,
     ],
     ['empty string in the file', () => loadConfig({ env: {}, file: writeConfig({ prefix: '' }) }), /prefix must be a non-empty string/],
+    [
+      'HTTP address without a port in the environment',
+      () => loadConfig({ env: { LOCKMGR_HTTP_LISTEN: '127.0.0.1' } }),
+      /environment LOCKMGR_HTTP_LISTEN: httpListen must be host:port .*, got "127.0.0.1"/,
+    ],
+    [
+      'HTTP port out of range from a flag',
+      () => loadConfig({ env: {}, flags: { httpListen: '127.0.0.1:70000' } }),
+      /flag --http-listen: httpListen must have a port from 0 to 65535, got "127.0.0.1:70000"/,
+    ],
   ];
   it.each(cases)('%s', (_title, fn, message) => {
     expect(fn).toThrow(ConfigError);

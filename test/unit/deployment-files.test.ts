@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseDocument } from 'yaml';
 import { OPTIONS, envName, loadConfig } from '../../daemon/config';
+import { parseListenAddress } from '../../daemon/http-server';
 import { isPostgresUrl } from '../../daemon/store';
 
 const ROOT = join(__dirname, '..', '..');
@@ -32,6 +33,13 @@ function loadCompose(): { services: Record<string, Service>; volumes: Record<str
   expect(doc.errors.map((e) => e.message)).toEqual([]);
   expect(doc.warnings.map((e) => e.message)).toEqual([]);
   return doc.toJS();
+}
+
+/** The URL a healthcheck's wget asks, with its flags, or undefined if it is not such a check. */
+function wgetCheck(test: string[]): { flags: string[]; url: URL } | undefined {
+  const args = test[0] === 'CMD' ? test.slice(1) : test;
+  if (args[0] !== 'wget') return undefined;
+  return { flags: args.slice(1, -1), url: new URL(args[args.length - 1]!) };
 }
 
 /** `-sd <dir>` as nats-server reads it. */
@@ -100,9 +108,16 @@ describe('docker-compose.yml', () => {
     expect(resolved.config.drainTimeout).toBe(20);
   });
 
-  it('starts the daemons after healthy dependencies, checks them with lockmgr ping and drains on stop', () => {
+  it('starts the daemons after healthy dependencies, checks each with wget on its own /readyz and drains on stop', () => {
     expect(lockmgr!.depends_on).toEqual({ nats: { condition: 'service_healthy' }, postgres: { condition: 'service_healthy' } });
-    expect(lockmgr!.healthcheck!.test).toEqual(['CMD', 'lockmgr', 'ping', '--local']);
+    // The daemon listens for HTTP on every interface of its container, on the port the check asks.
+    const listen = parseListenAddress(lockmgr!.environment!.LOCKMGR_HTTP_LISTEN!).address!;
+    expect(listen.host).toBe('0.0.0.0');
+    const check = wgetCheck(lockmgr!.healthcheck!.test)!;
+    expect(check).toBeDefined();
+    // Its own container (loopback), not another replica; a failed HTTP status fails wget.
+    expect(check.url.toString()).toBe(`http://127.0.0.1:${listen.port}/readyz`);
+    expect(check.flags).toContain('-q');
     for (const s of [nats, postgres, lockmgr]) expect(s!.healthcheck!.retries).toBeGreaterThan(0);
     expect(lockmgr!.stop_signal).toBe('SIGTERM');
     // The grace period covers the drain timeout.
@@ -116,7 +131,7 @@ describe('Dockerfile', () => {
     .map((l) => l.trim())
     .filter((l) => l && !l.startsWith('#'));
 
-  it('builds the daemon package on node:20 with the versions of the lockfile and runs `lockmgr daemon` with a ping healthcheck', () => {
+  it('builds the daemon package on node:20 with the versions of the lockfile and runs `lockmgr daemon` with a /readyz healthcheck', () => {
     const froms = lines.filter((l) => l.startsWith('FROM '));
     expect(froms.length).toBeGreaterThanOrEqual(1);
     for (const f of froms) expect(f).toMatch(/^FROM node:20[-\w]*( AS \w+)?$/);
@@ -134,7 +149,16 @@ describe('Dockerfile', () => {
     );
     expect(lines).toContain('ENTRYPOINT ["lockmgr"]');
     expect(lines).toContain('CMD ["daemon"]');
-    expect(lines.find((l) => l.startsWith('HEALTHCHECK'))).toContain('CMD ["lockmgr", "ping", "--local"]');
+    // The healthcheck asks the HTTP listener the image turns on, with wget, which the image installs.
+    const listen = /LOCKMGR_HTTP_LISTEN=(\S+)/.exec(build)?.[1];
+    expect(listen).toBeDefined();
+    const port = parseListenAddress(listen!).address!.port;
+    const healthcheck = lines.slice(lines.findIndex((l) => l.startsWith('HEALTHCHECK'))).join(' ');
+    const cmd = JSON.parse(/CMD (\[.*?\])/.exec(healthcheck)![1]!) as string[];
+    expect(wgetCheck(cmd)?.url.toString()).toBe(`http://127.0.0.1:${port}/readyz`);
+    const runtime = build.slice(build.lastIndexOf('FROM '));
+    expect(runtime).toMatch(/apt-get install [^&]*\bwget\b/);
+    expect(lines).toContain(`EXPOSE ${port}`);
     expect(lines.find((l) => l.includes('/usr/local/bin/lockmgr'))).toContain(`/app/daemon/${daemon.bin.lockmgr}`);
   });
 
@@ -142,6 +166,26 @@ describe('Dockerfile', () => {
     const copied = lines.filter((l) => l.startsWith('COPY ') && !l.includes('--from')).join(' ');
     for (const dir of ['shared', 'client', 'daemon', 'cli']) expect(copied).toContain(`COPY ${dir} ${dir}`);
     expect(copied).toContain('package-lock.json');
+  });
+});
+
+describe('config/prometheus.yml', () => {
+  const doc = parseDocument(read('config/prometheus.yml'), { prettyErrors: true });
+  const prom = doc.toJS() as {
+    global: { scrape_interval: string; scrape_timeout: string };
+    scrape_configs: { job_name: string; metrics_path?: string; dns_sd_configs?: { names: string[]; type: string; port: number }[] }[];
+  };
+
+  it('parses, and scrapes /metrics of every lockmgr replica of docker-compose.yml on the port its daemons listen on', () => {
+    expect(doc.errors.map((e) => e.message)).toEqual([]);
+    const job = prom.scrape_configs.find((j) => j.job_name === 'lockmgr')!;
+    expect(job.metrics_path ?? '/metrics').toBe('/metrics');
+    const compose = loadCompose();
+    const port = parseListenAddress(compose.services.lockmgr!.environment!.LOCKMGR_HTTP_LISTEN!).address!.port;
+    expect(job.dns_sd_configs).toEqual([expect.objectContaining({ names: ['lockmgr'], type: 'A', port })]);
+    expect(Object.keys(compose.services)).toContain(job.dns_sd_configs![0]!.names[0]);
+    // A scrape ends before the next one starts.
+    expect(parseInt(prom.global.scrape_timeout, 10)).toBeLessThan(parseInt(prom.global.scrape_interval, 10));
   });
 });
 

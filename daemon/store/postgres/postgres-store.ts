@@ -13,7 +13,17 @@ import { Sequelize } from 'sequelize';
 import { statementTracer } from '../../diagnostics';
 import { applyMigrations } from '../migrate';
 import { OUTBOX_SQL, toOutboxEvent } from '../sql-outbox';
-import { firstLockRow, INSERT_CHUNK, SqlTx, tracedConnection, writeOutcomes, type Row, type SqlConnection } from '../sql-tx';
+import {
+  firstLockRow,
+  INSERT_CHUNK,
+  SqlTx,
+  storeCountsSql,
+  toStoreCounts,
+  tracedConnection,
+  writeOutcomes,
+  type Row,
+  type SqlConnection,
+} from '../sql-tx';
 import {
   CommitInDoubt,
   RowBusy,
@@ -29,6 +39,7 @@ import {
   type Renewal,
   type Requester,
   type Store,
+  type StoreCounts,
   type StoreTx,
   type TransactionResult,
 } from '../store';
@@ -57,6 +68,9 @@ export interface PostgresStoreOptions {
 const CONNECT_TIMEOUT_MS = 5000;
 /** The client stops waiting for an answer (or a new connection) this long after the server's own statement timeout. */
 const ANSWER_MARGIN_MS = 250;
+
+/** Counted on the database's clock, the one that decides expiry here. */
+const COUNTS_SQL = storeCountsSql('lockmgr_now_ms()');
 
 const NET_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH']);
 
@@ -313,6 +327,17 @@ export class PostgresStore implements Store {
       return Number(rows[0]?.n ?? 0);
     } catch (err) {
       throw classify(err, 'cannot read the outbox');
+    } finally {
+      client.release();
+    }
+  }
+
+  async counts(): Promise<StoreCounts> {
+    const client = await this.connect();
+    try {
+      return toStoreCounts((await new PostgresConnection(client).query(COUNTS_SQL))[0]);
+    } catch (err) {
+      throw classify(err, 'cannot count the locks');
     } finally {
       client.release();
     }

@@ -17,7 +17,17 @@ import { Sequelize } from 'sequelize';
 import { systemClock, type Cancel, type Clock } from '../../clock';
 import { applyMigrations } from '../migrate';
 import { OUTBOX_SQL, toOutboxEvent } from '../sql-outbox';
-import { firstLockRow, INSERT_CHUNK, SqlTx, tracedConnection, writeOutcomes, type Row, type SqlConnection } from '../sql-tx';
+import {
+  firstLockRow,
+  INSERT_CHUNK,
+  SqlTx,
+  storeCountsSql,
+  toStoreCounts,
+  tracedConnection,
+  writeOutcomes,
+  type Row,
+  type SqlConnection,
+} from '../sql-tx';
 import {
   StoreInUse,
   StoreUnavailable,
@@ -30,6 +40,7 @@ import {
   type Renewal,
   type Requester,
   type Store,
+  type StoreCounts,
   type StoreTx,
   type TransactionResult,
 } from '../store';
@@ -59,6 +70,8 @@ export interface SqliteStoreOptions {
   pragmas?: readonly string[];
   clock?: Clock;
 }
+
+const COUNTS_SQL = storeCountsSql('?');
 
 /** How long a statement waits for another process's write lock on the file (ms). */
 const BUSY_TIMEOUT_MS = 250;
@@ -241,6 +254,13 @@ export class SqliteStore implements Store {
     return this.use('cannot read the outbox', (conn) => {
       this.removeDelivered(conn); // what was delivered is not waiting
       return Number(conn.run(OUTBOX_SQL.count, [upTo])[0]?.n ?? 0);
+    });
+  }
+
+  counts(): Promise<StoreCounts> {
+    return this.use('cannot count the locks', (conn) => {
+      this.removeDelivered(conn);
+      return toStoreCounts(conn.run(COUNTS_SQL, [this.clock.now()])[0]);
     });
   }
 
