@@ -1,8 +1,9 @@
 /**
  * The shipped nats-server permissions, config/nats-permissions.conf, used as they are (only the
  * port and the JetStream directory come from the command line): a daemon process as the `daemon`
- * user, and a client, an admin and an auditor, each as its user. What each role can do works
- * without a permission violation; what it may not do, NATS refuses, and nothing changes.
+ * user, and a client, an admin and an auditor, each as its user; then two daemons sharing
+ * PostgreSQL (relay nudges, seeing each other). What each role can do works without a permission
+ * violation; what it may not do, NATS refuses, and nothing changes.
  */
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
@@ -12,7 +13,7 @@ import { LockClient, PermissionDenied, type LockError, type ReceivedLockEvent } 
 import { connectNats } from '../../shared/connect';
 import type { LockEvent } from '../../shared/events';
 import { runCli, startCli, until, type CliProcess } from '../helpers/cli';
-import { createTestDatabase } from '../helpers/databases';
+import { createTestDatabase, type TestDatabase } from '../helpers/databases';
 import { startDaemon, type RunningDaemon } from '../helpers/daemon-process';
 import { readStreamWith } from '../helpers/events';
 import { cleanupDir, startNatsServer, type NatsServer } from '../helpers/nats-server';
@@ -41,6 +42,13 @@ function shippedPasswords(): Record<Role, string> {
   return found as Record<Role, string>;
 }
 
+const PASSWORDS = shippedPasswords();
+
+/** A URL that logs in as `role`. */
+function roleUrl(nats: NatsServer, role: Role): string {
+  return `nats://${role}:${encodeURIComponent(PASSWORDS[role])}@127.0.0.1:${nats.port}`;
+}
+
 function parse(data: Uint8Array): unknown {
   try {
     return JSON.parse(decoder.decode(data));
@@ -50,7 +58,6 @@ function parse(data: Uint8Array): unknown {
 }
 
 describe('the shipped nats-server permissions (config/nats-permissions.conf)', () => {
-  const passwords = shippedPasswords();
   let nats: NatsServer;
   let daemon: RunningDaemon;
   let client: LockClient;
@@ -59,7 +66,7 @@ describe('the shipped nats-server permissions (config/nats-permissions.conf)', (
   let auditorNc: NatsConnection;
   let auditor: LockClient;
   let jsm: JetStreamManager;
-  const url = (role: Role) => `nats://${role}:${encodeURIComponent(passwords[role])}@127.0.0.1:${nats.port}`;
+  const url = (role: Role) => roleUrl(nats, role);
   const cliConn = (role: Role) => ['--nats-url', url(role), '--prefix', PREFIX];
 
   /** The violations the server logged for `role`: `publish <subject>` or `subscribe <subject>`. */
@@ -426,5 +433,69 @@ describe('the shipped nats-server permissions (config/nats-permissions.conf)', (
     // The daemons' refusals went to the consumer's acknowledgement subject, which they may not use.
     expect(violations('daemon').every((v) => v.startsWith(`publish $JS.ACK.${STREAM}.perm-push.`))).toBe(true);
     expect(await client.unlock(held)).toBe(true);
+  });
+});
+
+describe('the shipped permissions with two daemons sharing PostgreSQL', () => {
+  let nats: NatsServer;
+  let db: TestDatabase;
+  const daemons: RunningDaemon[] = [];
+  let client: LockClient;
+  let admin: LockClient;
+  const url = (role: Role) => roleUrl(nats, role);
+
+  beforeAll(async () => {
+    nats = await startNatsServer({ configFile: CONFIG });
+    db = await createTestDatabase('postgres');
+    for (let i = 0; i < 2; i++) {
+      daemons.push(await startDaemon({ natsUrl: url('daemon'), db: db.url, prefix: PREFIX, env: { LOCKMGR_EVENTS_STREAM: STREAM } }));
+    }
+    client = await LockClient.connect({ servers: url('client'), prefix: PREFIX, timeout: 5000 });
+    admin = await LockClient.connect({ servers: url('admin'), prefix: PREFIX, timeout: 5000 });
+  });
+
+  afterAll(async () => {
+    await client?.close();
+    await admin?.close();
+    for (const d of daemons) await d.stop();
+    await nats?.stop();
+    if (nats) cleanupDir(nats.storeDir);
+    await db?.drop();
+  });
+
+  it('both serve, see each other, and relay every event (nudging on lock.relay) with no violation', async () => {
+    // `get` requests served per daemon, from each one's $SRV.STATS answer.
+    const served = async (): Promise<number[]> => {
+      const counts: number[] = [];
+      for await (const m of await admin.nc.requestMany('$SRV.STATS.lockmgr', Empty, { maxWait: 1000 })) {
+        const stats = parse(m.data) as { endpoints: { name: string; num_requests: number }[] };
+        counts.push(stats.endpoints.find((e) => e.name === 'get')!.num_requests);
+      }
+      return counts;
+    };
+    // Until both have granted and released locks: the one not relaying nudges the other.
+    let taken = 0;
+    await until(
+      async () => {
+        const lock = await client.getLock(`perm.pg.${++taken}`);
+        await client.unlock(lock);
+        const counts = await served();
+        return counts.length === 2 && counts.every((n) => n > 0);
+      },
+      30_000,
+      'both daemons to serve',
+    );
+    const auditorNc = await connectNats({ servers: url('auditor'), name: 'permissions test auditor' });
+    try {
+      const jsm = await auditorNc.jetstreamManager();
+      await until(async () => (await jsm.streams.info(STREAM)).state.messages === 2 * taken, 10_000, 'every event in the stream');
+    } finally {
+      await auditorNc.close();
+    }
+    const ping = await runCli(['ping', '--json', '--nats-url', url('admin'), '--prefix', PREFIX]);
+    expect(ping.code).toBe(0);
+    expect((JSON.parse(ping.stdout) as { daemons: unknown[] }).daemons).toHaveLength(2);
+    expect(nats.log()).not.toMatch(/Violation/);
+    for (const d of daemons) expect(d.output()).not.toMatch(/violation/i);
   });
 });
