@@ -18,6 +18,8 @@ export interface NatsServer {
   /** Start it again on the same port with the same JetStream store. */
   restart(): Promise<void>;
   readonly storeDir: string;
+  /** What the server wrote so far (its log: permission violations, say), across restarts. */
+  log(): string;
 }
 
 export interface NatsServerOptions {
@@ -27,6 +29,8 @@ export interface NatsServerOptions {
    * and passed with -c; the address, port and JetStream flags still come from the command line.
    */
   config?: string;
+  /** A configuration file passed with -c as it is (a shipped example), instead of `config`. */
+  configFile?: string;
 }
 
 export async function startNatsServer(opts: NatsServerOptions = {}): Promise<NatsServer> {
@@ -34,10 +38,14 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   const port = await freePort();
   let child: ChildProcess;
   let output = '';
-  if (opts.config !== undefined) writeFileSync(join(dir, 'nats.conf'), opts.config);
+  let configFile = opts.configFile;
+  if (opts.config !== undefined) {
+    configFile = join(dir, 'nats.conf');
+    writeFileSync(configFile, opts.config);
+  }
   const launch = async () => {
     const args = ['-a', '127.0.0.1', '-p', String(port)];
-    if (opts.config !== undefined) args.push('-c', join(dir, 'nats.conf'));
+    if (configFile !== undefined) args.push('-c', configFile);
     if (opts.jetstream !== false) args.push('-js', '-sd', join(dir, 'js'));
     child = spawn('nats-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout!.on('data', (d) => (output += d));
@@ -56,6 +64,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     url: `nats://127.0.0.1:${port}`,
     port,
     storeDir: dir,
+    log: () => output,
     stop,
     restart: async () => {
       await stop();
