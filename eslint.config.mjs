@@ -6,7 +6,7 @@ import tseslint from 'typescript-eslint';
 /** A relative import reaching into one of `folders`, from any depth. */
 const into = (...folders) => `^(\\.\\./)+(${folders.join('|')})(/|$)`;
 
-const DAEMON_ONLY_PACKAGES = ['better-sqlite3', 'sqlite3', 'pg', 'sequelize', 'umzug', 'winston', 'yargs'];
+const DAEMON_ONLY_PACKAGES = ['better-sqlite3', 'sqlite3', 'pg', 'prom-client', 'sequelize', 'umzug', 'winston', 'yargs'];
 
 /** Imports a folder may not make: what it is told, and why. */
 function boundary(files, patterns) {

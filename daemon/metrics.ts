@@ -6,7 +6,8 @@
  * children are made once per endpoint and outcome. What the store, the wait queue or the sweeper
  * know is read only when someone scrapes.
  */
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type Metric } from 'prom-client';
+import type * as PromClient from 'prom-client';
+import type { Counter, Gauge, Histogram, Metric, Registry } from 'prom-client';
 import type { Endpoint } from '../shared/protocol';
 import type { BatchObserver } from './batcher';
 import { within, type Clock } from './clock';
@@ -79,11 +80,21 @@ class EndpointRecord {
   }
 }
 
+/**
+ * prom-client, loaded when the first daemon is made: the lockmgr commands that only talk to
+ * daemons (this module comes with the CLI) start without it.
+ */
+function promClient(): typeof PromClient {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return require('prom-client') as typeof PromClient;
+}
+
 let processRegistry: Registry | undefined;
 
 /** Node's process metrics (CPU, memory, event loop, GC): one set per process, shared by its daemons. */
 function processMetrics(): Metric[] {
   if (!processRegistry) {
+    const { Registry, collectDefaultMetrics } = promClient();
     processRegistry = new Registry();
     collectDefaultMetrics({ register: processRegistry });
   }
@@ -91,7 +102,7 @@ function processMetrics(): Metric[] {
 }
 
 export class DaemonMetrics implements BatchObserver {
-  readonly registry = new Registry();
+  readonly registry: Registry;
   private readonly endpoints = new Map<Endpoint, EndpointRecord>();
   private readonly requests: Counter<'endpoint' | 'outcome'>;
   private readonly latency: Histogram<'endpoint'>;
@@ -113,6 +124,8 @@ export class DaemonMetrics implements BatchObserver {
     private readonly sources: MetricSources,
     private readonly clock: Clock,
   ) {
+    const { Counter, Gauge, Histogram, Registry } = promClient();
+    this.registry = new Registry();
     const registers = [this.registry];
     this.registry.setDefaultLabels({ prefix });
     this.requests = new Counter({
