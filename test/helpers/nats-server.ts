@@ -27,6 +27,8 @@ export interface NatsServerOptions {
    * and passed with -c; the address, port and JetStream flags still come from the command line.
    */
   config?: string;
+  /** More command-line arguments (`--tlsverify`, `--user`...). */
+  args?: string[];
 }
 
 export async function startNatsServer(opts: NatsServerOptions = {}): Promise<NatsServer> {
@@ -39,6 +41,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     const args = ['-a', '127.0.0.1', '-p', String(port)];
     if (opts.config !== undefined) args.push('-c', join(dir, 'nats.conf'));
     if (opts.jetstream !== false) args.push('-js', '-sd', join(dir, 'js'));
+    args.push(...(opts.args ?? []));
     child = spawn('nats-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout!.on('data', (d) => (output += d));
     child.stderr!.on('data', (d) => (output += d));
