@@ -18,6 +18,7 @@ import {
   type NatsSecurity,
 } from '../shared/connect';
 import { maskNatsUrls } from '../shared/nats-url';
+import { forTerminal } from './terminal';
 
 /** Exit codes of the lockmgr commands (docs/cli.md lists them). */
 export const EXIT = {
@@ -213,7 +214,7 @@ export function reportError(err: unknown, json: boolean | undefined): number {
     if (d.lock) error.lock = d.lock;
     process.stdout.write(`${JSON.stringify({ error })}\n`);
   } else {
-    process.stderr.write(`lockmgr: ${d.message}\n`);
+    process.stderr.write(`lockmgr: ${forTerminal(d.message)}\n`);
   }
   return d.exitCode;
 }
