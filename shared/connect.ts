@@ -134,10 +134,17 @@ function nkeySeed(file: string): Uint8Array {
   return seed;
 }
 
-/** Host and port of a server URL as nats.js reads it (`nats://h:p`, `tls://h`, `h:p`, `[::1]:p`). */
-function hostPort(server: string): { host: string; port: number } {
-  const url = new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(server) ? server : `nats://${server}`);
-  return { host: url.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(url.port || 4222) };
+/**
+ * Host and port of a server URL as nats.js reads it (`nats://h:p`, `tls://h`, `h:p`, `[::1]:p`);
+ * null for one it cannot read either (nats.js says so when connecting).
+ */
+function hostPort(server: string): { host: string; port: number } | null {
+  try {
+    const url = new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(server) ? server : `nats://${server}`);
+    return { host: url.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(url.port || 4222) };
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -146,7 +153,7 @@ function hostPort(server: string): { host: string; port: number } {
  * addresses the URLs name (their subjectAltName `IP:`), as for a host name.
  */
 function identityCheck(servers: readonly string[]): (host: string, cert: PeerCertificate) => Error | undefined {
-  const ips = servers.map((s) => hostPort(s).host).filter((h) => isIP(h) !== 0);
+  const ips = servers.map((s) => hostPort(s)?.host ?? '').filter((h) => isIP(h) !== 0);
   return (host, cert) => {
     const err = checkServerIdentity(host, cert);
     if (err && ips.some((ip) => checkServerIdentity(ip, cert) === undefined)) return undefined;
@@ -255,7 +262,9 @@ type Verdict = 'ok' | 'unreachable' | Error;
 
 /** One server: read its INFO, make the TLS handshake, and hear whether it accepts this client. */
 function checkServerTls(server: string, tls: TlsOptions, deadline: number): Promise<Verdict> {
-  const { host, port } = hostPort(server);
+  const address = hostPort(server);
+  if (!address) return Promise.resolve('unreachable');
+  const { host, port } = address;
   const where = `${host.includes(':') ? `[${host}]` : host}:${port}`;
   return new Promise<Verdict>((resolve) => {
     const socket = netConnect(port, host);
@@ -271,7 +280,10 @@ function checkServerTls(server: string, tls: TlsOptions, deadline: number): Prom
       () => finish(NatsError.errorForCode(ErrorCode.ConnectionTimeout, new Error(`no TLS handshake with ${where} in time`))),
       Math.max(0, deadline - Date.now()),
     );
-    socket.on('error', () => finish('unreachable'));
+    let tlsStarted = false;
+    let handshaken = false;
+    // Before TLS: the server is not there. After: the TLS socket's own error says more, and wins.
+    socket.on('error', (err) => finish(tlsStarted ? tlsError(err, where, handshaken) : 'unreachable'));
     let info = '';
     const onInfo = (chunk: Buffer) => {
       info += chunk.toString('latin1');
@@ -287,8 +299,8 @@ function checkServerTls(server: string, tls: TlsOptions, deadline: number): Prom
       if (!parsed.tls_required && !parsed.tls_available) {
         return finish(new NatsTlsError(`NATS at ${where} does not offer TLS, which a tls:// URL or a TLS setting asks for`));
       }
+      tlsStarted = true;
       const secure = tlsConnect({ ...(tls as TlsConnectOptions), socket, servername: isIP(host) ? undefined : host });
-      let handshaken = false;
       let ticket = false;
       secure.on('secureConnect', () => {
         handshaken = true;
