@@ -4,6 +4,7 @@
  */
 import type { Argv, CommandModule } from 'yargs';
 import { EXIT, RULE, print, printJson, withClient, withClientOptions, type ClientArgs } from './client-common';
+import { forTerminal } from './terminal';
 
 interface ClearLockArgs extends ClientArgs {
   locks: string[];
@@ -23,10 +24,10 @@ export const clearLockCommand: CommandModule<object, ClearLockArgs> = {
         const name = String(raw);
         if (!argv.json) {
           print();
-          print(`Releasing lock ${name} from LockMgr...`);
+          print(`Releasing lock ${forTerminal(name)} from LockMgr...`);
         }
         results.push({ name, unlocked: await client.unlock(name) });
-        if (!argv.json) print(`Lock ${name} has been removed (if it exists).`);
+        if (!argv.json) print(`Lock ${forTerminal(name)} has been removed (if it exists).`);
       }
       if (argv.json) {
         printJson({ locks: results });

@@ -8,9 +8,17 @@ import type { NatsConnection } from 'nats';
 import type { Argv } from 'yargs';
 import { LockClient, type LockClientOptions } from '../client/lock-client';
 import { ConnectionClosed, LockError, LockFail, Locked, NatsUnavailable, NoDaemon, RequestTimeout } from '../client/errors';
-import { ConfigError, loadConfig } from '../daemon/config';
-import { connectNats as connectToNats, NatsCredentialsError } from '../shared/connect';
+import { ConfigError, OPTIONS, flagName, loadConfig, natsSecurity } from '../daemon/config';
+import {
+  connectNats as connectToNats,
+  envName,
+  NATS_SECURITY_KEYS,
+  NatsCredentialsError,
+  NatsTlsError,
+  type NatsSecurity,
+} from '../shared/connect';
 import { maskNatsUrls } from '../shared/nats-url';
+import { forTerminal } from './terminal';
 
 /** Exit codes of the lockmgr commands (docs/cli.md lists them). */
 export const EXIT = {
@@ -46,13 +54,22 @@ export class CliError extends Error {
 export interface ClientArgs {
   'nats-url'?: string;
   'nats-creds'?: string;
+  'nats-nkey'?: string;
+  'nats-token'?: string;
+  'nats-user'?: string;
+  'nats-password'?: string;
+  'tls-ca'?: string;
+  'tls-cert'?: string;
+  'tls-key'?: string;
   prefix?: string;
   config?: string;
   'timeout-ms'?: number;
   json?: boolean;
 }
 
-const CONNECTION_FLAGS = ['nats-url', 'nats-creds', 'prefix', 'config', 'timeout-ms'];
+/** The login and TLS settings' config keys, as the daemon has them (natsCreds, tlsCa...). */
+const SECURITY_KEYS = Object.values(NATS_SECURITY_KEYS);
+const CONNECTION_FLAGS = ['nats-url', ...SECURITY_KEYS.map(flagName), 'prefix', 'config', 'timeout-ms'];
 
 /** The flags every lock-management command takes. */
 export function withClientOptions<T>(y: Argv<T>, opts: { json?: boolean } = {}): Argv<T & ClientArgs> {
@@ -62,9 +79,11 @@ export function withClientOptions<T>(y: Argv<T>, opts: { json?: boolean } = {}):
       type: 'string',
       describe: 'NATS server URL(s), comma-separated [env LOCKMGR_NATS_URL, default nats://127.0.0.1:4222]',
     })
-    .option('nats-creds', { type: 'string', describe: 'NATS credentials file [env LOCKMGR_NATS_CREDS]' })
     .option('prefix', { type: 'string', describe: 'Subject prefix the daemons serve [env LOCKMGR_PREFIX, default lock]' })
-    .option('config', { type: 'string', describe: 'JSON config file to take natsUrl, natsCreds and prefix from [env LOCKMGR_CONFIG]' })
+    .option('config', {
+      type: 'string',
+      describe: 'JSON config file to take natsUrl, the NATS login and TLS settings and prefix from [env LOCKMGR_CONFIG]',
+    })
     .option('timeout-ms', {
       type: 'number',
       describe: 'Milliseconds to wait for each reply [env LOCKMGR_TIMEOUT_MS, default 10000]',
@@ -76,6 +95,9 @@ export function withClientOptions<T>(y: Argv<T>, opts: { json?: boolean } = {}):
       }
       return true;
     });
+  for (const key of SECURITY_KEYS) {
+    out = out.option(flagName(key), { type: 'string', describe: `${OPTIONS[key].describe} [env ${envName(key)}]` });
+  }
   if (withJson) {
     out = out.option('json', { type: 'boolean', default: false, describe: 'Machine-readable JSON on stdout (same exit codes)' });
   }
@@ -86,18 +108,17 @@ export function withClientOptions<T>(y: Argv<T>, opts: { json?: boolean } = {}):
 
 export interface Connection {
   natsUrl: string;
-  natsCreds: string;
+  /** The NATS login and TLS settings. */
+  security: NatsSecurity;
   prefix: string;
   timeoutMs: number;
 }
 
 /** Flags > environment > config file > defaults, as for the daemon. */
 export function resolveConnection(argv: ClientArgs, env: NodeJS.ProcessEnv = process.env): Connection {
-  const { config } = loadConfig({
-    env,
-    file: argv.config,
-    flags: { natsUrl: argv['nats-url'], natsCreds: argv['nats-creds'], prefix: argv.prefix },
-  });
+  const flags: Record<string, unknown> = { natsUrl: argv['nats-url'], prefix: argv.prefix };
+  for (const key of SECURITY_KEYS) flags[key] = (argv as Record<string, unknown>)[flagName(key)];
+  const { config } = loadConfig({ env, file: argv.config, flags });
   let timeoutMs = argv['timeout-ms'];
   if (timeoutMs === undefined && env.LOCKMGR_TIMEOUT_MS) {
     timeoutMs = Number(env.LOCKMGR_TIMEOUT_MS);
@@ -105,7 +126,7 @@ export function resolveConnection(argv: ClientArgs, env: NodeJS.ProcessEnv = pro
       throw new ConfigError(`environment LOCKMGR_TIMEOUT_MS: must be a positive number, got ${JSON.stringify(env.LOCKMGR_TIMEOUT_MS)}`);
     }
   }
-  return { natsUrl: config.natsUrl, natsCreds: config.natsCreds, prefix: config.prefix, timeoutMs: timeoutMs ?? 10_000 };
+  return { natsUrl: config.natsUrl, security: natsSecurity(config), prefix: config.prefix, timeoutMs: timeoutMs ?? 10_000 };
 }
 
 /**
@@ -120,16 +141,17 @@ export async function connectNats(conn: Connection, name: string, opts: { reconn
   try {
     return await connectToNats({
       servers: conn.natsUrl,
-      creds: conn.natsCreds || undefined,
+      ...conn.security,
       name: `lockmgr-${name} ${hostname()}:${process.pid}`,
       nats: { timeout: Math.min(conn.timeoutMs, 10_000), ...reconnect },
     });
   } catch (err) {
     if (err instanceof NatsCredentialsError) throw new CliError(EXIT.CONFIG, err.message, 'CONFIG');
+    if (err instanceof NatsTlsError) throw new CliError(EXIT.UNAVAILABLE, `${err.message} (--tls-ca, --tls-cert, --tls-key)`, 'NATS_TLS');
     if ((err as { code?: string }).code === 'AUTHORIZATION_VIOLATION') {
       throw new CliError(
         EXIT.UNAVAILABLE,
-        `NATS at ${maskNatsUrls(conn.natsUrl)} refused the connection (${(err as Error).message}): give credentials as nats://user:pass@host in --nats-url / LOCKMGR_NATS_URL, or --nats-creds`,
+        `NATS at ${maskNatsUrls(conn.natsUrl)} refused the connection (${(err as Error).message}): give credentials with --nats-creds, --nats-nkey, --nats-token or --nats-user and --nats-password (or as nats://user:pass@host in --nats-url / LOCKMGR_NATS_URL)`,
         'NATS_UNAUTHORIZED',
       );
     }
@@ -192,7 +214,7 @@ export function reportError(err: unknown, json: boolean | undefined): number {
     if (d.lock) error.lock = d.lock;
     process.stdout.write(`${JSON.stringify({ error })}\n`);
   } else {
-    process.stderr.write(`lockmgr: ${d.message}\n`);
+    process.stderr.write(`lockmgr: ${forTerminal(d.message)}\n`);
   }
   return d.exitCode;
 }

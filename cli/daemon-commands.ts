@@ -7,6 +7,7 @@ import { createLogger, type LogLevel } from '../daemon/logger';
 import { AuthorityConflict } from '../daemon/authority';
 import { openStore } from '../daemon/store';
 import { StoreInUse } from '../daemon/store/store';
+import { NatsCredentialsError } from '../shared/connect';
 import { EXIT } from './client-common';
 import { resolveConfig } from './options';
 
@@ -51,9 +52,11 @@ export async function daemonCommand(argv: Record<string, unknown>): Promise<void
   } catch (err) {
     // Another daemon serves the store or the prefix: one line saying so, and an exit code of its own.
     const conflict = err instanceof StoreInUse || err instanceof AuthorityConflict;
+    // A NATS login or TLS file that cannot be used is bad configuration, as a bad option is.
+    const badConfig = err instanceof NatsCredentialsError;
     logger.error(`daemon ${conflict ? 'refused to start' : 'failed to start'}: ${(err as Error).message}`);
     await daemon.stop(1000).catch(() => undefined);
-    process.exit(conflict ? EXIT.CONFLICT : EXIT.ERROR);
+    process.exit(conflict ? EXIT.CONFLICT : badConfig ? EXIT.CONFIG : EXIT.ERROR);
   }
 }
 

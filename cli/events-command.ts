@@ -16,6 +16,7 @@ import { EventsUnavailable, namePatternProblem, type EventsOptions, type Receive
 import { LockClient } from '../client/lock-client';
 import { loadConfig } from '../daemon/config';
 import { CliError, EXIT, connectNats, reportError, resolveConnection, withClientOptions, type ClientArgs } from './client-common';
+import { forTerminal } from './terminal';
 
 interface EventsArgs extends ClientArgs {
   follow?: boolean;
@@ -35,7 +36,7 @@ export function formatEvent(e: ReceivedLockEvent): string {
   if (e.lock.locked_by !== e.cause.locked_by) line += ` holder=${e.lock.locked_by ?? '-'}`;
   line += ` op=${e.cause.operation}`;
   if (e.streamSeq !== undefined) line += ` stream=${e.streamSeq}`;
-  return line;
+  return forTerminal(line);
 }
 
 /** The published payload only (not the stream position), fields in their documented order. */

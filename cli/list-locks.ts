@@ -3,6 +3,7 @@
  */
 import type { Argv, CommandModule } from 'yargs';
 import { EXIT, RULE, print, printJson, withClient, withClientOptions, type ClientArgs } from './client-common';
+import { forTerminal } from './terminal';
 
 interface ListLocksArgs extends ClientArgs {
   'name-prefix'?: string;
@@ -27,7 +28,7 @@ export const listLocksCommand: CommandModule<object, ListLocksArgs> = {
       print();
       print(`There are currently ${locks.length} active locks using Privex Django-LockMgr`);
       print(RULE);
-      for (const l of locks) print(l.toLongString());
+      for (const l of locks) print(forTerminal(l.toLongString()));
       print(RULE);
       return EXIT.OK;
     }),

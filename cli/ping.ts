@@ -9,6 +9,7 @@ import { Empty, RequestStrategy } from 'nats';
 import type { Argv, CommandModule } from 'yargs';
 import { servicePingSubject } from '../shared/protocol';
 import { CliError, EXIT, print, printJson, withClient, withClientOptions, type ClientArgs } from './client-common';
+import { forTerminal } from './terminal';
 
 interface PingArgs extends ClientArgs {
   local: boolean;
@@ -74,7 +75,11 @@ export const pingCommand: CommandModule<object, PingArgs> = {
         printJson({ ok: true, prefix: client.prefix, daemons, local: local.length });
       } else {
         const list = daemons.map((d) => `${d.daemon} v${d.version} ${d.store}`).join(', ');
-        print(`ok: ${daemons.length} daemon(s) serve prefix "${client.prefix}"${list ? ` (${list})` : ''}; a lock request was answered`);
+        print(
+          forTerminal(
+            `ok: ${daemons.length} daemon(s) serve prefix "${client.prefix}"${list ? ` (${list})` : ''}; a lock request was answered`,
+          ),
+        );
       }
       return EXIT.OK;
     }),

@@ -5,6 +5,7 @@
 import { createInterface } from 'node:readline';
 import type { Argv, CommandModule } from 'yargs';
 import { EXIT, RULE, print, printJson, withClient, withClientOptions, type ClientArgs } from './client-common';
+import { forTerminal } from './terminal';
 
 interface ResetLocksArgs extends ClientArgs {
   force: boolean;
@@ -57,7 +58,7 @@ export const resetLocksCommand: CommandModule<object, ResetLocksArgs> = {
       if (!json || !argv.force) {
         say(`The following ${locks.length} locks would be removed:`);
         say(RULE);
-        for (const l of locks) say(String(l));
+        for (const l of locks) say(forTerminal(String(l)));
         say(RULE);
       }
       if (argv.force) {

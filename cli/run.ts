@@ -17,6 +17,7 @@ import { LockLost } from '../client/session';
 import { loadConfig } from '../daemon/config';
 import { DEFAULT_SESSION_TTL, MAX_SESSION_TTL, MIN_SESSION_TTL } from '../shared/protocol';
 import { EXIT, describeError, openClient, reportError, withClientOptions, type ClientArgs } from './client-common';
+import { forTerminal } from './terminal';
 
 interface RunArgs extends ClientArgs {
   name: string;
@@ -38,8 +39,9 @@ const GROUP_POLL_MS = 50;
 /** Signals sent to lockmgr that are passed on to the command. */
 const FORWARDED: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
+/** One line on stderr; what it quotes (a holder, a name, a reason) shown with its control characters escaped. */
 function warn(text: string): void {
-  process.stderr.write(`lockmgr: ${text}\n`);
+  process.stderr.write(`lockmgr: ${forTerminal(text)}\n`);
 }
 
 function seconds(ms: number): string {
@@ -232,7 +234,8 @@ async function supervise(held: HeldLock, command: string[], argv: RunArgs, lockD
 export async function runLocked(argv: RunArgs): Promise<number> {
   const command = (argv['--'] ?? []).map(String);
   if (command.length === 0) {
-    warn('name the command to run after "--", e.g. lockmgr run nightly-report -- ./report.sh\nRun "lockmgr run --help" for usage.');
+    warn('name the command to run after "--", e.g. lockmgr run nightly-report -- ./report.sh');
+    process.stderr.write('Run "lockmgr run --help" for usage.\n');
     return EXIT.USAGE;
   }
   let client: Awaited<ReturnType<typeof openClient>> | undefined;

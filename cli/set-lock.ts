@@ -6,6 +6,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { LockFail } from '../client/errors';
 import type { LockSetResult } from '../client/lock';
 import { EXIT, RULE, print, printJson, reportError, withClient, withClientOptions, type ClientArgs } from './client-common';
+import { forTerminal } from './terminal';
 
 interface SetLockArgs extends ClientArgs {
   locks: string[];
@@ -27,7 +28,7 @@ export function printStatusReport(given: number, res: LockSetResult): void {
   print('  Per-lock:\n');
   print(`\t\t${col('Name')}${col('Was Locked?')}${col('Now Locked?')}${col('Status')}\n`);
   for (const [name, s] of res.statuses) {
-    print(`\t\t${col(name)}${col(s.was_locked ? 'YES' : 'NO')}${col(s.locked ? 'YES' : 'NO')}${col(s.status)}`);
+    print(`\t\t${col(forTerminal(name))}${col(s.was_locked ? 'YES' : 'NO')}${col(s.locked ? 'YES' : 'NO')}${col(s.status)}`);
   }
   print(`\n${'='.repeat(56)}\n`);
   print('  Summary:\n');
@@ -45,7 +46,7 @@ function printLockFail(err: LockFail): void {
   print(`\n${'-'.repeat(75)}\n`);
   print(' [lockmgr set-lock] Caught exception LockFail while creating/setting locks...');
   print(' [lockmgr set-lock] The following existing lock was encountered:\n');
-  print(`\t${err.lock ?? err.message}\n`);
+  print(`\t${forTerminal(String(err.lock ?? err.message))}\n`);
   print(
     ' >>> As you have set -e / --fail, this means that any lock creations or updates triggered during this run of set_lock should have been rolled back.',
   );

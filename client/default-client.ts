@@ -1,6 +1,7 @@
 /**
  * Module-level functions that use one default client, connected on first use from the
- * environment: LOCKMGR_NATS_URL (default nats://127.0.0.1:4222) and LOCKMGR_PREFIX (default lock).
+ * environment: LOCKMGR_NATS_URL (default nats://127.0.0.1:4222), LOCKMGR_PREFIX (default lock), and
+ * the login and TLS variables (LOCKMGR_NATS_TOKEN, LOCKMGR_TLS_CA...) as LockClient.connect() reads them.
  * Call `close()` when done so the process can exit.
  */
 import type { Lock, LockSetResult } from './lock';

@@ -169,8 +169,9 @@ export class ConnectionClosed extends LockError {
 }
 
 /**
- * NATS refused: a subject this user may not publish or subscribe to (PERMISSIONS_VIOLATION), or
- * a login it does not accept (AUTHORIZATION_VIOLATION, expired credentials).
+ * NATS refused: a subject this user may not publish or subscribe to (PERMISSIONS_VIOLATION), a
+ * login it does not accept (AUTHORIZATION_VIOLATION, expired credentials), or a TLS connection
+ * (a client certificate it does not accept, or a server certificate this client cannot trust).
  */
 export class PermissionDenied extends LockError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -231,8 +232,13 @@ export function errorFromNats(err: unknown, context: NatsErrorContext = {}): Loc
         `NATS refused the login${context.connecting ? ` at ${context.connecting}` : ''}: ${text}: check the credentials (user:pass@ or token@ in the URL, or creds)`,
         options,
       );
-    case 'NATS_CREDENTIALS':
-      return new InvalidRequest(text, [{ field: 'creds', problem: 'cannot be read' }], options);
+    case 'NATS_CREDENTIALS': {
+      // A login or TLS setting that cannot be used (shared/connect's NatsCredentialsError).
+      const { setting = 'creds', problem = 'cannot be read' } = err as { setting?: string; problem?: string };
+      return new InvalidRequest(text, [{ field: setting, problem }], options);
+    }
+    case 'NATS_TLS':
+      return new PermissionDenied(text, options);
     case NatsErrorCode.MaxPayloadExceeded:
       return new InvalidRequest(
         `the request is larger than the NATS server accepts${on}: ${text}`,

@@ -15,7 +15,7 @@ import {
   type MsgHdrs,
   type NatsConnection,
 } from 'nats';
-import { connectNats, DEFAULT_NATS_URL } from '../shared/connect';
+import { connectNats, DEFAULT_NATS_URL, NATS_SECURITY_KEYS, natsSecurityFromEnv, type NatsSecurity } from '../shared/connect';
 import { maskNatsUrls } from '../shared/nats-url';
 import {
   CLIENT_HEADER,
@@ -70,14 +70,14 @@ export interface LockClientOptions {
   sessionTtl?: number;
 }
 
-export interface ConnectOptions extends LockClientOptions {
+export interface ConnectOptions extends LockClientOptions, NatsSecurity {
   /**
    * NATS server URL(s), a comma-separated string or a list; `nats://user:pass@host` and
-   * `nats://token@host` log in. Default `LOCKMGR_NATS_URL` or nats://127.0.0.1:4222.
+   * `nats://token@host` log in, `tls://host` asks for TLS. Default `LOCKMGR_NATS_URL` or
+   * nats://127.0.0.1:4222. The login and TLS settings (`creds`, `nkey`, `token`, `user`, `password`,
+   * `tlsCa`, `tlsCert`, `tlsKey`; file settings are paths) default to their LOCKMGR_* variables.
    */
   servers?: string | string[];
-  /** NATS credentials file (.creds). */
-  creds?: string;
   /**
    * When the connection to NATS is lost: `true` (default) reconnect forever, trying every second;
    * a number: give up after that many attempts per server; `false` (or 0): do not reconnect. While
@@ -86,7 +86,7 @@ export interface ConnectOptions extends LockClientOptions {
    * `nats.reconnect`, `nats.maxReconnectAttempts` and `nats.reconnectTimeWait`, when given, win.
    */
   reconnect?: boolean | number;
-  /** Anything else for the NATS connection (TLS, name, reconnect policy...). */
+  /** Anything else for the NATS connection (name, reconnect policy, more TLS options...). */
   nats?: Omit<ConnectionOptions, 'servers'>;
 }
 
@@ -204,6 +204,15 @@ function reconnectPolicy(reconnect: boolean | number | undefined): Partial<Conne
   return { reconnect: true, maxReconnectAttempts: r, reconnectTimeWait: RECONNECT_WAIT_MS };
 }
 
+/** The login and TLS settings among connect()'s options (an undefined one leaves its LOCKMGR_* variable in force). */
+function definedSecurity(options: ConnectOptions): NatsSecurity {
+  const out: NatsSecurity = {};
+  for (const field of Object.keys(NATS_SECURITY_KEYS) as (keyof NatsSecurity)[]) {
+    if (options[field] !== undefined) out[field] = options[field];
+  }
+  return out;
+}
+
 /**
  * Request ids unique to one call: 128 random bits drawn once per client, then a counter (drawing
  * random bytes per call cost more than the rest of the call).
@@ -297,7 +306,8 @@ export class LockClient {
     try {
       nc = await connectNats({
         servers,
-        creds: options.creds,
+        ...natsSecurityFromEnv(),
+        ...definedSecurity(options),
         name: name ?? `lockmgr-client ${hostname()}:${process.pid}`,
         nats: { ...reconnectPolicy(options.reconnect), ...nats },
       });

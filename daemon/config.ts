@@ -3,7 +3,7 @@
  * Every option is declared once below; the environment name and flag name derive from it.
  */
 import { readFileSync } from 'node:fs';
-import { DEFAULT_NATS_URL } from '../shared/connect';
+import { DEFAULT_NATS_URL, envName, NATS_SECURITY_KEYS, type NatsSecurity } from '../shared/connect';
 import { DEFAULT_EVENTS_STREAM } from '../shared/events';
 import { DEFAULT_PREFIX } from '../shared/protocol';
 import { maskNatsUrls } from '../shared/nats-url';
@@ -17,19 +17,33 @@ interface OptionSpec {
   default: string | number | boolean;
   describe: string;
   choices?: readonly string[];
-  secret?: boolean;
+  /** How `lockmgr config` and the logs show it: `url` masks the secrets in URLs, `value` all of it. */
+  secret?: 'url' | 'value';
   min?: number;
-  /** A string option that may be empty (unset). */
-  optional?: boolean;
   /** What is wrong with a (non-empty) string value, or null. */
   check?: (value: string) => string | null;
 }
 
 export const OPTIONS = {
-  natsUrl: { kind: 'string', default: DEFAULT_NATS_URL, describe: 'NATS server URL(s), comma-separated', secret: true },
-  natsCreds: { kind: 'string', default: '', optional: true, describe: 'NATS credentials file (.creds), if the server needs one' },
+  natsUrl: { kind: 'string', default: DEFAULT_NATS_URL, describe: 'NATS server URL(s), comma-separated', secret: 'url' },
+  natsCreds: {
+    kind: 'string',
+    default: '',
+    describe: 'NATS credentials file (.creds: user JWT and NKey seed), for servers in operator mode',
+  },
+  natsNkey: { kind: 'string', default: '', describe: 'File holding a NATS user NKey seed (SU...), for servers that list NKey users' },
+  natsToken: { kind: 'string', default: '', describe: 'NATS token, for servers with authorization { token }', secret: 'value' },
+  natsUser: { kind: 'string', default: '', describe: 'NATS user name (with natsPassword)' },
+  natsPassword: { kind: 'string', default: '', describe: 'NATS password of natsUser', secret: 'value' },
+  tlsCa: { kind: 'string', default: '', describe: 'PEM file of the CA that signed the NATS server certificate; turns TLS on' },
+  tlsCert: {
+    kind: 'string',
+    default: '',
+    describe: 'PEM file of a client certificate, for NATS servers that verify clients (with tlsKey)',
+  },
+  tlsKey: { kind: 'string', default: '', describe: 'PEM file of the key of tlsCert' },
   prefix: { kind: 'string', default: DEFAULT_PREFIX, describe: 'Subject prefix P: requests on P.set, P.get...; events on P.events.>' },
-  db: { kind: 'string', default: './data/lockmgr.sqlite', describe: 'SQLite file path, or a postgres:// URL', secret: true },
+  db: { kind: 'string', default: './data/lockmgr.sqlite', describe: 'SQLite file path, or a postgres:// URL', secret: 'url' },
   dbPoolSize: { kind: 'number', default: 4, min: 1, describe: 'PostgreSQL connections per daemon' },
   dbLockTimeout: {
     kind: 'number',
@@ -117,7 +131,6 @@ export const OPTIONS = {
   httpListen: {
     kind: 'string',
     default: '',
-    optional: true,
     check: (value) => parseListenAddress(value).problem ?? null,
     describe: 'host:port for /metrics (Prometheus), /healthz and /readyz over HTTP (empty: no HTTP listener)',
   },
@@ -139,10 +152,7 @@ export class ConfigError extends Error {
   }
 }
 
-/** LOCKMGR_NATS_URL for natsUrl, and so on. */
-export function envName(key: string): string {
-  return `LOCKMGR_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
-}
+export { envName };
 /** --nats-url for natsUrl, and so on. */
 export function flagName(key: string): string {
   return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
@@ -171,7 +181,8 @@ function coerce(key: ConfigKey, raw: unknown, origin: string): string | number |
       return raw;
     }
     default: {
-      if (typeof raw !== 'string' || (raw === '' && !spec.optional)) {
+      // Options that are off by default (a file, a secret, a listener) may be set empty again.
+      if (typeof raw !== 'string' || (raw === '' && spec.default !== '')) {
         throw new ConfigError(`${origin}: ${key} must be a non-empty string, got ${JSON.stringify(raw)}`);
       }
       const problem = raw === '' ? null : spec.check?.(raw);
@@ -242,7 +253,20 @@ export function maskedConfig(config: DaemonConfig): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const key of Object.keys(OPTIONS) as ConfigKey[]) {
     const value = config[key];
-    out[key] = key === 'db' ? maskDatabaseUrl(String(value)) : key === 'natsUrl' ? maskNatsUrls(String(value)) : value;
+    const secret = (OPTIONS[key] as OptionSpec).secret;
+    if (secret === 'value') out[key] = value === '' ? '' : '***';
+    else if (key === 'db') out[key] = maskDatabaseUrl(String(value));
+    else if (secret === 'url') out[key] = maskNatsUrls(String(value));
+    else out[key] = value;
+  }
+  return out;
+}
+
+/** How the config logs in to NATS and secures the connection, for connectNats. */
+export function natsSecurity(config: DaemonConfig): NatsSecurity {
+  const out: NatsSecurity = {};
+  for (const [field, key] of Object.entries(NATS_SECURITY_KEYS) as [keyof NatsSecurity, ConfigKey][]) {
+    if (config[key] !== '') out[field] = config[key] as string;
   }
   return out;
 }

@@ -13,7 +13,7 @@ import { ENDPOINTS, requestSubject, SERVICE_NAME, type DaemonMetadata } from '..
 import { Authority } from './authority';
 import { Batcher } from './batcher';
 import { systemClock, sleep, within, type Clock } from './clock';
-import { loadConfig, maskedConfig, type DaemonConfig } from './config';
+import { loadConfig, maskedConfig, natsSecurity, type DaemonConfig } from './config';
 import { lockHandlers } from './handlers';
 import { parseListenAddress, startHttpServer, type RunningHttpServer } from './http-server';
 import { LockService } from './lock-service';
@@ -330,17 +330,21 @@ export class LockDaemon {
       try {
         return await connectNats({
           servers: c.natsUrl,
-          creds: c.natsCreds || undefined,
+          ...natsSecurity(c),
           name: `lockmgr-daemon ${this.id}`,
           // Reconnect forever, also through repeated authentication errors (a server restarted
           // with its accounts not yet loaded): a daemon that gave up would serve nobody.
           nats: { maxReconnectAttempts: -1, reconnectTimeWait: 1000, ignoreAuthErrorAbort: true },
         });
       } catch (err) {
-        if ((err as { code?: unknown }).code === 'NATS_CREDENTIALS') throw err;
-        this.logger.error(
-          `cannot reach NATS at ${maskNatsUrls(c.natsUrl)} (${(err as Error).message}): start nats-server (with -js for the audit trail) or set LOCKMGR_NATS_URL; retrying in ${delay / 1000}s (attempt ${attempt})`,
-        );
+        const code = (err as { code?: unknown }).code;
+        if (code === 'NATS_CREDENTIALS') throw err;
+        // A TLS refusal may be a server whose configuration is being rolled out: retried too.
+        const what =
+          code === 'NATS_TLS'
+            ? `${(err as Error).message}: check tlsCa, tlsCert and tlsKey`
+            : `cannot reach NATS at ${maskNatsUrls(c.natsUrl)} (${(err as Error).message}): start nats-server (with -js for the audit trail) or set LOCKMGR_NATS_URL`;
+        this.logger.error(`${what}; retrying in ${delay / 1000}s (attempt ${attempt})`);
         await sleep(this.clock, delay);
         delay = Math.min(delay * 2, 15_000);
       }

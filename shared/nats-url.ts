@@ -1,7 +1,8 @@
 /**
- * NATS server URLs as operators write them: `nats://user:pass@host:4222`, `nats://token@host`,
- * several separated by commas. nats.js ignores credentials inside a URL, so they are taken out
- * here and passed as connection options; and masked wherever a URL is shown.
+ * Server URLs as operators write them: `nats://user:pass@host:4222`, `nats://token@host`, several
+ * separated by commas, and `postgres://user:pass@host/db?sslpassword=…`. nats.js ignores
+ * credentials inside a URL, so they are taken out here and passed as connection options; and every
+ * secret in a URL is masked wherever the URL is shown.
  */
 
 export interface NatsServerOptions {
@@ -12,7 +13,18 @@ export interface NatsServerOptions {
   token?: string;
 }
 
-const CREDENTIALS = /^(\s*[a-z][a-z0-9+.-]*:\/\/)([^@/]*)@/i;
+const SCHEME = /^\s*[a-z][a-z0-9+.-]*:\/\//i;
+
+/**
+ * A URL cut around its user information: everything before the last `@` that follows the scheme
+ * (a password may hold a raw `@`, as the WHATWG parser that pg uses reads it). Null without `@`.
+ */
+function splitUserinfo(url: string): { scheme: string; userinfo: string; rest: string } | null {
+  const scheme = SCHEME.exec(url)?.[0] ?? '';
+  const at = url.lastIndexOf('@');
+  if (at < scheme.length) return null;
+  return { scheme, userinfo: url.slice(scheme.length, at), rest: url.slice(at + 1) };
+}
 
 function decode(s: string): string {
   try {
@@ -29,28 +41,47 @@ export function natsServerOptions(urls: string): NatsServerOptions {
     .split(',')
     .map((s) => s.trim())
     .filter(Boolean)) {
-    const m = CREDENTIALS.exec(raw);
-    if (!m) {
+    const parts = splitUserinfo(raw);
+    if (!parts) {
       out.servers.push(raw);
       continue;
     }
-    const auth = m[2]!;
-    out.servers.push(m[1] + raw.slice(m[0].length));
-    const colon = auth.indexOf(':');
+    const { scheme, userinfo, rest } = parts;
+    out.servers.push(scheme + rest);
+    const colon = userinfo.indexOf(':');
     if (colon >= 0) {
-      out.user ??= decode(auth.slice(0, colon));
-      out.pass ??= decode(auth.slice(colon + 1));
-    } else if (auth) {
-      out.token ??= decode(auth);
+      out.user ??= decode(userinfo.slice(0, colon));
+      out.pass ??= decode(userinfo.slice(colon + 1));
+    } else if (userinfo) {
+      out.token ??= decode(userinfo);
     }
   }
   return out;
 }
 
-/** The server list with any credentials replaced by `***`, for logs and `lockmgr config`. */
+/** Query parameters whose value is a secret: `password`, `sslpassword`, `token`… */
+const SECRET_PARAM = /([?&][^=&#]*(?:password|passwd|secret|token)[^=&#]*=)[^&#]*/gi;
+/** Schemes where a user name alone (no `:`) is a name, not a token. */
+const NAMED_USER = /^\s*postgres(?:ql)?:\/\//i;
+
+/**
+ * One URL with every secret replaced by `***`, for logs and `lockmgr config`: the password of
+ * `user:pass@` (all of the user information for NATS, where `token@` is a secret too; PostgreSQL
+ * keeps the user name) and secret query parameters.
+ */
+export function maskUrlSecrets(url: string): string {
+  // Parameters first: an `@` inside their value must not be taken for the end of the user information.
+  const masked = url.replace(SECRET_PARAM, '$1***');
+  const parts = splitUserinfo(masked);
+  if (!parts || parts.userinfo === '') return masked;
+  const { scheme, userinfo, rest } = parts;
+  const colon = userinfo.indexOf(':');
+  let shown = '***';
+  if (NAMED_USER.test(scheme)) shown = colon >= 0 ? `${userinfo.slice(0, colon)}:***` : userinfo;
+  return `${scheme}${shown}@${rest}`;
+}
+
+/** A comma-separated server list with the secrets of each URL masked. */
 export function maskNatsUrls(urls: string): string {
-  return urls
-    .split(',')
-    .map((raw) => raw.replace(CREDENTIALS, (_m, scheme: string) => `${scheme}***@`))
-    .join(',');
+  return urls.split(',').map(maskUrlSecrets).join(',');
 }

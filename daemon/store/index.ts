@@ -3,7 +3,8 @@
  * else a SQLite file. The one place that chooses a backend.
  */
 import type { Clock } from '../clock';
-import { maskPostgresUrl, PostgresStore } from './postgres/postgres-store';
+import { maskUrlSecrets } from '../../shared/nats-url';
+import { PostgresStore } from './postgres/postgres-store';
 import { SqliteStore } from './sqlite/sqlite-store';
 import type { Store } from './store';
 
@@ -54,7 +55,7 @@ export function openStore(options: StoreOptions): Store {
 
 /** A database URL with any password masked, for logs and `lockmgr config`. */
 export function maskDatabaseUrl(url: string): string {
-  return isPostgresUrl(url) ? maskPostgresUrl(url) : url;
+  return isPostgresUrl(url) ? maskUrlSecrets(url) : url;
 }
 
 export type { Store } from './store';

@@ -31,6 +31,8 @@ export interface NatsServerOptions {
   config?: string;
   /** A configuration file passed with -c as it is (a shipped example), instead of `config`. */
   configFile?: string;
+  /** More command-line arguments (`--tlsverify`, `--user`...). */
+  args?: string[];
 }
 
 export async function startNatsServer(opts: NatsServerOptions = {}): Promise<NatsServer> {
@@ -47,6 +49,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     const args = ['-a', '127.0.0.1', '-p', String(port)];
     if (configFile !== undefined) args.push('-c', configFile);
     if (opts.jetstream !== false) args.push('-js', '-sd', join(dir, 'js'));
+    args.push(...(opts.args ?? []));
     child = spawn('nats-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout!.on('data', (d) => (output += d));
     child.stderr!.on('data', (d) => (output += d));

@@ -11,6 +11,7 @@
 import { Client, Pool, type PoolClient } from 'pg';
 import { Sequelize } from 'sequelize';
 import { statementTracer } from '../../diagnostics';
+import { maskUrlSecrets } from '../../../shared/nats-url';
 import { applyMigrations } from '../migrate';
 import { OUTBOX_SQL, toOutboxEvent } from '../sql-outbox';
 import {
@@ -98,11 +99,6 @@ function classify(err: unknown, what: string): unknown {
   if (code === '55P03') return new RowBusy(`a row is held by another database session: ${(err as Error).message}`, { cause: err });
   if (isUnavailable(err)) return new StoreUnavailable(`${what}: ${(err as Error).message}`, { cause: err });
   return err;
-}
-
-/** `postgres://user:secret@host` -> `postgres://user:***@host`, for logs. */
-export function maskPostgresUrl(url: string): string {
-  return url.replace(/^(postgres(?:ql)?:\/\/[^:/@]*:)([^@]*)@/i, '$1***@');
 }
 
 interface Queryable {
@@ -244,7 +240,7 @@ export class PostgresStore implements Store {
   }
 
   describe(): string {
-    return maskPostgresUrl(this.options.url);
+    return maskUrlSecrets(this.options.url);
   }
 
   async claim(): Promise<void> {
