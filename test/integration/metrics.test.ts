@@ -67,8 +67,9 @@ describe.each(STORES)('metrics and health over HTTP (%s)', (store) => {
     const other = await once();
     const held = await client.getLock('m.a', { expires: 60 });
     await expect(client.getLock('m.a')).rejects.toBeInstanceOf(Locked);
+    // By name: an admin request.
     await expect(client.renewLock('m.missing')).rejects.toBeInstanceOf(LockNotFound);
-    await client.setLock('m.b', 'm.c', { timeout: 60 });
+    await client.setLock('m.b', 'm.c', { timeout: 60, renew: false });
     // An invalid request, straight on the wire.
     const nc = await connect({ servers: stack.nats.url });
     try {
@@ -84,7 +85,7 @@ describe.each(STORES)('metrics and health over HTTP (%s)', (store) => {
       expect(during.value('lockmgr_sessions')).toBe(1);
       expect(during.value('lockmgr_requests_total', { endpoint: 'get', outcome: 'ok' })).toBe(1);
       expect(during.value('lockmgr_requests_total', { endpoint: 'get', outcome: 'LOCKED' })).toBe(1);
-      expect(during.value('lockmgr_requests_total', { endpoint: 'renew', outcome: 'LOCK_NOT_FOUND' })).toBe(1);
+      expect(during.value('lockmgr_requests_total', { endpoint: 'admin_renew', outcome: 'LOCK_NOT_FOUND' })).toBe(1);
       expect(during.value('lockmgr_requests_total', { endpoint: 'set', outcome: 'ok' })).toBe(1);
       expect(during.value('lockmgr_requests_total', { endpoint: 'set', outcome: 'INVALID_REQUEST' })).toBe(1);
       // The waiting get is counted once answered, not before.
@@ -116,7 +117,7 @@ describe.each(STORES)('metrics and health over HTTP (%s)', (store) => {
       const [stats, ...others] = await serviceStats(nc, stack.prefix);
       expect(others).toHaveLength(0);
       const ep = (name: string) => stats!.endpoints!.find((e) => e.name === name)!;
-      expect(ep('renew')).toMatchObject({ num_requests: 1, num_errors: 1, last_error: 'LOCK_NOT_FOUND' });
+      expect(ep('admin_renew')).toMatchObject({ num_requests: 1, num_errors: 1, last_error: 'LOCK_NOT_FOUND' });
       expect(ep('set')).toMatchObject({ num_requests: 2, num_errors: 1, last_error: 'INVALID_REQUEST' });
       expect(ep('get')).toMatchObject({ num_requests: 3, num_errors: 1, last_error: 'LOCKED' });
       expect(ep('get').processing_time).toBeGreaterThanOrEqual(300e6); // ns: the wait included
