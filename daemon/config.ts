@@ -7,7 +7,7 @@ import { DEFAULT_NATS_URL } from '../shared/connect';
 import { DEFAULT_EVENTS_STREAM } from '../shared/events';
 import { DEFAULT_PREFIX } from '../shared/protocol';
 import { maskNatsUrls } from '../shared/nats-url';
-import { maskDatabaseUrl } from './store';
+import { databaseUrlProblem, maskDatabaseUrl } from './store';
 import { LOG_LEVELS } from './logger';
 
 type Kind = 'string' | 'number' | 'boolean' | 'enum';
@@ -18,13 +18,21 @@ interface OptionSpec {
   choices?: readonly string[];
   secret?: boolean;
   min?: number;
+  /** Why a string value is not usable, or null. */
+  check?: (value: string) => string | null;
 }
 
 export const OPTIONS = {
   natsUrl: { kind: 'string', default: DEFAULT_NATS_URL, describe: 'NATS server URL(s), comma-separated', secret: true },
   natsCreds: { kind: 'string', default: '', describe: 'NATS credentials file (.creds), if the server needs one' },
   prefix: { kind: 'string', default: DEFAULT_PREFIX, describe: 'Subject prefix P: requests on P.set, P.get...; events on P.events.>' },
-  db: { kind: 'string', default: './data/lockmgr.sqlite', describe: 'SQLite file path, or a postgres:// URL', secret: true },
+  db: {
+    kind: 'string',
+    default: './data/lockmgr.sqlite',
+    describe: 'SQLite file path, or a postgres:// URL',
+    secret: true,
+    check: databaseUrlProblem,
+  },
   dbPoolSize: { kind: 'number', default: 4, min: 1, describe: 'PostgreSQL connections per daemon' },
   dbLockTimeout: {
     kind: 'number',
@@ -158,11 +166,16 @@ function coerce(key: ConfigKey, raw: unknown, origin: string): string | number |
       }
       return raw;
     }
-    default:
-      if (typeof raw !== 'string' || (raw === '' && key !== 'natsCreds')) {
+    default: {
+      // An empty string only where it is the default (meaning "none").
+      if (typeof raw !== 'string' || (raw === '' && spec.default !== '')) {
         throw new ConfigError(`${origin}: ${key} must be a non-empty string, got ${JSON.stringify(raw)}`);
       }
+      const problem = raw === '' ? null : spec.check?.(raw);
+      // A secret's value is not repeated: a URL that does not parse may not be masked right.
+      if (problem) throw new ConfigError(`${origin}: ${key}${spec.secret ? '' : ` ${JSON.stringify(raw)}`}: ${problem}`);
       return raw;
+    }
   }
 }
 

@@ -27,6 +27,7 @@
  * eventsJetstream=off), events go out on core NATS, at most once; once it has delivered to
  * JetStream the daemon keeps to it, and events wait in the outbox while JetStream is away.
  */
+import { backoffDelay } from '../backoff';
 import { systemClock, sleep, type Cancel, type Clock } from '../clock';
 import type { Logger } from '../logger';
 import type { CommittedEvent, Store } from '../store/store';
@@ -381,8 +382,7 @@ export class EventRelay {
     if (this.mode === 'offline') this.resumeAs = 'backoff';
     else if (this.mode !== 'stopped') this.mode = 'backoff';
     if (this.publisher !== this.links.core) this.unsettled = true;
-    const base = Math.min(this.retryMaxMs, this.retryMinMs * 2 ** Math.min(this.failures - 1, 20));
-    const delay = Math.round(base * (0.8 + Math.random() * 0.4));
+    const delay = backoffDelay(this.failures, { minMs: this.retryMinMs, maxMs: this.retryMaxMs, jitter: 0.2 });
     this.retryAt = this.clock.now() + delay;
     this.schedule(delay);
   }

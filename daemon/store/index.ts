@@ -3,7 +3,7 @@
  * else a SQLite file. The one place that chooses a backend.
  */
 import type { Clock } from '../clock';
-import { maskPostgresUrl, PostgresStore } from './postgres/postgres-store';
+import { maskPostgresUrl, PostgresStore, postgresUrlProblem } from './postgres/postgres-store';
 import { SqliteStore } from './sqlite/sqlite-store';
 import type { Store } from './store';
 
@@ -50,6 +50,11 @@ export function openStore(options: StoreOptions): Store {
     walLimitMb: options.sqliteWalLimit,
     clock: options.clock,
   });
+}
+
+/** Why `url` is not a usable database URL (a `postgres://` URL that does not parse), or null. */
+export function databaseUrlProblem(url: string): string | null {
+  return isPostgresUrl(url) ? postgresUrlProblem(url) : null;
 }
 
 /** A database URL with any password masked, for logs and `lockmgr config`. */

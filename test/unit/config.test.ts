@@ -150,6 +150,11 @@ describe('loadConfig errors name the source and the option', () => {
       /LOCKMGR_MIGRATE: migrate must be true or false/,
     ],
     ['empty string in the file', () => loadConfig({ env: {}, file: writeConfig({ prefix: '' }) }), /prefix must be a non-empty string/],
+    [
+      'a postgres URL pg cannot read (its password not repeated)',
+      () => loadConfig({ env: { LOCKMGR_DB: 'postgres://lockmgr:pg-s3cret@db:notaport/locks' } }),
+      /^environment LOCKMGR_DB: db: not a URL that pg can read \(Invalid URL\): write it as postgres:\/\/user:password@host:port\/database, with special characters percent-encoded$/,
+    ],
   ];
   it.each(cases)('%s', (_title, fn, message) => {
     expect(fn).toThrow(ConfigError);

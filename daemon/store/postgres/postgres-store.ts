@@ -16,6 +16,7 @@ import { OUTBOX_SQL, toOutboxEvent } from '../sql-outbox';
 import { firstLockRow, INSERT_CHUNK, SqlTx, tracedConnection, writeOutcomes, type Row, type SqlConnection } from '../sql-tx';
 import {
   CommitInDoubt,
+  rootCause,
   RowBusy,
   StoreUnavailable,
   toCommittedEvents,
@@ -58,7 +59,8 @@ const CONNECT_TIMEOUT_MS = 5000;
 /** The client stops waiting for an answer (or a new connection) this long after the server's own statement timeout. */
 const ANSWER_MARGIN_MS = 250;
 
-const NET_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH']);
+// EAI_AGAIN: a name not resolvable yet (a database container not started).
+const NET_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 
 /** True when an error means "the database is away", as opposed to a bug in a statement. */
 function isUnavailable(err: unknown): boolean {
@@ -89,6 +91,16 @@ function classify(err: unknown, what: string): unknown {
 /** `postgres://user:secret@host` -> `postgres://user:***@host`, for logs. */
 export function maskPostgresUrl(url: string): string {
   return url.replace(/^(postgres(?:ql)?:\/\/[^:/@]*:)([^@]*)@/i, '$1***@');
+}
+
+/** Why pg cannot use `url` (it does not parse), or null. Parsed as pg does, without connecting. */
+export function postgresUrlProblem(url: string): string | null {
+  try {
+    new Client({ connectionString: url });
+    return null;
+  } catch (err) {
+    return `not a URL that pg can read (${(err as Error).message}): write it as postgres://user:password@host:port/database, with special characters percent-encoded`;
+  }
 }
 
 interface Queryable {
@@ -235,6 +247,12 @@ export class PostgresStore implements Store {
 
   async claim(): Promise<void> {
     // Any number of daemons serve one database together.
+  }
+
+  reachableLater(err: unknown): boolean {
+    // Only the database being away: a refused login (class 28) or a missing database (3D000)
+    // is an error in the URL or on the server that no wait repairs.
+    return isUnavailable(rootCause(err));
   }
 
   async migrate(options: MigrateOptions = {}): Promise<string[]> {
