@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { DEFAULT_NATS_URL } from '../shared/connect';
-import { DEFAULT_EVENTS_STREAM } from '../shared/events';
+import { eventsStreamName, streamNameProblem } from '../shared/events';
 import { DEFAULT_PREFIX } from '../shared/protocol';
 import { maskNatsUrls } from '../shared/nats-url';
 import { databaseUrlProblem, maskDatabaseUrl } from './store';
@@ -107,7 +107,12 @@ export const OPTIONS = {
     choices: ['auto', 'off'],
     describe: 'Deliver events to JetStream (auto) or core NATS only (off)',
   },
-  eventsStream: { kind: 'string', default: DEFAULT_EVENTS_STREAM, describe: 'JetStream stream that stores events (created if missing)' },
+  eventsStream: {
+    kind: 'string',
+    default: '',
+    describe: 'JetStream stream that stores the events (created if missing); empty: LOCKMGR_EVENTS_<prefix>, a stream of the prefix alone',
+    check: streamNameProblem,
+  },
   eventsRetention: {
     kind: 'enum',
     default: 'limits',
@@ -115,7 +120,18 @@ export const OPTIONS = {
     describe: 'Retention policy of the events stream',
   },
   eventsReplicas: { kind: 'number', default: 1, min: 1, describe: 'Replicas of the events stream' },
-  eventsMaxAge: { kind: 'number', default: 0, min: 0, describe: 'Seconds events are kept in the stream (0: forever)' },
+  eventsMaxAge: {
+    kind: 'number',
+    default: 604_800,
+    min: 0,
+    describe: 'Seconds a stream the daemon creates keeps events (0: forever); default 7 days',
+  },
+  eventsMaxBytes: {
+    kind: 'number',
+    default: 1_073_741_824,
+    min: 0,
+    describe: 'Most bytes a stream the daemon creates keeps, the oldest events going first (0: no bound); default 1 GiB',
+  },
   eventsDuplicateWindow: { kind: 'number', default: 600, min: 1, describe: 'Seconds JetStream remembers event ids to drop re-sends' },
 } as const satisfies Record<string, OptionSpec>;
 
@@ -167,7 +183,7 @@ function coerce(key: ConfigKey, raw: unknown, origin: string): string | number |
       return raw;
     }
     default: {
-      // An empty string only where it is the default (meaning "none").
+      // An empty string only where it is the default (meaning "none", or "derived").
       if (typeof raw !== 'string' || (raw === '' && spec.default !== '')) {
         throw new ConfigError(`${origin}: ${key} must be a non-empty string, got ${JSON.stringify(raw)}`);
       }
@@ -235,12 +251,13 @@ export function loadConfig(input: LoadConfigInput = {}): LoadedConfig {
   return { config: values as DaemonConfig, sources };
 }
 
-/** The config with secrets masked, for logs and `lockmgr config`. */
+/** The config with secrets masked and the events stream named, for logs and `lockmgr config`. */
 export function maskedConfig(config: DaemonConfig): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const key of Object.keys(OPTIONS) as ConfigKey[]) {
     const value = config[key];
     out[key] = key === 'db' ? maskDatabaseUrl(String(value)) : key === 'natsUrl' ? maskNatsUrls(String(value)) : value;
   }
+  out.eventsStream = eventsStreamName(config.prefix, config.eventsStream);
   return out;
 }

@@ -10,3 +10,4 @@ export type { Store } from './store/store';
 export { CHANNELS as DIAGNOSTIC_CHANNELS } from './diagnostics';
 export type { Clock } from './clock';
 export { StartAborted } from './backoff';
+export { EventsStreamProblem } from './relay/publisher';

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { ErrorCode as NatsErrorCode, type NatsConnection, type Service, type Subscription } from 'nats';
 import { connectNats } from '../shared/connect';
-import { DAEMON_HEADER, eventSubject, parseEventSubject, type EventType } from '../shared/events';
+import { DAEMON_HEADER, eventsStreamName, eventSubject, parseEventSubject, type EventType } from '../shared/events';
 import { maskNatsUrls } from '../shared/nats-url';
 import { ENDPOINTS, requestSubject, SERVICE_NAME, type DaemonMetadata } from '../shared/protocol';
 import { Authority } from './authority';
@@ -196,10 +196,12 @@ export class LockDaemon {
       {
         prefix: c.prefix,
         jetstream: c.eventsJetstream as 'auto' | 'off',
-        stream: c.eventsStream,
+        stream: eventsStreamName(c.prefix, c.eventsStream),
+        streamConfigured: c.eventsStream !== '',
         retention: c.eventsRetention as 'limits',
         replicas: c.eventsReplicas,
         maxAgeSeconds: c.eventsMaxAge,
+        maxBytes: c.eventsMaxBytes,
         duplicateWindowSeconds: c.eventsDuplicateWindow,
       },
       this.logger,

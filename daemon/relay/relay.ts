@@ -32,7 +32,7 @@ import { systemClock, sleep, type Cancel, type Clock } from '../clock';
 import type { Logger } from '../logger';
 import type { CommittedEvent, Store } from '../store/store';
 import { MemoryFeed, TableFeed, type OutboxFeed } from './outbox-feed';
-import { ChainBroken, JetStreamAbsent, type Publisher, type StreamPublisher } from './publisher';
+import { ChainBroken, EventsStreamProblem, JetStreamAbsent, type Publisher, type StreamPublisher } from './publisher';
 
 export type RelayMode = 'starting' | 'standby' | 'relaying' | 'backoff' | 'offline' | 'stopped';
 
@@ -119,7 +119,10 @@ export class EventRelay {
     return this.mode;
   }
 
-  /** Find JetStream and make sure the events stream exists, then deliver what is waiting. */
+  /**
+   * Find JetStream and make sure the events stream exists, then deliver what is waiting. Throws
+   * EventsStreamProblem if the stream cannot be this prefix's (waiting would not change that).
+   */
   async start(): Promise<void> {
     if (!this.links.stream) {
       this.warnedCore = true;
@@ -128,6 +131,8 @@ export class EventRelay {
       try {
         await this.prepareStream();
       } catch (err) {
+        // A stream that cannot be this prefix's stands in the way of the start: the operator must act.
+        if (err instanceof EventsStreamProblem) throw err;
         this.logger.warn(`JetStream did not answer (${(err as Error).message}): events wait in the outbox until it does`);
       }
     }
