@@ -5,6 +5,7 @@ import { LockDaemon } from '../daemon/lock-daemon';
 import { OPTIONS, envName, maskedConfig, type ConfigKey } from '../daemon/config';
 import { createLogger, type LogLevel } from '../daemon/logger';
 import { AuthorityConflict } from '../daemon/authority';
+import { StartAborted } from '../daemon/backoff';
 import { openStore } from '../daemon/store';
 import { StoreInUse } from '../daemon/store/store';
 import { NatsCredentialsError } from '../shared/connect';
@@ -50,6 +51,8 @@ export async function daemonCommand(argv: Record<string, unknown>): Promise<void
   try {
     await daemon.start();
   } catch (err) {
+    // A signal stopped the daemon while it waited for NATS or the database: that stop exits 0.
+    if (err instanceof StartAborted) return;
     // Another daemon serves the store or the prefix: one line saying so, and an exit code of its own.
     const conflict = err instanceof StoreInUse || err instanceof AuthorityConflict;
     // A NATS login or TLS file that cannot be used is bad configuration, as a bad option is.

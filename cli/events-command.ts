@@ -52,6 +52,11 @@ function asList(v: unknown): string[] | undefined {
     .filter(Boolean);
 }
 
+/** The client's message, with the command's way of naming another stream where that is the remedy. */
+function unavailable(err: EventsUnavailable): string {
+  return err.reason === 'no-jetstream' ? err.message : `${err.message} (--stream NAME, or LOCKMGR_EVENTS_STREAM)`;
+}
+
 export const eventsCommand: CommandModule<object, EventsArgs> = {
   command: 'events',
   describe: 'Print lock events: replay the stored history (from a sequence or a time) and/or follow live ones',
@@ -79,7 +84,8 @@ export const eventsCommand: CommandModule<object, EventsArgs> = {
       })
       .option('stream', {
         type: 'string',
-        describe: 'JetStream stream holding the events [env LOCKMGR_EVENTS_STREAM, default LOCKMGR_EVENTS]',
+        describe:
+          "JetStream stream holding the events: the daemons' eventsStream [env LOCKMGR_EVENTS_STREAM, default LOCKMGR_EVENTS_<prefix>]",
       })
       .conflicts('since-seq', 'since-time')
       .check((argv) => {
@@ -111,7 +117,8 @@ export const eventsCommand: CommandModule<object, EventsArgs> = {
     let interrupted = false;
     try {
       const conn = resolveConnection(argv);
-      const stream = loadConfig({ file: argv.config, flags: { eventsStream: argv.stream } }).config.eventsStream;
+      // Empty: the prefix's default stream, by the daemons' rule (client.events() applies it).
+      const stream = loadConfig({ file: argv.config, flags: { eventsStream: argv.stream } }).config.eventsStream || undefined;
       // Following: reconnect forever, as a daemon does.
       const nc = await connectNats(conn, 'events', { reconnectForever: argv.follow === true });
       client = new LockClient(nc, { prefix: conn.prefix, timeout: conn.timeoutMs }, true);
@@ -141,7 +148,7 @@ export const eventsCommand: CommandModule<object, EventsArgs> = {
         throw new CliError(EXIT.UNAVAILABLE, 'lost the connection to NATS', 'NATS_UNREACHABLE');
       }
     } catch (err) {
-      code = reportError(err instanceof EventsUnavailable ? new CliError(EXIT.UNAVAILABLE, err.message, err.code) : err, argv.json);
+      code = reportError(err instanceof EventsUnavailable ? new CliError(EXIT.UNAVAILABLE, unavailable(err), err.code) : err, argv.json);
     }
     await client?.close().catch(() => undefined);
     process.exitCode = code;

@@ -6,10 +6,26 @@
  *   for await (const e of client.events({ since: { seq: 1 } })) ...   // the whole history, then ends
  */
 import { DeliverPolicy, type ConsumerMessages, type NatsConnection, type Subscription } from 'nats';
-import { DEFAULT_EVENTS_STREAM, EVENT_TYPES, eventSubject, type EventType, type LockEvent } from '../shared/events';
+import {
+  allEventsSubject,
+  defaultEventsStream,
+  EVENT_TYPES,
+  eventsStreamName,
+  eventSubject,
+  LEGACY_EVENTS_STREAM,
+  streamFit,
+  type EventType,
+  type LockEvent,
+} from '../shared/events';
 import { ConnectionClosed, InvalidRequest, LockError, errorFromNats } from './errors';
 
-export { DEFAULT_EVENTS_STREAM };
+export { defaultEventsStream, eventsStreamName };
+
+/**
+ * @deprecated The stream every prefix shared by default before each prefix had a stream of its
+ * own; the default is now `defaultEventsStream(prefix)` (`LOCKMGR_EVENTS_<prefix>`).
+ */
+export const DEFAULT_EVENTS_STREAM = LEGACY_EVENTS_STREAM;
 
 export interface EventsOptions {
   /** Only events of these types (default: all). */
@@ -29,7 +45,10 @@ export interface EventsOptions {
    * iteration ends with the last event stored when it started). Live events always follow.
    */
   follow?: boolean;
-  /** The JetStream stream the daemons deliver to (default LOCKMGR_EVENTS). */
+  /**
+   * The JetStream stream the daemons deliver to: their `eventsStream`, by default
+   * `LOCKMGR_EVENTS_<prefix>` (see defaultEventsStream).
+   */
   stream?: string;
 }
 
@@ -42,9 +61,17 @@ export interface ReceivedLockEvent extends LockEvent {
   streamSeq?: number;
 }
 
-/** The events stream is missing or JetStream is not enabled (replay needs it; live events do not). */
+/**
+ * Replay is impossible (live events do not need any of this): JetStream is not enabled
+ * (`no-jetstream`), the stream does not exist (`no-stream`), or it does not take the prefix's
+ * events (`wrong-stream`: it is another prefix's, or someone else's).
+ */
 export class EventsUnavailable extends LockError {
-  constructor(message: string, options?: { cause?: unknown }) {
+  constructor(
+    message: string,
+    readonly reason: 'no-jetstream' | 'no-stream' | 'wrong-stream',
+    options?: { cause?: unknown },
+  ) {
     super('EVENTS_UNAVAILABLE', message, options);
   }
 }
@@ -160,7 +187,7 @@ export class LockEventStream implements AsyncIterable<ReceivedLockEvent> {
 
   constructor(
     private readonly nc: NatsConnection,
-    prefix: string,
+    private readonly prefix: string,
     options: EventsOptions = {},
   ) {
     const plan = eventsPlan(prefix, options.types, options.names);
@@ -207,7 +234,8 @@ export class LockEventStream implements AsyncIterable<ReceivedLockEvent> {
   }
 
   private async replay(plan: Plan, options: EventsOptions, start: ReplayStart): Promise<void> {
-    const streamName = options.stream ?? DEFAULT_EVENTS_STREAM;
+    const streamName = eventsStreamName(this.prefix, options.stream);
+    const ours = allEventsSubject(this.prefix);
     // The last stored event the filter matches: a replay that does not follow ends with it. (The
     // `pending` count JetStream sends with each message is not reliable with wildcard filters on
     // servers before 2.10, so it is not used.)
@@ -215,7 +243,28 @@ export class LockEventStream implements AsyncIterable<ReceivedLockEvent> {
     const js = this.nc.jetstream();
     try {
       const jsm = await this.nc.jetstreamManager();
-      await jsm.streams.info(streamName);
+      const info = await jsm.streams.info(streamName).catch(async (err: unknown) => {
+        if (!/stream not found/i.test((err as Error).message)) throw err;
+        // Name the stream that does take the prefix's events, if there is one (a stream shared
+        // by every prefix before each had its own).
+        const other = await jsm.streams.find(ours).catch(() => null);
+        throw new EventsUnavailable(
+          `no events stream ${streamName} on this NATS server` +
+            (other
+              ? `; stream ${other} takes ${ours}: read that one (the daemons' eventsStream)`
+              : `: is a daemon of prefix ${this.prefix} running with JetStream, and is the stream name right (the daemons' eventsStream)?`),
+          'no-stream',
+          { cause: err },
+        );
+      });
+      const subjects = info.config.subjects ?? [];
+      if (!streamFit(this.prefix, subjects).takesAll) {
+        throw new EventsUnavailable(
+          `events stream ${streamName} takes ${subjects.join(', ') || 'no subjects'}, not ${ours} (the events of prefix ${this.prefix}): ` +
+            `it is not this prefix's stream; name the stream the daemons of prefix ${this.prefix} deliver to (their eventsStream)`,
+          'wrong-stream',
+        );
+      }
       last = await jsm.streams.getMessage(streamName, { last_by_subj: plan.subject }).then(
         (m) => ({ seq: m.seq, time: m.time }),
         (err) => {
@@ -224,15 +273,12 @@ export class LockEventStream implements AsyncIterable<ReceivedLockEvent> {
         },
       );
     } catch (err) {
+      if (err instanceof EventsUnavailable) throw err;
       const code = String((err as { code?: unknown }).code ?? '');
       if (code === '503')
-        throw new EventsUnavailable('JetStream is not enabled on the NATS server: there is no stored history to replay', { cause: err });
-      if (/stream not found/i.test((err as Error).message)) {
-        throw new EventsUnavailable(
-          `no events stream ${streamName} on this NATS server: is a daemon running with JetStream, and is the stream name right?`,
-          { cause: err },
-        );
-      }
+        throw new EventsUnavailable('JetStream is not enabled on the NATS server: there is no stored history to replay', 'no-jetstream', {
+          cause: err,
+        });
       throw errorFromNats(err);
     }
     if (this.ended) return;

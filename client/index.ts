@@ -56,5 +56,5 @@ export {
 export type { LockRecord, LockSetStatus, LockSetCounts, LockSetResultRecord } from '../shared/protocol';
 export type { LockEvent, EventType, EventCause } from '../shared/events';
 export { EVENT_TYPES } from '../shared/events';
-export { LockEventStream, EventsUnavailable, DEFAULT_EVENTS_STREAM, subjectMatches } from './events';
+export { LockEventStream, EventsUnavailable, DEFAULT_EVENTS_STREAM, defaultEventsStream, eventsStreamName, subjectMatches } from './events';
 export type { EventsOptions, ReceivedLockEvent } from './events';

@@ -4,10 +4,10 @@
  */
 import { readFileSync } from 'node:fs';
 import { DEFAULT_NATS_URL, envName, NATS_SECURITY_KEYS, type NatsSecurity } from '../shared/connect';
-import { DEFAULT_EVENTS_STREAM } from '../shared/events';
+import { eventsStreamName, streamNameProblem } from '../shared/events';
 import { DEFAULT_PREFIX } from '../shared/protocol';
 import { maskNatsUrls } from '../shared/nats-url';
-import { maskDatabaseUrl } from './store';
+import { databaseUrlProblem, maskDatabaseUrl } from './store';
 import { LOG_LEVELS } from './logger';
 import { parseListenAddress } from './http-server';
 
@@ -43,7 +43,13 @@ export const OPTIONS = {
   },
   tlsKey: { kind: 'string', default: '', describe: 'PEM file of the key of tlsCert' },
   prefix: { kind: 'string', default: DEFAULT_PREFIX, describe: 'Subject prefix P: requests on P.set, P.get...; events on P.events.>' },
-  db: { kind: 'string', default: './data/lockmgr.sqlite', describe: 'SQLite file path, or a postgres:// URL', secret: 'url' },
+  db: {
+    kind: 'string',
+    default: './data/lockmgr.sqlite',
+    describe: 'SQLite file path, or a postgres:// URL',
+    secret: 'url',
+    check: databaseUrlProblem,
+  },
   dbPoolSize: { kind: 'number', default: 4, min: 1, describe: 'PostgreSQL connections per daemon' },
   dbLockTimeout: {
     kind: 'number',
@@ -118,7 +124,12 @@ export const OPTIONS = {
     choices: ['auto', 'off'],
     describe: 'Deliver events to JetStream (auto) or core NATS only (off)',
   },
-  eventsStream: { kind: 'string', default: DEFAULT_EVENTS_STREAM, describe: 'JetStream stream that stores events (created if missing)' },
+  eventsStream: {
+    kind: 'string',
+    default: '',
+    describe: 'JetStream stream that stores the events (created if missing); empty: LOCKMGR_EVENTS_<prefix>, a stream of the prefix alone',
+    check: streamNameProblem,
+  },
   eventsRetention: {
     kind: 'enum',
     default: 'limits',
@@ -126,7 +137,18 @@ export const OPTIONS = {
     describe: 'Retention policy of the events stream',
   },
   eventsReplicas: { kind: 'number', default: 1, min: 1, describe: 'Replicas of the events stream' },
-  eventsMaxAge: { kind: 'number', default: 0, min: 0, describe: 'Seconds events are kept in the stream (0: forever)' },
+  eventsMaxAge: {
+    kind: 'number',
+    default: 604_800,
+    min: 0,
+    describe: 'Seconds a stream the daemon creates keeps events (0: forever); default 7 days',
+  },
+  eventsMaxBytes: {
+    kind: 'number',
+    default: 1_073_741_824,
+    min: 0,
+    describe: 'Most bytes a stream the daemon creates keeps, the oldest events going first (0: no bound); default 1 GiB',
+  },
   eventsDuplicateWindow: { kind: 'number', default: 600, min: 1, describe: 'Seconds JetStream remembers event ids to drop re-sends' },
   httpListen: {
     kind: 'string',
@@ -186,7 +208,8 @@ function coerce(key: ConfigKey, raw: unknown, origin: string): string | number |
         throw new ConfigError(`${origin}: ${key} must be a non-empty string, got ${JSON.stringify(raw)}`);
       }
       const problem = raw === '' ? null : spec.check?.(raw);
-      if (problem) throw new ConfigError(`${origin}: ${key} ${problem}, got ${JSON.stringify(raw)}`);
+      // A secret's value is not repeated: a URL that does not parse may not be masked right.
+      if (problem) throw new ConfigError(`${origin}: ${key} ${problem}${spec.secret ? '' : `, got ${JSON.stringify(raw)}`}`);
       return raw;
     }
   }
@@ -248,7 +271,7 @@ export function loadConfig(input: LoadConfigInput = {}): LoadedConfig {
   return { config: values as DaemonConfig, sources };
 }
 
-/** The config with secrets masked, for logs and `lockmgr config`. */
+/** The config with secrets masked and the events stream named, for logs and `lockmgr config`. */
 export function maskedConfig(config: DaemonConfig): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const key of Object.keys(OPTIONS) as ConfigKey[]) {
@@ -259,6 +282,7 @@ export function maskedConfig(config: DaemonConfig): Record<string, unknown> {
     else if (secret === 'url') out[key] = maskNatsUrls(String(value));
     else out[key] = value;
   }
+  out.eventsStream = eventsStreamName(config.prefix, config.eventsStream);
   return out;
 }
 

@@ -9,3 +9,5 @@ export type { StoreOptions } from './store';
 export type { Store } from './store/store';
 export { CHANNELS as DIAGNOSTIC_CHANNELS } from './diagnostics';
 export type { Clock } from './clock';
+export { StartAborted } from './backoff';
+export { EventsStreamProblem } from './relay/publisher';

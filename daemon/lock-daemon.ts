@@ -7,12 +7,13 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { ErrorCode as NatsErrorCode, type NatsConnection, type Service, type Subscription } from 'nats';
 import { connectNats } from '../shared/connect';
-import { DAEMON_HEADER, eventSubject, parseEventSubject, type EventType } from '../shared/events';
+import { DAEMON_HEADER, eventsStreamName, eventSubject, parseEventSubject, type EventType } from '../shared/events';
 import { maskNatsUrls } from '../shared/nats-url';
 import { ENDPOINTS, requestSubject, SERVICE_NAME, type DaemonMetadata } from '../shared/protocol';
 import { Authority } from './authority';
+import { retryUntilDone, type Backoff } from './backoff';
 import { Batcher } from './batcher';
-import { systemClock, sleep, within, type Clock } from './clock';
+import { systemClock, within, type Clock } from './clock';
 import { loadConfig, maskedConfig, natsSecurity, type DaemonConfig } from './config';
 import { lockHandlers } from './handlers';
 import { parseListenAddress, startHttpServer, type RunningHttpServer } from './http-server';
@@ -21,7 +22,7 @@ import { createLogger, type Logger, type LogLevel } from './logger';
 import { DaemonMetrics } from './metrics';
 import { startEventRelay, type RunningRelay } from './relay';
 import { openStore } from './store';
-import type { CommittedEvent, Store } from './store/store';
+import { rootCause, type CommittedEvent, type Store } from './store/store';
 import { Sweeper } from './sweeper';
 import { WaitQueue } from './waiters';
 
@@ -61,8 +62,19 @@ const REPLY_HEADROOM = 1024;
 /** How long /readyz waits for the database and NATS to answer. */
 const READY_TIMEOUT_MS = 2000;
 
+/** Waits between attempts to reach NATS at start (logged each time: nothing works without it). */
+const NATS_BACKOFF: Backoff = { minMs: 1000, maxMs: 15_000 };
+/** Waits between attempts to reach the database at start: short, a database often comes up just after us. */
+const DATABASE_BACKOFF: Backoff = { minMs: 250, maxMs: 5000, jitter: 0.2 };
+
 /** Event types after which a waiter of the name may find it free. */
 const RELEASE_TYPES: ReadonlySet<EventType> = new Set(['released', 'expired', 'reset']);
+
+/** What the driver said, under the store's wrappers (a connection refused by every address has only a code). */
+function rootMessage(err: unknown): string {
+  const root = rootCause(err) as { message?: unknown; code?: unknown } | null;
+  return String(root?.message || root?.code || err);
+}
 
 export class LockDaemon {
   readonly config: DaemonConfig;
@@ -100,6 +112,8 @@ export class LockDaemon {
   readonly metrics: DaemonMetrics;
   private starting?: Promise<void>;
   private stopping?: Promise<void>;
+  /** Aborted by stop(): a start still waiting for NATS or the database gives up at once. */
+  private readonly stopRequested = new AbortController();
 
   constructor(private readonly options: LockDaemonOptions = {}) {
     this.config = { ...loadConfig({ env: {} }).config, ...options.config };
@@ -203,11 +217,7 @@ export class LockDaemon {
     this.db = store;
     // Before anything else touches it: a SQLite file refuses a second daemon here.
     await store.claim();
-    if (c.migrate) {
-      const applied = await store.migrate();
-      this.logger.info(applied.length ? `applied migrations: ${applied.join(', ')}` : 'schema is up to date', { store: store.describe() });
-    }
-    const storeId = await store.identity();
+    const storeId = await this.reachDatabase(store);
     this.logger.info('store ready', { store: store.describe(), dialect: store.kind, storeId });
 
     const batcher = new Batcher(store, {
@@ -246,10 +256,12 @@ export class LockDaemon {
       {
         prefix: c.prefix,
         jetstream: c.eventsJetstream as 'auto' | 'off',
-        stream: c.eventsStream,
+        stream: eventsStreamName(c.prefix, c.eventsStream),
+        streamConfigured: c.eventsStream !== '',
         retention: c.eventsRetention as 'limits',
         replicas: c.eventsReplicas,
         maxAgeSeconds: c.eventsMaxAge,
+        maxBytes: c.eventsMaxBytes,
         duplicateWindowSeconds: c.eventsDuplicateWindow,
       },
       this.logger,
@@ -322,33 +334,76 @@ export class LockDaemon {
     this.logger.info('serving HTTP', { url: this.http.url, paths: ['/metrics', '/healthz', '/readyz'] });
   }
 
-  private async connectNats(): Promise<NatsConnection> {
+  /**
+   * Migrate (if configured) and read the store's identity, waiting for a database that cannot be
+   * reached yet: one line when it first fails, one when it answers. What waiting cannot cure
+   * (a refused login, a missing database, any SQLite failure) is thrown at once.
+   */
+  private async reachDatabase(store: Store): Promise<string> {
     const c = this.config;
-    let delay = 1000;
-    for (let attempt = 1; ; attempt++) {
-      if (this.stopping) throw new Error('stopped before NATS was reached');
-      try {
-        return await connectNats({
+    const applied: string[] = [];
+    let waitedSince: number | undefined;
+    const storeId = await retryUntilDone(
+      async () => {
+        // A migration applied before a later step failed stays applied: remember it for the log.
+        if (c.migrate) applied.push(...(await store.migrate()));
+        return store.identity();
+      },
+      {
+        what: 'the database was reached',
+        backoff: DATABASE_BACKOFF,
+        clock: this.clock,
+        signal: this.stopRequested.signal,
+        retryable: (err) => store.reachableLater?.(err) ?? false,
+        onRetry: (err, failures, delayMs) => {
+          const why = rootMessage(err);
+          if (failures === 1) {
+            waitedSince = this.clock.now();
+            this.logger.warn(`waiting for the database at ${store.describe()}: ${why}; retrying`);
+          } else {
+            this.logger.debug(`the database is still unreachable: ${why}; next attempt in ${delayMs} ms (attempt ${failures + 1})`);
+          }
+        },
+      },
+    );
+    if (waitedSince !== undefined) {
+      this.logger.info('connected to the database', { store: store.describe(), waitedMs: this.clock.now() - waitedSince });
+    }
+    if (c.migrate) {
+      this.logger.info(applied.length ? `applied migrations: ${applied.join(', ')}` : 'schema is up to date', { store: store.describe() });
+    }
+    return storeId;
+  }
+
+  private connectNats(): Promise<NatsConnection> {
+    const c = this.config;
+    return retryUntilDone(
+      () =>
+        connectNats({
           servers: c.natsUrl,
           ...natsSecurity(c),
           name: `lockmgr-daemon ${this.id}`,
           // Reconnect forever, also through repeated authentication errors (a server restarted
           // with its accounts not yet loaded): a daemon that gave up would serve nobody.
           nats: { maxReconnectAttempts: -1, reconnectTimeWait: 1000, ignoreAuthErrorAbort: true },
-        });
-      } catch (err) {
-        const code = (err as { code?: unknown }).code;
-        if (code === 'NATS_CREDENTIALS') throw err;
+        }),
+      {
+        what: 'NATS was reached',
+        backoff: NATS_BACKOFF,
+        clock: this.clock,
+        signal: this.stopRequested.signal,
+        retryable: (err) => (err as { code?: unknown }).code !== 'NATS_CREDENTIALS',
+        discard: (nc) => void nc.close(),
         // A TLS refusal may be a server whose configuration is being rolled out: retried too.
-        const what =
-          code === 'NATS_TLS'
-            ? `${(err as Error).message}: check tlsCa, tlsCert and tlsKey`
-            : `cannot reach NATS at ${maskNatsUrls(c.natsUrl)} (${(err as Error).message}): start nats-server (with -js for the audit trail) or set LOCKMGR_NATS_URL`;
-        this.logger.error(`${what}; retrying in ${delay / 1000}s (attempt ${attempt})`);
-        await sleep(this.clock, delay);
-        delay = Math.min(delay * 2, 15_000);
-      }
-    }
+        onRetry: (err, failures, delayMs) => {
+          const what =
+            (err as { code?: unknown }).code === 'NATS_TLS'
+              ? `${(err as Error).message}: check tlsCa, tlsCert and tlsKey`
+              : `cannot reach NATS at ${maskNatsUrls(c.natsUrl)} (${(err as Error).message}): start nats-server (with -js for the audit trail) or set LOCKMGR_NATS_URL`;
+          this.logger.error(`${what}; retrying in ${delayMs / 1000}s (attempt ${failures})`);
+        },
+      },
+    );
   }
 
   private watchNats(nc: NatsConnection): void {
@@ -402,6 +457,7 @@ export class LockDaemon {
    * and the store. Resolves when done; `timeoutMs` bounds the graceful part.
    */
   stop(timeoutMs = this.config.drainTimeout * 1000): Promise<void> {
+    this.stopRequested.abort();
     this.stopping ??= this.doStop(timeoutMs);
     return this.stopping;
   }

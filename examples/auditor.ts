@@ -6,14 +6,14 @@
  *   npm run build && npm run audit-example
  *
  * Environment: LOCKMGR_NATS_URL (default nats://127.0.0.1:4222), LOCKMGR_PREFIX (default lock),
- * LOCKMGR_EVENTS_STREAM (default LOCKMGR_EVENTS).
+ * LOCKMGR_EVENTS_STREAM (default LOCKMGR_EVENTS_<prefix>, as for the daemons).
  *
  * The rules it checks, per lock, in stream order:
  *   created   the name was free; its token is larger than any earlier grant's
  *   renewed   the name was held, by that token; the lock is replaced by the event's
  *   released, expired, reset   the name was held, by that token; it is free afterwards
  */
-import { LockClient, type LockEvent, type LockRecord } from '../client/index';
+import { eventsStreamName, LockClient, type LockEvent, type LockRecord } from '../client/index';
 
 const FIELDS = ['locked_by', 'lock_process', 'locked_until', 'created_at', 'updated_at', 'token'] as const;
 
@@ -83,11 +83,11 @@ function differences(table: EventTable, listed: LockRecord[], now: number): stri
 }
 
 async function main(): Promise<number> {
-  const stream = process.env.LOCKMGR_EVENTS_STREAM || 'LOCKMGR_EVENTS';
   const client = await LockClient.connect({
     servers: process.env.LOCKMGR_NATS_URL || 'nats://127.0.0.1:4222',
     prefix: process.env.LOCKMGR_PREFIX || undefined,
   });
+  const stream = eventsStreamName(client.prefix, process.env.LOCKMGR_EVENTS_STREAM);
   try {
     const table = new EventTable();
     // 1. The whole history, from the first event stored to the last one stored now.

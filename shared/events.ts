@@ -52,8 +52,56 @@ export interface LockEvent {
   at: string;
 }
 
-/** The JetStream stream daemons deliver events to unless configured otherwise. */
-export const DEFAULT_EVENTS_STREAM = 'LOCKMGR_EVENTS';
+/** The stream every prefix shared by default before each prefix had one of its own. */
+export const LEGACY_EVENTS_STREAM = 'LOCKMGR_EVENTS';
+
+/**
+ * The stream a prefix's events go to unless one is configured: `LOCKMGR_EVENTS_` and the prefix,
+ * its characters other than letters, digits, `_` and `-` written `_` (`lock` ->
+ * `LOCKMGR_EVENTS_lock`, `app.locks` -> `LOCKMGR_EVENTS_app_locks`). Two prefixes may map to one
+ * name (`a.b` and `a_b`); the stream's subjects tell them apart, and a daemon or reader finding the
+ * other prefix's stream under its name refuses it (see streamFit).
+ */
+export function defaultEventsStream(prefix: string): string {
+  return `LOCKMGR_EVENTS_${prefix.replace(/[^A-Za-z0-9_-]/g, '_')}`;
+}
+
+/** The stream of `prefix`'s events: `configured` when given (not empty), else the prefix's default. */
+export function eventsStreamName(prefix: string, configured?: string): string {
+  return configured || defaultEventsStream(prefix);
+}
+
+/** Why JetStream would refuse `name` as a stream name, or null. */
+export function streamNameProblem(name: string): string | null {
+  if (/[\s.*>/\\]|[^\x21-\x7e]/.test(name))
+    return "must be a stream name JetStream takes: no whitespace, '.', '*', '>', '/', '\\' or non-ASCII characters";
+  return null;
+}
+
+/** True when every subject `pattern` matches is also matched by the stream subject `filter`. */
+export function subjectCovers(filter: string, pattern: string): boolean {
+  const f = filter.split('.');
+  const p = pattern.split('.');
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === '>') return p.length > i;
+    if (i >= p.length) return false;
+    if (p[i] === '>') return false;
+    if (f[i] !== '*' && f[i] !== p[i]) return false;
+  }
+  return f.length === p.length;
+}
+
+/**
+ * How a stream's subjects fit the events of `prefix`: whether they take all of them (`P.events.>`),
+ * and which of them take anything else (other prefixes' events, other publishers).
+ */
+export function streamFit(prefix: string, subjects: readonly string[]): { takesAll: boolean; others: string[] } {
+  const ours = allEventsSubject(prefix);
+  return {
+    takesAll: subjects.some((s) => subjectCovers(s, ours)),
+    others: subjects.filter((s) => !subjectCovers(ours, s)),
+  };
+}
 
 /** Header naming the daemon that made a change, so that it can skip its own events cheaply. */
 export const DAEMON_HEADER = 'Lockmgr-Daemon';

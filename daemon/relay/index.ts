@@ -61,13 +61,22 @@ export async function startEventRelay(
       else if (s.type === 'reconnect') relay.reconnected();
     }
   })().catch(() => undefined);
-  await relay.start();
+  const letGo = () => {
+    nudges?.unsubscribe();
+    (status as { stop?: () => void }).stop?.();
+  };
+  try {
+    await relay.start();
+  } catch (err) {
+    await relay.stop();
+    letGo();
+    throw err;
+  }
   return {
     relay,
     stop: async () => {
       await relay.stop();
-      nudges?.unsubscribe();
-      (status as { stop?: () => void }).stop?.();
+      letGo();
     },
   };
 }

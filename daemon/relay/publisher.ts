@@ -18,7 +18,7 @@ import {
   type StreamConfig,
   type StreamInfo,
 } from 'nats';
-import { allEventsSubject, DAEMON_HEADER, eventSubject } from '../../shared/events';
+import { allEventsSubject, DAEMON_HEADER, defaultEventsStream, eventSubject, LEGACY_EVENTS_STREAM, streamFit } from '../../shared/events';
 import { micros, publishChannel } from '../diagnostics';
 import { iso } from '../lock-records';
 import type { OutboxEvent } from '../store/store';
@@ -52,12 +52,30 @@ export class JetStreamAbsent extends Error {}
 /** The stream refused an event because another publisher wrote between two of ours: go again. */
 export class ChainBroken extends Error {}
 
+/**
+ * The events stream cannot serve this prefix as configured: it takes other subjects, or JetStream
+ * refused to create it. Waiting does not help; the configuration or the stream must change.
+ */
+export class EventsStreamProblem extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'EventsStreamProblem';
+  }
+}
+
 export interface StreamOptions {
   prefix: string;
   stream: string;
+  /**
+   * The stream was named in the configuration (eventsStream), not the prefix's default: it may
+   * then be shared with other subjects, which the operator set up.
+   */
+  streamConfigured: boolean;
   retention: 'limits' | 'interest' | 'workqueue';
   replicas: number;
+  /** Limits of a stream the daemon creates (0: none); an existing stream keeps its own. */
   maxAgeSeconds: number;
+  maxBytes: number;
   duplicateWindowSeconds: number;
   /** ms to wait for JetStream's answers (acknowledgements of a round, stream requests). */
   timeoutMs: number;
@@ -99,6 +117,8 @@ async function timed(events: readonly OutboxEvent[], publish: () => Promise<Publ
 export class JetStreamPublisher implements StreamPublisher {
   private jsm?: JetStreamManager;
   private readonly acks: AckCollector;
+  /** What the log was told of an existing stream (once per process, not at every reconnect). */
+  private described = false;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -162,43 +182,110 @@ export class JetStreamPublisher implements StreamPublisher {
   }
 
   private async ensureStream(jsm: JetStreamManager): Promise<void> {
-    const o = this.options;
-    const subject = allEventsSubject(o.prefix);
     let info: StreamInfo | undefined;
     try {
-      info = await jsm.streams.info(o.stream);
+      info = await jsm.streams.info(this.options.stream);
     } catch (err) {
       if (!isStreamNotFound(err)) throw err;
     }
-    if (!info) {
-      let dupMs = o.duplicateWindowSeconds * 1000;
-      if (o.maxAgeSeconds > 0 && dupMs > o.maxAgeSeconds * 1000) {
-        // JetStream refuses a duplicate window longer than the stream keeps messages.
-        dupMs = o.maxAgeSeconds * 1000;
-        this.notes.warn(`eventsDuplicateWindow is longer than eventsMaxAge: using ${o.maxAgeSeconds}s`);
-      }
-      const config: Partial<StreamConfig> = {
-        name: o.stream,
-        subjects: [subject],
-        retention: { limits: RetentionPolicy.Limits, interest: RetentionPolicy.Interest, workqueue: RetentionPolicy.Workqueue }[
-          o.retention
-        ],
-        storage: StorageType.File,
-        num_replicas: o.replicas,
-        max_age: nanos(o.maxAgeSeconds * 1000),
-        duplicate_window: nanos(dupMs),
-      };
-      await jsm.streams.add(config);
-      this.notes.info('created events stream', { stream: o.stream, subjects: subject });
-      return;
+    if (info) this.checkStream(info);
+    else await this.createStream(jsm);
+  }
+
+  private async createStream(jsm: JetStreamManager): Promise<void> {
+    const o = this.options;
+    const subject = allEventsSubject(o.prefix);
+    let dupMs = o.duplicateWindowSeconds * 1000;
+    if (o.maxAgeSeconds > 0 && dupMs > o.maxAgeSeconds * 1000) {
+      // JetStream refuses a duplicate window longer than the stream keeps messages.
+      dupMs = o.maxAgeSeconds * 1000;
+      this.notes.warn(`eventsDuplicateWindow is longer than eventsMaxAge: using ${o.maxAgeSeconds}s`);
     }
-    const covered = (info.config.subjects ?? []).some(
-      (s) => s === '>' || s === subject || (s.endsWith('.>') && subject.startsWith(s.slice(0, -1))),
-    );
-    if (!covered) {
-      // A stream of that name exists for other subjects (another prefix): add ours to it.
-      await jsm.streams.update(o.stream, { ...info.config, subjects: [...(info.config.subjects ?? []), subject] });
-      this.notes.warn(`events stream ${o.stream} did not take ${subject}: added it to the stream's subjects`);
+    const config: Partial<StreamConfig> = {
+      name: o.stream,
+      subjects: [subject],
+      retention: { limits: RetentionPolicy.Limits, interest: RetentionPolicy.Interest, workqueue: RetentionPolicy.Workqueue }[o.retention],
+      storage: StorageType.File,
+      num_replicas: o.replicas,
+      max_age: nanos(o.maxAgeSeconds * 1000),
+      max_bytes: o.maxBytes > 0 ? o.maxBytes : -1,
+      duplicate_window: nanos(dupMs),
+    };
+    try {
+      await jsm.streams.add(config);
+    } catch (err) {
+      // JetStream answered and refused (no timeout, no missing JetStream): trying again is no use.
+      if (!(err as { api_error?: unknown }).api_error) throw err;
+      throw new EventsStreamProblem(await this.refusal(jsm, err as Error), { cause: err });
+    }
+    this.notes.info('created events stream', {
+      stream: o.stream,
+      subjects: subject,
+      maxAgeSeconds: o.maxAgeSeconds,
+      maxBytes: o.maxBytes,
+    });
+  }
+
+  /** Why JetStream would not create the stream, and what to do about it. */
+  private async refusal(jsm: JetStreamManager, err: Error): Promise<string> {
+    const o = this.options;
+    const subject = allEventsSubject(o.prefix);
+    const head = `cannot create events stream ${o.stream} for ${subject}: ${err.message}`;
+    if ((err as { api_error?: { err_code?: number } }).api_error?.err_code === 10065) {
+      const other = await jsm.streams.find(subject).catch(() => null);
+      if (other) {
+        const legacy = other === LEGACY_EVENTS_STREAM ? ', the stream every prefix shared by default before each had its own,' : '';
+        return (
+          `${head}: stream ${other}${legacy} already takes ${subject}; ` +
+          `set eventsStream=${other} to keep delivering there, or take ${subject} out of ${other}'s subjects`
+        );
+      }
+    }
+    if (/insufficient storage/i.test(err.message)) {
+      return `${head}: JetStream reserves a stream's max bytes (eventsMaxBytes, ${o.maxBytes}) from its storage; lower eventsMaxBytes or give JetStream more (max_file_store)`;
+    }
+    return head;
+  }
+
+  /** An existing stream must take this prefix's events; a default-named one nothing else. */
+  private checkStream(info: StreamInfo): void {
+    const o = this.options;
+    const subject = allEventsSubject(o.prefix);
+    const subjects = info.config.subjects ?? [];
+    const fit = streamFit(o.prefix, subjects);
+    const listed = subjects.join(', ') || 'no subjects';
+    if (!fit.takesAll) {
+      // Never add our subjects to someone else's stream: prefixes would mix without anyone asking.
+      throw new EventsStreamProblem(
+        `events stream ${o.stream} takes ${listed}, not ${subject} (the events of prefix ${o.prefix}): ` +
+          (o.streamConfigured
+            ? `give this prefix a stream of its own (leave eventsStream unset for ${defaultEventsStream(o.prefix)}), or, to share ${o.stream}, add ${subject} to its subjects (nats stream edit ${o.stream})`
+            : `${o.stream} is this prefix's default name, but the stream is another prefix's (or someone else's); set eventsStream to a stream name of this prefix's own`),
+      );
+    }
+    if (fit.others.length > 0 && !o.streamConfigured) {
+      throw new EventsStreamProblem(
+        `events stream ${o.stream}, the default stream of prefix ${o.prefix}, also takes ${fit.others.join(', ')}: ` +
+          `a default stream holds one prefix's events alone; to share a stream, name it with eventsStream`,
+      );
+    }
+    if (this.described) return;
+    this.described = true;
+    if (fit.others.length > 0) {
+      this.notes.info('the events stream is shared (eventsStream names it): it also takes other subjects', {
+        stream: o.stream,
+        others: fit.others.join(', '),
+      });
+    }
+    // An existing stream's limits are the operator's: told, never rewritten.
+    const maxAgeSeconds = Number(info.config.max_age) / 1e9;
+    const maxBytes = info.config.max_bytes > 0 ? info.config.max_bytes : 0;
+    if (maxAgeSeconds !== o.maxAgeSeconds || maxBytes !== o.maxBytes) {
+      this.notes.warn(
+        `events stream ${o.stream} exists with max age ${limitText(maxAgeSeconds, 's')} and max bytes ${limitText(maxBytes)}, ` +
+          `not the configured eventsMaxAge ${limitText(o.maxAgeSeconds, 's')} and eventsMaxBytes ${limitText(o.maxBytes)}: ` +
+          `the limits of an existing stream are left as they are (change them with nats stream edit ${o.stream})`,
+      );
     }
   }
 
@@ -236,6 +323,11 @@ export class JetStreamPublisher implements StreamPublisher {
     void consumer.delete().catch(() => undefined);
     return ids;
   }
+}
+
+/** A stream limit for the log: `604800s`, `1073741824`, or `none` (0). */
+function limitText(n: number, unit = ''): string {
+  return n > 0 ? `${n}${unit}` : 'none';
 }
 
 /** Core NATS: published and flushed, at most once; nobody acknowledges. */

@@ -27,11 +27,12 @@
  * eventsJetstream=off), events go out on core NATS, at most once; once it has delivered to
  * JetStream the daemon keeps to it, and events wait in the outbox while JetStream is away.
  */
+import { backoffDelay } from '../backoff';
 import { systemClock, sleep, type Cancel, type Clock } from '../clock';
 import type { Logger } from '../logger';
 import type { CommittedEvent, Store } from '../store/store';
 import { MemoryFeed, TableFeed, type OutboxFeed } from './outbox-feed';
-import { ChainBroken, JetStreamAbsent, type Publisher, type StreamPublisher } from './publisher';
+import { ChainBroken, EventsStreamProblem, JetStreamAbsent, type Publisher, type StreamPublisher } from './publisher';
 
 export type RelayMode = 'starting' | 'standby' | 'relaying' | 'backoff' | 'offline' | 'stopped';
 
@@ -118,7 +119,10 @@ export class EventRelay {
     return this.mode;
   }
 
-  /** Find JetStream and make sure the events stream exists, then deliver what is waiting. */
+  /**
+   * Find JetStream and make sure the events stream exists, then deliver what is waiting. Throws
+   * EventsStreamProblem if the stream cannot be this prefix's (waiting would not change that).
+   */
   async start(): Promise<void> {
     if (!this.links.stream) {
       this.warnedCore = true;
@@ -127,6 +131,8 @@ export class EventRelay {
       try {
         await this.prepareStream();
       } catch (err) {
+        // A stream that cannot be this prefix's stands in the way of the start: the operator must act.
+        if (err instanceof EventsStreamProblem) throw err;
         this.logger.warn(`JetStream did not answer (${(err as Error).message}): events wait in the outbox until it does`);
       }
     }
@@ -381,8 +387,7 @@ export class EventRelay {
     if (this.mode === 'offline') this.resumeAs = 'backoff';
     else if (this.mode !== 'stopped') this.mode = 'backoff';
     if (this.publisher !== this.links.core) this.unsettled = true;
-    const base = Math.min(this.retryMaxMs, this.retryMinMs * 2 ** Math.min(this.failures - 1, 20));
-    const delay = Math.round(base * (0.8 + Math.random() * 0.4));
+    const delay = backoffDelay(this.failures, { minMs: this.retryMinMs, maxMs: this.retryMaxMs, jitter: 0.2 });
     this.retryAt = this.clock.now() + delay;
     this.schedule(delay);
   }

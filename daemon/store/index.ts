@@ -4,7 +4,7 @@
  */
 import type { Clock } from '../clock';
 import { maskUrlSecrets } from '../../shared/nats-url';
-import { PostgresStore } from './postgres/postgres-store';
+import { PostgresStore, postgresUrlProblem } from './postgres/postgres-store';
 import { SqliteStore } from './sqlite/sqlite-store';
 import type { Store } from './store';
 
@@ -51,6 +51,11 @@ export function openStore(options: StoreOptions): Store {
     walLimitMb: options.sqliteWalLimit,
     clock: options.clock,
   });
+}
+
+/** Why `url` is not a usable database URL (a `postgres://` URL that does not parse), or null. */
+export function databaseUrlProblem(url: string): string | null {
+  return isPostgresUrl(url) ? postgresUrlProblem(url) : null;
 }
 
 /** A database URL with any password masked, for logs and `lockmgr config`. */

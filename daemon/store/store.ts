@@ -259,6 +259,12 @@ export interface Store {
   /** Apply pending schema migrations; returns the names applied. Safe to run from several daemons. */
   migrate(options?: MigrateOptions): Promise<string[]>;
   /**
+   * True when a failure of `migrate()` or `identity()` at start means the database cannot be
+   * reached yet (a server not up, starting, or full), so that the daemon waits for it; false for
+   * what waiting cannot cure (authentication, a missing database). Absent: never worth waiting.
+   */
+  reachableLater?(err: unknown): boolean;
+  /**
    * Run `work` in one transaction and commit it with the events it emitted. `trace`, when given,
    * names the transaction in the statement diagnostics (see diagnostics.ts).
    */
@@ -272,6 +278,17 @@ export interface Store {
   /** The relay lease of this store (one per store). */
   relayLease(): RelayLease;
   close(): Promise<void>;
+}
+
+/** The driver's own error under the wrappers of the store (`cause`) and of Sequelize (`parent`). */
+export function rootCause(err: unknown): unknown {
+  let e = err;
+  for (let depth = 0; depth < 10; depth++) {
+    const next = (e as { cause?: unknown; parent?: unknown } | null)?.cause ?? (e as { parent?: unknown } | null)?.parent;
+    if (!next || typeof next !== 'object') break;
+    e = next;
+  }
+  return e;
 }
 
 /** The database is unreachable or refused the work: the request may be retried later. */

@@ -6,7 +6,9 @@ import { spawn } from 'node:child_process';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { LockEvent } from '../../shared/events';
+import { LockClient } from '../../client/index';
 import { cleanEnv, runCli, startCli } from '../helpers/cli';
+import { createTestDatabase } from '../helpers/databases';
 import { outboxCount, readStream, sqlQuery, waitFor } from '../helpers/events';
 import { ROOT, startStack, type Stack } from '../helpers/stack';
 
@@ -174,7 +176,51 @@ describe('lockmgr events and the auditor example (built programs, real daemon)',
     expect(both.code).toBe(64);
     const missing = await runCli(['events', '--nats-url', stack.nats.url, '--prefix', stack.prefix, '--stream', 'NO_SUCH_STREAM']);
     expect(missing.code).toBe(69);
-    expect(missing.stderr).toMatch(/no events stream NO_SUCH_STREAM/);
+    // It names the stream that does hold the prefix's events.
+    expect(missing.stderr).toBe(
+      `lockmgr: no events stream NO_SUCH_STREAM on this NATS server; stream ${stream} takes ${stack.prefix}.events.>: ` +
+        `read that one (the daemons' eventsStream) (--stream NAME, or LOCKMGR_EVENTS_STREAM)\n`,
+    );
+    expect(missing.stdout).toBe('');
+  });
+
+  it("says so (exit 69) when the stream does not take the prefix's events, rather than print nothing", async () => {
+    const other = `${stack.prefix}-other`;
+    const wrong = await runCli(['events', '--nats-url', stack.nats.url, '--prefix', other, '--stream', stream]);
+    expect({ code: wrong.code, stdout: wrong.stdout }).toEqual({ code: 69, stdout: '' });
+    expect(wrong.stderr).toBe(
+      `lockmgr: events stream ${stream} takes ${stack.prefix}.events.>, not ${other}.events.> (the events of prefix ${other}): ` +
+        `it is not this prefix's stream; name the stream the daemons of prefix ${other} deliver to (their eventsStream) ` +
+        `(--stream NAME, or LOCKMGR_EVENTS_STREAM)\n`,
+    );
+    const json = await runCli(['events', '--json', '--nats-url', stack.nats.url, '--prefix', other, '--stream', stream]);
+    expect(json.code).toBe(69);
+    expect(JSON.parse(json.stdout)).toMatchObject({ error: { code: 'EVENTS_UNAVAILABLE' } });
+  });
+
+  it("without --stream reads the prefix's default stream, LOCKMGR_EVENTS_<prefix>, as the daemons do", async () => {
+    const prefix = `${stack.prefix}.own`;
+    const db = await createTestDatabase('sqlite');
+    await stack.startDaemon({ prefix, db: db.url, eventsStream: '' });
+    const client = await LockClient.connect({ servers: stack.nats.url, prefix });
+    try {
+      await client.setLock('by-default', { timeout: 60 });
+      await waitFor(async () => (await outboxCount(db)) === 0, 5000, 'the event to be relayed');
+      const r = await runCli(['events', '--json', '--nats-url', stack.nats.url, '--prefix', prefix]);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(
+        r.stdout
+          .trimEnd()
+          .split('\n')
+          .map((l) => (JSON.parse(l) as LockEvent).lock.name),
+      ).toEqual(['by-default']);
+      expect((await readStream(stack.nats.url, `LOCKMGR_EVENTS_${stack.prefix}_own`)).map((s) => s.subject)).toEqual([
+        `${prefix}.events.created.by-default`,
+      ]);
+    } finally {
+      await client.close();
+    }
   });
 
   it('the auditor example rebuilds the lock table from the stream and finds no difference; it reports a lock changed behind its back', async () => {

@@ -70,8 +70,8 @@ export function refusalMessage(out: string, err: string): string {
   return stdout[stdout.length - 1] ?? '';
 }
 
-/** Start a daemon; resolves when it logs "ready", or when it exits or fails to get ready in `readyMs`. */
-export async function tryStartDaemon(settings: DaemonSettings, readyMs = 20_000): Promise<DaemonStart> {
+/** Start a daemon process and return at once (it may still be connecting, or about to fail). */
+export function launchDaemon(settings: DaemonSettings): RunningDaemon & { stdout(): string; stderr(): string } {
   const child = spawn(process.execPath, [DAEMON_CLI, 'daemon'], { env: envOf(settings), stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
@@ -105,15 +105,22 @@ export async function tryStartDaemon(settings: DaemonSettings, readyMs = 20_000)
       return !gone;
     },
   };
+  return Object.assign(daemon, { stdout: () => out, stderr: () => err });
+}
+
+/** Start a daemon; resolves when it logs "ready", or when it exits or fails to get ready in `readyMs`. */
+export async function tryStartDaemon(settings: DaemonSettings, readyMs = 20_000): Promise<DaemonStart> {
+  const daemon = launchDaemon(settings);
   const deadline = Date.now() + readyMs;
-  while (!READY.test(out)) {
-    if (gone) {
-      const code = await exited;
-      return { ready: false, code, message: refusalMessage(out, err), output: out + err };
+  while (!READY.test(daemon.stdout())) {
+    if (!daemon.alive) {
+      const code = await daemon.exited;
+      return { ready: false, code, message: refusalMessage(daemon.stdout(), daemon.stderr()), output: daemon.output() };
     }
     if (Date.now() > deadline) {
       await daemon.stop(1000);
-      return { ready: false, code: null, message: `not ready within ${readyMs} ms: ${refusalMessage(out, err)}`, output: out + err };
+      const why = refusalMessage(daemon.stdout(), daemon.stderr());
+      return { ready: false, code: null, message: `not ready within ${readyMs} ms: ${why}`, output: daemon.output() };
     }
     await new Promise((r) => setTimeout(r, 25));
   }

@@ -20,6 +20,8 @@ export interface StackOptions {
   config?: Partial<DaemonConfig>;
   /** Reuse a server (e.g. one a test stops and restarts). */
   nats?: NatsServer;
+  /** The prefix, when a test must know it before the daemons start (a unique one by default). */
+  prefix?: string;
 }
 
 export interface Stack {
@@ -44,7 +46,7 @@ export function quietLogger() {
 export async function startStack(opts: StackOptions): Promise<Stack> {
   const nats = opts.nats ?? (await startNatsServer());
   const db = await createTestDatabase(opts.store);
-  const prefix = `t${process.pid}x${++prefixes}`;
+  const prefix = opts.prefix ?? `t${process.pid}x${++prefixes}`;
   const clients: LockClient[] = [];
   const daemons: LockDaemon[] = [];
   const base: Partial<DaemonConfig> = {

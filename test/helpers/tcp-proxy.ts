@@ -26,7 +26,8 @@ interface Pair {
   closing: boolean;
 }
 
-export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
+/** `listenPort`: a port of our choosing (one a client was already told of); a free one by default. */
+export async function startTcpProxy(target: { host: string; port: number }, listenPort = 0): Promise<TcpProxy> {
   let blackholed = false;
   let accepted = 0;
   const pairs = new Set<Pair>();
@@ -78,7 +79,7 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
+    server.listen(listenPort, '127.0.0.1', () => resolve());
   });
   const port = (server.address() as { port: number }).port;
   return {

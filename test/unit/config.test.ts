@@ -174,10 +174,39 @@ describe('loadConfig errors name the source and the option', () => {
       () => loadConfig({ env: {}, flags: { httpListen: '127.0.0.1:70000' } }),
       /flag --http-listen: httpListen must have a port from 0 to 65535, got "127.0.0.1:70000"/,
     ],
+    [
+      'a postgres URL pg cannot read (its password not repeated)',
+      () => loadConfig({ env: { LOCKMGR_DB: 'postgres://lockmgr:pg-s3cret@db:notaport/locks' } }),
+      /^environment LOCKMGR_DB: db is not a URL that pg can read \(Invalid URL\): write it as postgres:\/\/user:password@host:port\/database, with special characters percent-encoded$/,
+    ],
+    [
+      'a stream name JetStream refuses',
+      () => loadConfig({ env: {}, flags: { eventsStream: 'lock.events' } }),
+      /^flag --events-stream: eventsStream must be a stream name JetStream takes: no whitespace, '.'.*, got "lock.events"$/,
+    ],
   ];
   it.each(cases)('%s', (_title, fn, message) => {
     expect(fn).toThrow(ConfigError);
     expect(fn).toThrow(message);
+  });
+});
+
+describe('the events stream', () => {
+  it('is named after the prefix unless configured: empty is the default, also in a file', () => {
+    const { config, sources } = loadConfig({ env: { LOCKMGR_PREFIX: 'app.locks' }, file: writeConfig({ eventsStream: '' }) });
+    expect([config.eventsStream, sources.eventsStream]).toEqual(['', 'file']);
+    expect(maskedConfig(config).eventsStream).toBe('LOCKMGR_EVENTS_app_locks');
+    const named = loadConfig({ env: { LOCKMGR_PREFIX: 'app.locks', LOCKMGR_EVENTS_STREAM: 'LOCKMGR_EVENTS' } }).config;
+    expect(maskedConfig(named).eventsStream).toBe('LOCKMGR_EVENTS');
+  });
+
+  it('keeps events 7 days and 1 GiB by default', () => {
+    const { config } = loadConfig({ env: {} });
+    expect([config.eventsMaxAge, config.eventsMaxBytes]).toEqual([7 * 24 * 3600, 1024 ** 3]);
+    expect(loadConfig({ env: { LOCKMGR_EVENTS_MAX_BYTES: '0', LOCKMGR_EVENTS_MAX_AGE: '0' } }).config).toMatchObject({
+      eventsMaxAge: 0,
+      eventsMaxBytes: 0,
+    });
   });
 });
 

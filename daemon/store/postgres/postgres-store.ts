@@ -27,6 +27,7 @@ import {
 } from '../sql-tx';
 import {
   CommitInDoubt,
+  rootCause,
   RowBusy,
   StoreUnavailable,
   toCommittedEvents,
@@ -73,7 +74,8 @@ const ANSWER_MARGIN_MS = 250;
 /** Counted on the database's clock, the one that decides expiry here. */
 const COUNTS_SQL = storeCountsSql('lockmgr_now_ms()');
 
-const NET_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH']);
+// EAI_AGAIN: a name not resolvable yet (a database container not started).
+const NET_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 
 /** True when an error means "the database is away", as opposed to a bug in a statement. */
 function isUnavailable(err: unknown): boolean {
@@ -99,6 +101,16 @@ function classify(err: unknown, what: string): unknown {
   if (code === '55P03') return new RowBusy(`a row is held by another database session: ${(err as Error).message}`, { cause: err });
   if (isUnavailable(err)) return new StoreUnavailable(`${what}: ${(err as Error).message}`, { cause: err });
   return err;
+}
+
+/** Why pg cannot use `url` (it does not parse), or null. Parsed as pg does, without connecting. */
+export function postgresUrlProblem(url: string): string | null {
+  try {
+    new Client({ connectionString: url });
+    return null;
+  } catch (err) {
+    return `is not a URL that pg can read (${(err as Error).message}): write it as postgres://user:password@host:port/database, with special characters percent-encoded`;
+  }
 }
 
 interface Queryable {
@@ -245,6 +257,12 @@ export class PostgresStore implements Store {
 
   async claim(): Promise<void> {
     // Any number of daemons serve one database together.
+  }
+
+  reachableLater(err: unknown): boolean {
+    // Only the database being away: a refused login (class 28) or a missing database (3D000)
+    // is an error in the URL or on the server that no wait repairs.
+    return isUnavailable(rootCause(err));
   }
 
   async migrate(options: MigrateOptions = {}): Promise<string[]> {

@@ -211,7 +211,12 @@ export class SqliteStore implements Store {
    */
   async claim(): Promise<void> {
     if (this.claimed) return;
-    mkdirSync(dirname(this.file), { recursive: true });
+    // A local file has nothing to wait for: the daemon stops at once, saying which path is wrong.
+    try {
+      mkdirSync(dirname(this.file), { recursive: true });
+    } catch (err) {
+      throw new StoreUnavailable(`cannot create the folder of SQLite database ${this.file}: ${(err as Error).message}`, { cause: err });
+    }
     let lock: BetterSqlite3.Database | undefined;
     try {
       lock = new BetterSqlite3(`${this.file}.daemon-lock`, { timeout: 0 });
@@ -220,7 +225,10 @@ export class SqliteStore implements Store {
     } catch (err) {
       lock?.close();
       if (!/^SQLITE_(BUSY|LOCKED)/.test(String((err as { code?: unknown }).code))) {
-        throw new StoreUnavailable(`cannot lock SQLite database ${this.file}: ${(err as Error).message}`, { cause: err });
+        throw new StoreUnavailable(
+          `cannot lock SQLite database ${this.file} (with ${this.file}.daemon-lock beside it; is the folder writable?): ${(err as Error).message}`,
+          { cause: err },
+        );
       }
       let holder = '';
       try {
