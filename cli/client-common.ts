@@ -11,6 +11,7 @@ import { ConnectionClosed, LockError, LockFail, Locked, NatsUnavailable, NoDaemo
 import { ConfigError, loadConfig } from '../daemon/config';
 import { connectNats as connectToNats, NatsCredentialsError } from '../shared/connect';
 import { maskNatsUrls } from '../shared/nats-url';
+import { numberOption } from './number-option';
 
 /** Exit codes of the lockmgr commands (docs/cli.md lists them). */
 export const EXIT = {
@@ -65,17 +66,13 @@ export function withClientOptions<T>(y: Argv<T>, opts: { json?: boolean } = {}):
     .option('nats-creds', { type: 'string', describe: 'NATS credentials file [env LOCKMGR_NATS_CREDS]' })
     .option('prefix', { type: 'string', describe: 'Subject prefix the daemons serve [env LOCKMGR_PREFIX, default lock]' })
     .option('config', { type: 'string', describe: 'JSON config file to take natsUrl, natsCreds and prefix from [env LOCKMGR_CONFIG]' })
-    .option('timeout-ms', {
-      type: 'number',
-      describe: 'Milliseconds to wait for each reply [env LOCKMGR_TIMEOUT_MS, default 10000]',
-    })
-    .check((argv) => {
-      const t = argv['timeout-ms'];
-      if (t !== undefined && !(typeof t === 'number' && Number.isFinite(t) && t > 0)) {
-        throw new Error(`--timeout-ms must be a positive number of milliseconds, got ${String(t)}`);
-      }
-      return true;
-    });
+    .option(
+      ...numberOption('timeout-ms', {
+        describe: 'Milliseconds to wait for each reply [env LOCKMGR_TIMEOUT_MS, default 10000]',
+        unit: 'milliseconds',
+        positive: true,
+      }),
+    );
   if (withJson) {
     out = out.option('json', { type: 'boolean', default: false, describe: 'Machine-readable JSON on stdout (same exit codes)' });
   }

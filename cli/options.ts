@@ -10,7 +10,10 @@ export function withDaemonOptions<T>(y: Argv<T>): Argv<T> {
   for (const key of Object.keys(OPTIONS) as ConfigKey[]) {
     const spec = OPTIONS[key] as { kind: string; describe: string; choices?: readonly string[] };
     out = out.option(flagName(key), {
-      type: spec.kind === 'number' ? 'number' : spec.kind === 'boolean' ? 'boolean' : 'string',
+      // Numbers are left untyped: yargs would turn "abc" into NaN, and loadConfig could then only
+      // report "got null"; untyped, it gets what was typed and says so.
+      type: spec.kind === 'boolean' ? 'boolean' : spec.kind === 'number' ? undefined : 'string',
+      requiresArg: spec.kind !== 'boolean',
       describe: spec.describe,
       choices: spec.choices as string[] | undefined,
     }) as never;

@@ -6,6 +6,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { LockFail } from '../client/errors';
 import type { LockSetResult } from '../client/lock';
 import { EXIT, RULE, print, printJson, reportError, withClient, withClientOptions, type ClientArgs } from './client-common';
+import { numberOption } from './number-option';
 
 interface SetLockArgs extends ClientArgs {
   locks: string[];
@@ -70,7 +71,15 @@ export const setLockCommand: CommandModule<object, SetLockArgs> = {
         default: false,
         describe: 'Never expire these locks (--timeout is ignored); release them with clear-lock',
       })
-      .option('timeout', { alias: 't', type: 'number', default: 600, describe: 'Lock timeout in seconds (0: never expires)' })
+      .option(
+        ...numberOption('timeout', {
+          alias: 't',
+          default: 600,
+          min: 0,
+          unit: 'seconds',
+          describe: 'Lock timeout in seconds (0: never expires)',
+        }),
+      )
       .option('fail', {
         alias: 'e',
         type: 'boolean',
@@ -78,13 +87,7 @@ export const setLockCommand: CommandModule<object, SetLockArgs> = {
         describe: 'Exit 2 if one or more of the locks already exist, creating/renewing none of them',
       })
       .option('locked-by', { type: 'string', describe: 'Custom "locked_by" (default: this machine\'s hostname)' })
-      .option('pid', { alias: 'process-id', type: 'number', describe: 'Custom "lock_process" integer (default: none)' })
-      .check((argv) => {
-        if (!(Number.isFinite(argv.timeout) && argv.timeout >= 0))
-          throw new Error(`--timeout must be a non-negative number of seconds, got ${argv.timeout}`);
-        if (argv.pid !== undefined && !Number.isSafeInteger(argv.pid)) throw new Error(`--pid must be an integer, got ${argv.pid}`);
-        return true;
-      })
+      .option(...numberOption('pid', { alias: 'process-id', integer: true, describe: 'Custom "lock_process" integer (default: none)' }))
       .example('$0 set-lock hello world', 'create (or renew) two locks for 600 s')
       .example('$0 set-lock -e -t 30 a b c', 'all or nothing: exit 2 if any is held') as unknown as Argv<SetLockArgs>,
   handler: (argv) =>

@@ -43,6 +43,36 @@ describe('lockmgr binary surface', () => {
     });
   });
 
+  it.each([
+    ['set-lock', ['set-lock', '-t', 'abc', 'x'], '--timeout must be a non-negative number of seconds, got "abc"'],
+    ['set-lock', ['set-lock', '--pid', '1.5', 'x'], '--pid must be an integer, got "1.5"'],
+    ['set-lock', ['set-lock', '-t', '5', '-t', '6', 'x'], '--timeout was given more than once (5, 6): give it once'],
+    ['list-locks', ['list-locks', '--timeout-ms', 'soon'], '--timeout-ms must be a positive number of milliseconds, got "soon"'],
+    ['run', ['run', 'job', '-t', 'abc', '--', 'true'], '--timeout must be a non-negative number of seconds, got "abc"'],
+    ['run', ['run', 'job', '-w', '1O', '--', 'true'], '--wait must be a non-negative number of seconds, got "1O"'],
+    ['run', ['run', 'job', '--ttl', 'x', '--', 'true'], '--ttl must be a number of seconds from 1 to 3600, got "x"'],
+    ['run', ['run', 'job', '--grace', '-1', '--', 'true'], '--grace must be a non-negative number of seconds, got "-1"'],
+    ['run', ['run', 'job', '--lock-delay', 'abc', '--', 'true'], '--lock-delay must be a non-negative number of seconds, got "abc"'],
+    [
+      'run',
+      ['run', 'job', '--conflict-exit-code', 'two', '--', 'true'],
+      '--conflict-exit-code must be an integer from 0 to 255, got "two"',
+    ],
+    ['events', ['events', '--since-seq', 'first'], '--since-seq must be an integer of 1 or more, got "first"'],
+  ])('%s: a numeric option that is not a number is a usage error quoting what was typed: %j', async (_cmd, args, message) => {
+    // A NATS URL nobody listens on: the check comes before any connection.
+    const r = await runCli([args[0]!, '--nats-url', 'nats://127.0.0.1:1', ...args.slice(1)]);
+    expect(r.code).toBe(64);
+    expect(r.stderr).toBe(`lockmgr: ${message}\nRun "lockmgr --help" (or "lockmgr <command> --help") for usage.\n`);
+    expect(r.stderr).not.toContain('NaN');
+  });
+
+  it('a daemon flag that is not a number is reported as typed (exit 78), not as NaN or null', async () => {
+    const r = await runCli(['daemon', '--db-pool-size', 'four']);
+    expect(r.code).toBe(78);
+    expect(r.stderr).toBe('lockmgr: flag --db-pool-size: dbPoolSize must be a number, got "four"\n');
+  });
+
   it('--version prints the package version', async () => {
     const r = await runCli(['--version']);
     expect(r.code).toBe(0);
