@@ -6,6 +6,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
+import { OPTIONS, envName, flagName } from '../../daemon/config';
 import { createTestDatabase } from '../helpers/databases';
 import { runCli } from '../helpers/cli';
 import { ROOT } from '../helpers/stack';
@@ -41,6 +42,28 @@ describe('lockmgr binary surface', () => {
       expect(r.stdout).toContain(`lockmgr ${cmd}`);
       expect(r.stdout).toContain(flag);
     });
+  });
+
+  it("daemon --help names each option's environment variable and default, from the option table", async () => {
+    for (const cmd of ['daemon', 'config', 'migrate']) {
+      const r = await runCli([cmd, '--help']);
+      expect(r.code).toBe(0);
+      // One option's help, wrapped lines joined: from its flag to the next flag.
+      const help = (flag: string) => {
+        const start = r.stdout.indexOf(`  --${flag} `);
+        const next = r.stdout.indexOf('\n      --', start + 1);
+        return r.stdout.slice(start, next < 0 ? undefined : next).replace(/\s+/g, ' ');
+      };
+      for (const [key, spec] of Object.entries(OPTIONS)) {
+        const shown = spec.default === '' ? 'none' : String(spec.default);
+        expect([cmd, key, help(flagName(key))]).toEqual([cmd, key, expect.stringContaining(`[env ${envName(key)}, default ${shown}]`)]);
+      }
+      expect(help('nats-url')).toContain('[env LOCKMGR_NATS_URL, default nats://127.0.0.1:4222]');
+      expect(help('db-pool-size')).toContain('[env LOCKMGR_DB_POOL_SIZE, default 4]');
+    }
+    // What the help says is what the daemon runs with when nothing is set.
+    const defaults = JSON.parse((await runCli(['config', '--json'])).stdout);
+    expect(defaults.dbPoolSize).toEqual({ value: 4, source: 'default' });
   });
 
   it.each([
