@@ -9,6 +9,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import type { Argv, CommandModule } from 'yargs';
+import { hideBin } from 'yargs/helpers';
 import { Locked } from '../client/errors';
 import type { HeldLock } from '../client/held-lock';
 import type { Lock } from '../client/lock';
@@ -16,7 +17,7 @@ import { pythonTime } from '../client/lock';
 import { LockLost } from '../client/session';
 import { loadConfig } from '../daemon/config';
 import { DEFAULT_SESSION_TTL, MAX_SESSION_TTL, MIN_SESSION_TTL } from '../shared/protocol';
-import { EXIT, describeError, openClient, reportError, withClientOptions, type ClientArgs } from './client-common';
+import { CliError, EXIT, describeError, openClient, reportError, withClientOptions, type ClientArgs } from './client-common';
 import { numberOption } from './number-option';
 
 interface RunArgs extends ClientArgs {
@@ -230,6 +231,32 @@ async function supervise(held: HeldLock, command: string[], argv: RunArgs, lockD
   return r.code ?? EXIT.ERROR;
 }
 
+/** Words as a POSIX shell reads them back: quoted when they hold anything but plain characters. */
+export function shellWords(words: string[]): string {
+  return words.map((w) => (/^[\w@%+=:,./-]+$/.test(w) ? w : `'${w.replace(/'/g, `'\\''`)}'`)).join(' ');
+}
+
+/**
+ * `lockmgr run job echo hi`: words after the lock name that do not follow "--" would be taken as
+ * lockmgr's own (strict mode calls them unknown arguments, and `-l` of `ls -l` an unknown option),
+ * so say where the command goes: the command line as typed, with "--" before the first such word.
+ * Runs before validation, so that this comes first; async, so that the error reaches the command
+ * line's catch (exit 64) instead of escaping the parser.
+ */
+async function commandBeforeDashes(argv: { _: (string | number)[]; name?: unknown }): Promise<void> {
+  const words = argv._.slice(1).map(String);
+  if (words.length === 0) return;
+  const typed = hideBin(process.argv);
+  const nameAt = typed.indexOf(String(argv.name), typed.indexOf('run') + 1);
+  const firstAt = nameAt < 0 ? -1 : typed.indexOf(words[0]!, nameAt + 1);
+  const fixed = firstAt < 0 ? ['run', String(argv.name), '--', ...words] : [...typed.slice(0, firstAt), '--', ...typed.slice(firstAt)];
+  throw new CliError(
+    EXIT.USAGE,
+    `the command to run goes after "--": lockmgr ${shellWords(fixed)}\nRun "lockmgr run --help" for usage.`,
+    'USAGE',
+  );
+}
+
 export async function runLocked(argv: RunArgs): Promise<number> {
   const command = (argv['--'] ?? []).map(String);
   if (command.length === 0) {
@@ -323,6 +350,7 @@ export const runCommand: CommandModule<object, RunArgs> = {
           describe: 'Exit code when the lock is held by someone else',
         }),
       )
+      .middleware(commandBeforeDashes, true)
       .example('$0 run nightly-report -- ./report.sh --full', 'skip (exit 2) if another run holds the lock')
       .example(
         '$0 run -w 300 --kill-group db-migrate -- npm run migrate',
