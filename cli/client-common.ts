@@ -198,6 +198,11 @@ export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
+/** A count with its noun: "no locks", "1 lock", "2 locks". */
+export function count(n: number, noun: string, plural = `${noun}s`): string {
+  return `${n === 0 ? 'no' : n} ${n === 1 ? noun : plural}`;
+}
+
 /** Python's print(): the text and a newline. */
 export function print(text = ''): void {
   process.stdout.write(`${text}\n`);

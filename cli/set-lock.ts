@@ -5,7 +5,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { LockFail } from '../client/errors';
 import type { LockSetResult } from '../client/lock';
-import { EXIT, RULE, print, printJson, reportError, withClient, withClientOptions, type ClientArgs } from './client-common';
+import { EXIT, RULE, count, print, printJson, reportError, withClient, withClientOptions, type ClientArgs } from './client-common';
 import { numberOption } from './number-option';
 
 interface SetLockArgs extends ClientArgs {
@@ -21,9 +21,9 @@ interface SetLockArgs extends ClientArgs {
 
 const col = (s: string) => s.padEnd(20);
 
-/** The seed's report, line for line. */
+/** The seed's report, line for line (but for "1 lock"). */
 export function printStatusReport(given: number, res: LockSetResult): void {
-  print(`Finished creating / renewing ${given} locks.\n`);
+  print(`Finished creating / renewing ${count(given, 'lock')}.\n`);
   print(`\n${'='.repeat(20)}Status Report${'='.repeat(21)}\n`);
   print('  Per-lock:\n');
   print(`\t\t${col('Name')}${col('Was Locked?')}${col('Now Locked?')}${col('Status')}\n`);

@@ -196,7 +196,7 @@ describe('lockmgr binary surface', () => {
       expect(first.code).toBe(0);
       expect(first.stdout).toMatch(/^migrating sqlite:.*locks\.sqlite\n/);
       expect(first.stdout).toMatch(/applied 0001-create-locks/);
-      expect(first.stdout).toMatch(/done: \d+ migration\(s\) applied/);
+      expect(first.stdout).toMatch(/done: applied \d+ migrations\n$/);
       const second = await runCli(['migrate', '--db', db]);
       expect(second.code).toBe(0);
       expect(second.stdout).toContain('schema is up to date');

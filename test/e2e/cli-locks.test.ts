@@ -61,6 +61,10 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
       expect(again.code).toBe(0);
       expect(again.stdout).toContain(row('hello', 'YES', 'YES', 'extend'));
       expect(again.stdout).toContain('    Locks Renewed:      2\n');
+
+      const one = await cli(['set-lock', 'single']);
+      expect(one.code).toBe(0);
+      expect(one.stdout).toMatch(/^Finished creating \/ renewing 1 lock\.\n/);
     });
 
     it('honours -n, -r, -t, -k, --locked-by and --pid', async () => {
@@ -165,21 +169,36 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
   });
 
   describe('list-locks', () => {
-    it('prints the seed long form with lock_process, in name order', async () => {
+    it('prints the long form with lock_process and the fencing token, in name order', async () => {
       await stack.client.setLock('world', 'hello', { locked_by: 'example.org' });
-      await stack.client.setLock('proc', { locked_by: 'w1', process_id: 77, timeout: null });
+      const proc = await stack.client.setLock('proc', { locked_by: 'w1', process_id: 77, timeout: null });
       const r = await cli(['list-locks']);
       expect(r.code).toBe(0);
       const [before, body, after] = r.stdout.split(RULE57);
-      expect(before).toBe('\nThere are currently 3 active locks using Privex Django-LockMgr\n');
+      expect(before).toBe(`\nFound 3 live locks in lockmgr (subject prefix "${stack.prefix}")\n`);
       const lines = body!.trim().split('\n');
       expect(lines).toHaveLength(3);
+      const hello = (await stack.client.lockInfo('hello'))!;
       expect(lines[0]).toMatch(
-        /^<Lock name='hello' locked_by='example\.org' lock_process='None' locked_until='\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?\+00:00'>$/,
+        new RegExp(
+          `^<Lock name='hello' locked_by='example\\.org' lock_process='None' token='${hello.token}' locked_until='\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d(\\.\\d{6})?\\+00:00'>$`,
+        ),
       );
-      expect(lines[1]).toBe("<Lock name='proc' locked_by='w1' lock_process='77' locked_until='None'>");
+      expect(lines[1]).toBe(`<Lock name='proc' locked_by='w1' lock_process='77' token='${proc.locks[0]!.token}' locked_until='None'>`);
       expect(lines[2]).toMatch(/^<Lock name='world' /);
       expect(after).toBe('\n');
+    });
+
+    it('counts in words: no locks, 1 lock; --name-prefix is named in the heading', async () => {
+      const none = await cli(['list-locks']);
+      expect(none.code).toBe(0);
+      expect(none.stdout.split(RULE57)[0]).toBe(`\nFound no live locks in lockmgr (subject prefix "${stack.prefix}")\n`);
+      await stack.client.setLock('orders.1', 'users.1');
+      const one = await cli(['list-locks', '--name-prefix', 'orders.']);
+      expect(one.code).toBe(0);
+      expect(one.stdout.split(RULE57)[0]).toBe(`\nFound 1 live lock named orders.* in lockmgr (subject prefix "${stack.prefix}")\n`);
+      expect(one.stdout).toContain("<Lock name='orders.1' ");
+      expect(one.stdout).not.toContain('users.1');
     });
 
     it('--name-prefix filters and --json gives the records', async () => {
