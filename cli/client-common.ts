@@ -16,13 +16,13 @@ import { numberOption } from './number-option';
 /** Exit codes of the lockmgr commands (docs/cli.md lists them). */
 export const EXIT = {
   OK: 0,
-  /** The daemon answered with an error, a request timed out, or something unexpected failed. */
+  /** The daemon answered with an error, a request timed out, or something unexpected failed; reset-locks was not confirmed. */
   ERROR: 1,
   /** A lock is held by someone else: set-lock --fail met a held lock; run could not take its lock. */
   LOCKED: 2,
   /** run: the lock was lost while the command ran (released by someone else, or its session could not be kept alive). */
   LOCK_LOST: 3,
-  /** Bad command line: unknown option, missing argument, bad value. */
+  /** Bad command line: unknown option, missing argument, bad value; reset-locks without -f and without a terminal. */
   USAGE: 64,
   /** NATS is unreachable, or no daemon answers on the prefix. */
   UNAVAILABLE: 69,

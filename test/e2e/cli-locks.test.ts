@@ -15,6 +15,8 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
   let stack: Stack;
   let conn: string[];
   const cli = (args: string[], input?: string) => runCli([...args, ...conn], { input });
+  /** As someone at a terminal, typing `input`. */
+  const typed = (args: string[], input?: string) => runCli([...args, ...conn], { input, terminal: true });
 
   beforeAll(async () => {
     stack = await startStack({ store: 'sqlite' });
@@ -214,45 +216,64 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
   });
 
   describe('reset-locks', () => {
-    it('asks for YES on stdin: anything else leaves every lock in place', async () => {
+    it('asks for YES on the terminal: anything else leaves every lock in place and exits 1', async () => {
       await stack.client.setLock('hello', 'world');
-      const r = await cli(['reset-locks'], 'yes\n');
-      expect(r.code).toBe(0);
-      expect(r.stdout).toContain('WARNING: You are about to clear ALL locks set using Privex LockMgr.\n');
-      expect(r.stdout).toContain('The following 2 locks would be removed:\n');
+      const r = await typed(['reset-locks'], 'yes\n');
+      expect(r.code).toBe(1);
+      expect(r.stdout).toContain(`WARNING: You are about to remove ALL locks on lockmgr subject prefix "${stack.prefix}", held or not.\n`);
+      expect(r.stdout).toContain('This would remove 2 locks:\n');
       expect(r.stdout).toMatch(/<Lock name='hello' locked_by='[^']+' locked_until='[^']+'>\n<Lock name='world'/);
       expect(r.stdout).toContain('Are you SURE you want to clear all locks?\nType YES in all capitals if you are sure > ');
-      expect(r.stdout).toContain("You didn't type YES so we're now returning you back to the terminal.\n");
       expect(r.stdout).not.toContain('Please wait...');
+      expect(r.stderr).toBe('lockmgr: aborted, nothing removed (the answer was not YES)\n');
       expect((await stack.client.listLocks()).map((l) => l.name)).toEqual(['hello', 'world']);
 
       // End of input without an answer is not a YES either.
-      const eof = await cli(['reset-locks']);
-      expect(eof.code).toBe(0);
-      expect(eof.stdout).toContain("You didn't type YES");
+      const eof = await typed(['reset-locks']);
+      expect(eof.code).toBe(1);
+      expect(eof.stderr).toContain('aborted, nothing removed');
       expect(await stack.client.isLocked('hello')).toBe(true);
     });
 
     it('removes every lock after YES (surrounding spaces allowed, as strip() did)', async () => {
       await stack.client.setLock('hello', 'world');
       await stack.client.setLock('forever', { timeout: null });
-      const r = await cli(['reset-locks'], '  YES \n');
+      const r = await typed(['reset-locks'], '  YES \n');
       expect(r.code).toBe(0);
+      expect(r.stderr).toBe('');
+      expect(r.stdout).toContain('This would remove 3 locks:\n');
       expect(r.stdout).toContain('Please wait... Removing all locks regardless of their status or expiration.\n\n');
-      expect(r.stdout).toContain('A total of 3 lock rows were deleted. All locks should now be removed.\n');
+      expect(r.stdout).toContain('Removed 3 locks.\n');
       expect(r.stdout).toMatch(/Finished clearing locks\.\n\n={57}\n\n$/);
       expect(await stack.client.listLocks()).toEqual([]);
     });
 
+    it('does not read an answer from a pipe: without -f it refuses (exit 64) and removes nothing', async () => {
+      await stack.client.setLock('kept');
+      for (const args of [['reset-locks'], ['reset-locks', '--json']]) {
+        const r = await cli(args, 'YES\n');
+        expect([args, r.code]).toEqual([args, 64]);
+        expect(r.stderr).toMatch(/^lockmgr: reset-locks asks for YES on a terminal, and stdin is not one: pass -f \/ --force /);
+        expect(r.stdout).toBe('');
+      }
+      expect(await stack.client.isLocked('kept')).toBe(true);
+    });
+
     it('-f skips the prompt; --json -f prints the removed locks', async () => {
-      await stack.client.setLock('a', 'b');
+      await stack.client.setLock('a');
       const r = await cli(['reset-locks', '-f']);
       expect(r.code).toBe(0);
       expect(r.stdout).not.toContain('WARNING');
       expect(r.stdout).not.toContain('Type YES');
       expect(r.stdout).toContain("Option 'force' (-f / --force) was specified. Skipping confirmation prompt.\n");
-      expect(r.stdout).toContain('A total of 2 lock rows were deleted.');
+      expect(r.stdout).toContain('This would remove 1 lock:\n');
+      expect(r.stdout).toContain('Removed 1 lock.\n');
       expect(await stack.client.listLocks()).toEqual([]);
+
+      const empty = await cli(['reset-locks', '-f']);
+      expect(empty.code).toBe(0);
+      expect(empty.stdout).toContain('This would remove no locks.\n');
+      expect(empty.stdout).toContain('Removed no locks.\n');
 
       await stack.client.setLock('c');
       const j = await cli(['reset-locks', '--force', '--json']);
@@ -265,12 +286,13 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
 
     it('--json without -f still needs YES (prompt on stderr, stdout stays JSON)', async () => {
       await stack.client.setLock('a');
-      const no = await cli(['reset-locks', '--json'], 'no\n');
-      expect(no.code).toBe(0);
+      const no = await typed(['reset-locks', '--json'], 'no\n');
+      expect(no.code).toBe(1);
       expect(JSON.parse(no.stdout)).toEqual({ aborted: true, removed: 0 });
       expect(no.stderr).toContain('Type YES in all capitals');
       expect(await stack.client.isLocked('a')).toBe(true);
-      const yes = await cli(['reset-locks', '--json'], 'YES\n');
+      const yes = await typed(['reset-locks', '--json'], 'YES\n');
+      expect(yes.code).toBe(0);
       expect(JSON.parse(yes.stdout)).toMatchObject({ aborted: false, removed: 1 });
       expect(await stack.client.isLocked('a')).toBe(false);
     });
