@@ -5,7 +5,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from '../helpers/nats-server';
+import { freePort, startNatsServer, type NatsServer } from '../helpers/nats-server';
 import { runCli } from '../helpers/cli';
 import { startStack, type Stack } from '../helpers/stack';
 
@@ -309,12 +309,32 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
       expect(body.daemons[0].daemon).toBe(stack.daemons[0]!.id);
       expect(body.local).toBe(1);
       const human = await cli(['ping']);
-      expect(human.stdout).toMatch(/^ok: 1 daemon\(s\) serve prefix/);
+      expect(human.code).toBe(0);
+      expect(human.stdout).toBe(
+        `ok: prefix "${stack.prefix}" is served by 1 daemon (${stack.daemons[0]!.id} v${body.daemons[0].version} sqlite); a lock request was answered\n`,
+      );
+    });
+
+    it('ping finding no daemon on its prefix exits 69 and says what to check', async () => {
+      const prefix = `${stack.prefix}none`;
+      const r = await runCli(['ping', '--nats-url', stack.nats.url, '--prefix', prefix, '--timeout-ms', '500']);
+      expect(r.code).toBe(69);
+      expect(r.stdout).toBe('');
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toContain(`lockmgr: no daemon answers on prefix "${prefix}" at NATS 127.0.0.1:${stack.nats.port}`);
+      // The daemon this NATS server does have is named, for a mistyped prefix.
+      expect(r.stderr).toContain(`daemons there serve other prefixes: "${stack.prefix}"`);
+      expect(r.stderr).toContain('check that a daemon runs ("lockmgr daemon") with this prefix (--prefix / LOCKMGR_PREFIX)');
+      expect(r.stderr).toContain('--nats-url / LOCKMGR_NATS_URL');
+      expect(r.stderr).toContain(`NATS permissions let it subscribe to ${prefix}.>`);
+      const j = await runCli(['ping', '--json', '--nats-url', stack.nats.url, '--prefix', prefix, '--timeout-ms', '500']);
+      expect(j.code).toBe(69);
+      expect(JSON.parse(j.stdout).error).toMatchObject({ code: 'NO_DAEMON', message: expect.stringContaining('check that a daemon runs') });
     });
 
     it('no daemon on the prefix: one clear line naming what to do, exit 69 (also with --json), once the timeout is spent', async () => {
       // A command asks again until its timeout, in case a daemon is restarting: a short one here.
-      for (const args of [['list-locks'], ['set-lock', 'x'], ['clear-lock', 'x'], ['reset-locks', '-f'], ['ping']]) {
+      for (const args of [['list-locks'], ['set-lock', 'x'], ['clear-lock', 'x'], ['reset-locks', '-f']]) {
         const r = await runCli([...args, '--nats-url', stack.nats.url, '--prefix', 'nobody', '--timeout-ms', '500']);
         expect(r.code).toBe(69);
         expect(r.stdout).not.toContain('Finished');
@@ -356,5 +376,41 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
       const flagOverAll = await runCli(['list-locks', '--config', file, '--prefix', stack.prefix], { env: { LOCKMGR_PREFIX: 'nobody' } });
       expect(flagOverAll.code).toBe(0);
     });
+  });
+});
+
+describe('lockmgr ping as a NATS user that may not ask the services framework', () => {
+  let nats: NatsServer;
+  let stack: Stack;
+
+  beforeAll(async () => {
+    // The daemon connects without credentials (no_auth_user: full rights); ops may not publish to $SRV.
+    nats = await startNatsServer({
+      config: `authorization {
+  users = [
+    { user: daemon, password: daemonpw }
+    { user: ops, password: opspw, permissions: { publish: { deny: ["$SRV.>"] } } }
+  ]
+}
+no_auth_user: daemon
+`,
+    });
+    stack = await startStack({ store: 'sqlite', nats });
+  });
+  afterAll(async () => {
+    await stack?.stop();
+    await nats?.stop();
+  });
+
+  it('exits 0 when the lock request is answered, and says that no daemon answered the services ping', async () => {
+    const r = await runCli(['ping', '--nats-url', `nats://ops:opspw@127.0.0.1:${nats.port}`, '--prefix', stack.prefix]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(
+      `ok: a lock request on prefix "${stack.prefix}" was answered, but no daemon answered $SRV.PING.lockmgr (may this NATS user publish there?)\n`,
+    );
+    // The daemon user sees the daemon.
+    const full = await runCli(['ping', '--nats-url', `nats://daemon:daemonpw@127.0.0.1:${nats.port}`, '--prefix', stack.prefix]);
+    expect(full.code).toBe(0);
+    expect(full.stdout).toContain(`ok: prefix "${stack.prefix}" is served by 1 daemon (`);
   });
 });
