@@ -19,17 +19,18 @@ import {
 } from '../shared/connect';
 import { maskNatsUrls } from '../shared/nats-url';
 import { forTerminal } from './terminal';
+import { numberOption } from './number-option';
 
 /** Exit codes of the lockmgr commands (docs/cli.md lists them). */
 export const EXIT = {
   OK: 0,
-  /** The daemon answered with an error, a request timed out, or something unexpected failed. */
+  /** The daemon answered with an error, a request timed out, or something unexpected failed; reset-locks was not confirmed. */
   ERROR: 1,
   /** A lock is held by someone else: set-lock --fail met a held lock; run could not take its lock. */
   LOCKED: 2,
   /** run: the lock was lost while the command ran (released by someone else, or its session could not be kept alive). */
   LOCK_LOST: 3,
-  /** Bad command line: unknown option, missing argument, bad value. */
+  /** Bad command line: unknown option, missing argument, bad value; reset-locks without -f and without a terminal. */
   USAGE: 64,
   /** NATS is unreachable, or no daemon answers on the prefix. */
   UNAVAILABLE: 69,
@@ -84,17 +85,13 @@ export function withClientOptions<T>(y: Argv<T>, opts: { json?: boolean } = {}):
       type: 'string',
       describe: 'JSON config file to take natsUrl, the NATS login and TLS settings and prefix from [env LOCKMGR_CONFIG]',
     })
-    .option('timeout-ms', {
-      type: 'number',
-      describe: 'Milliseconds to wait for each reply [env LOCKMGR_TIMEOUT_MS, default 10000]',
-    })
-    .check((argv) => {
-      const t = argv['timeout-ms'];
-      if (t !== undefined && !(typeof t === 'number' && Number.isFinite(t) && t > 0)) {
-        throw new Error(`--timeout-ms must be a positive number of milliseconds, got ${String(t)}`);
-      }
-      return true;
-    });
+    .option(
+      ...numberOption('timeout-ms', {
+        describe: 'Milliseconds to wait for each reply [env LOCKMGR_TIMEOUT_MS, default 10000]',
+        unit: 'milliseconds',
+        positive: true,
+      }),
+    );
   for (const key of SECURITY_KEYS) {
     out = out.option(flagName(key), { type: 'string', describe: `${OPTIONS[key].describe} [env ${envName(key)}]` });
   }
@@ -221,6 +218,11 @@ export function reportError(err: unknown, json: boolean | undefined): number {
 
 export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** A count with its noun: "no locks", "1 lock", "2 locks". */
+export function count(n: number, noun: string, plural = `${noun}s`): string {
+  return `${n === 0 ? 'no' : n} ${n === 1 ? noun : plural}`;
 }
 
 /** Python's print(): the text and a newline. */

@@ -9,7 +9,7 @@ import { StartAborted } from '../daemon/backoff';
 import { openStore } from '../daemon/store';
 import { StoreInUse } from '../daemon/store/store';
 import { NatsCredentialsError } from '../shared/connect';
-import { EXIT } from './client-common';
+import { EXIT, count } from './client-common';
 import { resolveConfig } from './options';
 
 export async function daemonCommand(argv: Record<string, unknown>): Promise<void> {
@@ -85,7 +85,7 @@ export async function migrateCommand(argv: Record<string, unknown>): Promise<voi
   try {
     process.stdout.write(`migrating ${store.describe()}\n`);
     const applied = await store.migrate({ onApplied: (name) => process.stdout.write(`  applied ${name}\n`) });
-    process.stdout.write(applied.length ? `done: ${applied.length} migration(s) applied\n` : 'schema is up to date\n');
+    process.stdout.write(applied.length ? `done: applied ${count(applied.length, 'migration')}\n` : 'schema is up to date\n');
   } finally {
     await store.close();
   }

@@ -17,6 +17,7 @@ import { LockClient } from '../client/lock-client';
 import { loadConfig } from '../daemon/config';
 import { CliError, EXIT, connectNats, reportError, resolveConnection, withClientOptions, type ClientArgs } from './client-common';
 import { forTerminal } from './terminal';
+import { numberOption } from './number-option';
 
 interface EventsArgs extends ClientArgs {
   follow?: boolean;
@@ -67,10 +68,13 @@ export const eventsCommand: CommandModule<object, EventsArgs> = {
         type: 'boolean',
         describe: 'Keep printing new events (alone: live events only; with --since-*: after the replay)',
       })
-      .option('since-seq', {
-        type: 'number',
-        describe: 'Replay from this stream sequence (the stream= number of the output; 1 = the beginning)',
-      })
+      .option(
+        ...numberOption('since-seq', {
+          integer: true,
+          min: 1,
+          describe: 'Replay from this stream sequence (the stream= number of the output; 1 = the beginning)',
+        }),
+      )
       .option('since-time', { type: 'string', describe: 'Replay from the first event stored at or after this time (ISO 8601)' })
       .option('type', {
         type: 'string',
@@ -89,9 +93,6 @@ export const eventsCommand: CommandModule<object, EventsArgs> = {
       })
       .conflicts('since-seq', 'since-time')
       .check((argv) => {
-        const seq = argv['since-seq'];
-        if (seq !== undefined && !(Number.isInteger(seq) && seq >= 1))
-          throw new Error(`--since-seq must be a whole number >= 1, got ${String(seq)}`);
         const time = argv['since-time'];
         if (time !== undefined && Number.isNaN(new Date(time).getTime()))
           throw new Error(`--since-time must be an ISO 8601 time, got ${JSON.stringify(time)}`);

@@ -1,8 +1,9 @@
 /**
- * `lockmgr list-locks`: django-lockmgr's `list_locks`, long form with lock_process, in name order.
+ * `lockmgr list-locks`: django-lockmgr's `list_locks`, long form with lock_process and the
+ * fencing token, in name order.
  */
 import type { Argv, CommandModule } from 'yargs';
-import { EXIT, RULE, print, printJson, withClient, withClientOptions, type ClientArgs } from './client-common';
+import { EXIT, RULE, count, print, printJson, withClient, withClientOptions, type ClientArgs } from './client-common';
 import { forTerminal } from './terminal';
 
 interface ListLocksArgs extends ClientArgs {
@@ -25,8 +26,9 @@ export const listLocksCommand: CommandModule<object, ListLocksArgs> = {
         printJson({ count: locks.length, locks: locks.map((l) => l.toJSON()) });
         return EXIT.OK;
       }
+      const named = prefix ? ` named ${prefix}*` : '';
       print();
-      print(`There are currently ${locks.length} active locks using Privex Django-LockMgr`);
+      print(`Found ${count(locks.length, 'live lock')}${named} in lockmgr (subject prefix "${client.prefix}")`);
       print(RULE);
       for (const l of locks) print(forTerminal(l.toLongString()));
       print(RULE);

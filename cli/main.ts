@@ -6,6 +6,7 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { ConfigError } from '../daemon/config';
 import { SERVICE_VERSION } from '../daemon/lock-daemon';
+import { CliError, EXIT } from './client-common';
 import { daemonCommand, configCommand, migrateCommand } from './daemon-commands';
 import { withDaemonOptions } from './options';
 import { setLockCommand } from './set-lock';
@@ -65,9 +66,10 @@ if (require.main === module) {
   buildCli(hideBin(process.argv))
     .parseAsync()
     .catch((err: Error) => {
-      // One line, no stack, unless LOCKMGR_DEBUG is set.
-      const text = process.env.LOCKMGR_DEBUG ? (err.stack ?? String(err)) : (err?.message ?? String(err));
-      process.stderr.write(`lockmgr: ${err instanceof ConfigError ? err.message : text}\n`);
-      process.exit(err instanceof ConfigError ? 78 : 1);
+      // One line, no stack, unless LOCKMGR_DEBUG is set; errors that know their exit code keep it.
+      const known = err instanceof ConfigError || err instanceof CliError;
+      const text = process.env.LOCKMGR_DEBUG && !known ? (err.stack ?? String(err)) : (err?.message ?? String(err));
+      process.stderr.write(`lockmgr: ${text}\n`);
+      process.exit(err instanceof CliError ? err.exitCode : err instanceof ConfigError ? EXIT.CONFIG : EXIT.ERROR);
     });
 }

@@ -2,16 +2,28 @@
  * Daemon options as command-line flags, derived from the one option table in daemon/config.
  */
 import type { Argv } from 'yargs';
-import { OPTIONS, flagName, loadConfig, type ConfigKey } from '../daemon/config';
+import { OPTIONS, envName, flagName, loadConfig, type ConfigKey } from '../daemon/config';
 
-/** Adds every daemon option as a flag (--nats-url, --db, ...). */
+/** How --help shows a default: strings as they are, the empty string as "none". */
+function shownDefault(value: string | number | boolean): string {
+  return value === '' ? 'none' : String(value);
+}
+
+/**
+ * Adds every daemon option as a flag (--nats-url, --db, ...), its help naming its environment
+ * variable and its default. No yargs `default`: a flag that is not given must leave the value to
+ * the environment and the config file.
+ */
 export function withDaemonOptions<T>(y: Argv<T>): Argv<T> {
-  let out = y.option('config', { type: 'string', describe: 'JSON config file (see config/)' });
+  let out = y.option('config', { type: 'string', describe: 'JSON config file (see config/) [env LOCKMGR_CONFIG]' });
   for (const key of Object.keys(OPTIONS) as ConfigKey[]) {
-    const spec = OPTIONS[key] as { kind: string; describe: string; choices?: readonly string[] };
+    const spec = OPTIONS[key] as { kind: string; default: string | number | boolean; describe: string; choices?: readonly string[] };
     out = out.option(flagName(key), {
-      type: spec.kind === 'number' ? 'number' : spec.kind === 'boolean' ? 'boolean' : 'string',
-      describe: spec.describe,
+      // Numbers are left untyped: yargs would turn "abc" into NaN, and loadConfig could then only
+      // report "got null"; untyped, it gets what was typed and says so.
+      type: spec.kind === 'boolean' ? 'boolean' : spec.kind === 'number' ? undefined : 'string',
+      requiresArg: spec.kind !== 'boolean',
+      describe: `${spec.describe} [env ${envName(key)}, default ${shownDefault(spec.default)}]`,
       choices: spec.choices as string[] | undefined,
     }) as never;
   }

@@ -2,13 +2,15 @@
  * `lockmgr ping`: is a daemon serving this prefix, and does it reach its database? Exit 0 if so.
  * Asks `$SRV.PING.lockmgr` (every daemon answers, with its prefix and daemon id) and sends one
  * `is_locked` request, which goes through a daemon's store. `--local` also requires a daemon on
- * this host (the healthcheck of a container running one).
+ * this host (the healthcheck of a container running one). No daemon on the prefix: exit 69, with
+ * what to check.
  */
 import { hostname } from 'node:os';
 import { Empty, RequestStrategy } from 'nats';
 import type { Argv, CommandModule } from 'yargs';
 import { servicePingSubject } from '../shared/protocol';
-import { CliError, EXIT, print, printJson, withClient, withClientOptions, type ClientArgs } from './client-common';
+import { NoDaemon } from '../client/errors';
+import { CliError, EXIT, count, print, printJson, withClient, withClientOptions, type ClientArgs } from './client-common';
 import { forTerminal } from './terminal';
 
 interface PingArgs extends ClientArgs {
@@ -36,6 +38,7 @@ export const pingCommand: CommandModule<object, PingArgs> = {
     withClient(argv, 'ping', async (client) => {
       const decoder = new TextDecoder();
       const daemons: { service: string; daemon: string; version: string; store: string }[] = [];
+      const otherPrefixes = new Set<string>();
       try {
         const replies = await client.nc.requestMany(servicePingSubject(), Empty, {
           maxWait: Math.min(client.timeout, 3000),
@@ -49,7 +52,10 @@ export const pingCommand: CommandModule<object, PingArgs> = {
           } catch {
             continue;
           }
-          if (info.metadata?.prefix !== client.prefix) continue;
+          if (info.metadata?.prefix !== client.prefix) {
+            if (info.metadata?.prefix) otherPrefixes.add(info.metadata.prefix);
+            continue;
+          }
           daemons.push({
             service: info.id ?? '?',
             daemon: info.metadata.daemon ?? '?',
@@ -61,23 +67,46 @@ export const pingCommand: CommandModule<object, PingArgs> = {
         // no responders at all: the probe below reports it as NO_DAEMON
       }
       // One request through a daemon's database (any daemon of the queue group may take it).
-      await client.isLocked(PROBE_NAME);
+      try {
+        await client.isLocked(PROBE_NAME);
+      } catch (err) {
+        if (!(err instanceof NoDaemon)) throw err;
+        const others = [...otherPrefixes].sort();
+        const shown =
+          others
+            .slice(0, 5)
+            .map((p) => `"${p}"`)
+            .join(', ') + (others.length > 5 ? ', …' : '');
+        const elsewhere = others.length ? ` (daemons there serve other prefixes: ${shown})` : '';
+        throw new CliError(
+          EXIT.UNAVAILABLE,
+          `no daemon answers on prefix "${client.prefix}" at NATS ${client.nc.getServer()}${elsewhere}: check that a daemon runs ("lockmgr daemon") ` +
+            `with this prefix (--prefix / LOCKMGR_PREFIX) on this NATS server (--nats-url / LOCKMGR_NATS_URL), ` +
+            `and that the NATS permissions let it subscribe to ${client.prefix}.> and this user publish there`,
+          err.code,
+        );
+      }
       const host = hostname();
       const local = daemons.filter((d) => d.daemon.startsWith(`${host}:`));
       if (argv.local && local.length === 0) {
         throw new CliError(
           EXIT.UNAVAILABLE,
-          `no daemon on this host (${host}) answers on prefix "${client.prefix}" (${daemons.length} elsewhere do)`,
+          `no daemon on this host (${host}) answers on prefix "${client.prefix}" (found ${count(daemons.length, 'daemon')} on other hosts)`,
           'NO_LOCAL_DAEMON',
         );
       }
       if (argv.json) {
         printJson({ ok: true, prefix: client.prefix, daemons, local: local.length });
+      } else if (daemons.length === 0) {
+        // Answered, yet no daemon answered the services ping: this user may not publish to $SRV.
+        print(
+          `ok: a lock request on prefix "${client.prefix}" was answered, but no daemon answered ${servicePingSubject()} (may this NATS user publish there?)`,
+        );
       } else {
         const list = daemons.map((d) => `${d.daemon} v${d.version} ${d.store}`).join(', ');
         print(
           forTerminal(
-            `ok: ${daemons.length} daemon(s) serve prefix "${client.prefix}"${list ? ` (${list})` : ''}; a lock request was answered`,
+            `ok: prefix "${client.prefix}" is served by ${count(daemons.length, 'daemon')} (${list}); a lock request was answered`,
           ),
         );
       }

@@ -1,10 +1,11 @@
 /**
  * `lockmgr reset-locks`: django-lockmgr's `reset_locks`. Removes every lock, held or not, after
- * the seed's confirmation (type YES) read from stdin, unless -f/--force.
+ * the seed's confirmation (type YES) read from a terminal, unless -f/--force. Anything but YES
+ * exits 1; without a terminal to ask on, it refuses (exit 64) instead of reading a piped answer.
  */
 import { createInterface } from 'node:readline';
 import type { Argv, CommandModule } from 'yargs';
-import { EXIT, RULE, print, printJson, withClient, withClientOptions, type ClientArgs } from './client-common';
+import { EXIT, RULE, count, print, printJson, withClient, withClientOptions, type ClientArgs } from './client-common';
 import { forTerminal } from './terminal';
 
 interface ResetLocksArgs extends ClientArgs {
@@ -39,7 +40,16 @@ export const resetLocksCommand: CommandModule<object, ResetLocksArgs> = {
         default: false,
         describe: 'Do not show the warning / ask if you are sure before deleting ALL locks',
       })
-      .example('$0 reset-locks', 'asks for YES on stdin first')
+      .check((argv) => {
+        // A piped or redirected stdin is not someone answering: a script must say -f.
+        if (!argv.force && !process.stdin.isTTY) {
+          throw new Error(
+            'reset-locks asks for YES on a terminal, and stdin is not one: pass -f / --force to remove every lock without asking',
+          );
+        }
+        return true;
+      })
+      .example('$0 reset-locks', 'asks for YES on the terminal first')
       .example('$0 reset-locks -f', 'no question asked') as unknown as Argv<ResetLocksArgs>,
   handler: (argv) =>
     withClient(argv, 'reset-locks', async (client) => {
@@ -50,13 +60,13 @@ export const resetLocksCommand: CommandModule<object, ResetLocksArgs> = {
       const locks = await client.listLocks();
       if (!argv.force) {
         say(
-          'WARNING: You are about to clear ALL locks set using Privex LockMgr.\n' +
+          `WARNING: You are about to remove ALL locks on lockmgr subject prefix "${client.prefix}", held or not.\n` +
             "You should only do this if you know what you're doing, and have made sure to stop any running\n" +
             'instances of your application, to ensure no conflicts are caused by removing ALL LOCKS.\n\n',
         );
       }
       if (!json || !argv.force) {
-        say(`The following ${locks.length} locks would be removed:`);
+        say(`This would remove ${count(locks.length, 'lock')}${locks.length ? ':' : '.'}`);
         say(RULE);
         for (const l of locks) say(forTerminal(String(l)));
         say(RULE);
@@ -69,13 +79,9 @@ export const resetLocksCommand: CommandModule<object, ResetLocksArgs> = {
         const answer = await readAnswer();
         say(`\n${RULE}`);
         if (answer !== 'YES') {
-          if (json) {
-            printJson({ aborted: true, removed: 0 });
-          } else {
-            print("You didn't type YES so we're now returning you back to the terminal.");
-            print(RULE);
-          }
-          return EXIT.OK;
+          if (json) printJson({ aborted: true, removed: 0 });
+          else process.stderr.write('lockmgr: aborted, nothing removed (the answer was not YES)\n');
+          return EXIT.ERROR;
         }
       }
       if (!json) print('Please wait... Removing all locks regardless of their status or expiration.\n');
@@ -84,7 +90,7 @@ export const resetLocksCommand: CommandModule<object, ResetLocksArgs> = {
         printJson({ aborted: false, removed, locks: locks.map((l) => l.toJSON()) });
         return EXIT.OK;
       }
-      print(`A total of ${removed} lock rows were deleted. All locks should now be removed.\n`);
+      print(`Removed ${count(removed, 'lock')}.\n`);
       print('');
       print(RULE);
       print('Finished clearing locks.');

@@ -9,6 +9,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import type { Argv, CommandModule } from 'yargs';
+import { hideBin } from 'yargs/helpers';
 import { Locked } from '../client/errors';
 import type { HeldLock } from '../client/held-lock';
 import type { Lock } from '../client/lock';
@@ -16,7 +17,8 @@ import { pythonTime } from '../client/lock';
 import { LockLost } from '../client/session';
 import { loadConfig } from '../daemon/config';
 import { DEFAULT_SESSION_TTL, MAX_SESSION_TTL, MIN_SESSION_TTL } from '../shared/protocol';
-import { EXIT, describeError, openClient, reportError, withClientOptions, type ClientArgs } from './client-common';
+import { CliError, EXIT, describeError, openClient, reportError, withClientOptions, type ClientArgs } from './client-common';
+import { numberOption } from './number-option';
 import { forTerminal } from './terminal';
 
 interface RunArgs extends ClientArgs {
@@ -231,6 +233,32 @@ async function supervise(held: HeldLock, command: string[], argv: RunArgs, lockD
   return r.code ?? EXIT.ERROR;
 }
 
+/** Words as a POSIX shell reads them back: quoted when they hold anything but plain characters. */
+export function shellWords(words: string[]): string {
+  return words.map((w) => (/^[\w@%+=:,./-]+$/.test(w) ? w : `'${w.replace(/'/g, `'\\''`)}'`)).join(' ');
+}
+
+/**
+ * `lockmgr run job echo hi`: words after the lock name that do not follow "--" would be taken as
+ * lockmgr's own (strict mode calls them unknown arguments, and `-l` of `ls -l` an unknown option),
+ * so say where the command goes: the command line as typed, with "--" before the first such word.
+ * Runs before validation, so that this comes first; async, so that the error reaches the command
+ * line's catch (exit 64) instead of escaping the parser.
+ */
+async function commandBeforeDashes(argv: { _: (string | number)[]; name?: unknown }): Promise<void> {
+  const words = argv._.slice(1).map(String);
+  if (words.length === 0) return;
+  const typed = hideBin(process.argv);
+  const nameAt = typed.indexOf(String(argv.name), typed.indexOf('run') + 1);
+  const firstAt = nameAt < 0 ? -1 : typed.indexOf(words[0]!, nameAt + 1);
+  const fixed = firstAt < 0 ? ['run', String(argv.name), '--', ...words] : [...typed.slice(0, firstAt), '--', ...typed.slice(firstAt)];
+  throw new CliError(
+    EXIT.USAGE,
+    `the command to run goes after "--": lockmgr ${shellWords(fixed)}\nRun "lockmgr run --help" for usage.`,
+    'USAGE',
+  );
+}
+
 export async function runLocked(argv: RunArgs): Promise<number> {
   const command = (argv['--'] ?? []).map(String);
   if (command.length === 0) {
@@ -268,54 +296,64 @@ export const runCommand: CommandModule<object, RunArgs> = {
     withClientOptions(y.parserConfiguration({ 'populate--': true }), { json: false })
       .usage('$0 run <name> [options] -- <command> [args...]')
       .positional('name', { type: 'string', describe: 'Lock name' })
-      .option('wait', {
-        alias: 'w',
-        type: 'number',
-        default: 0,
-        describe: 'Seconds to wait for the lock if it is held (0: give up at once)',
-      })
-      .option('ttl', {
-        type: 'number',
-        describe: `Seconds of the session the lock is held in (${MIN_SESSION_TTL}-${MAX_SESSION_TTL}, a keepalive every third): if lockmgr run dies or is cut off, the lock is free after the ttl plus the daemons' lock-delay [default ${DEFAULT_SESSION_TTL}]`,
-      })
-      .option('timeout', {
-        alias: 't',
-        type: 'number',
-        describe: 'Deprecated: taken as --ttl (0 gives the default ttl)',
-      })
-      .option('grace', {
-        type: 'number',
-        default: 10,
-        describe:
-          'Seconds between SIGTERM and SIGKILL when the lock is lost, cut short so that the SIGKILL comes before the lock-delay ends',
-      })
-      .option('lock-delay', {
-        type: 'number',
-        describe:
-          "The daemons' lockDelay: seconds a lost lock stays blocked; the SIGKILL comes 1 s before it ends [env LOCKMGR_LOCK_DELAY, or lockDelay from --config, default 15]",
-      })
+      .option(
+        ...numberOption('wait', {
+          alias: 'w',
+          default: 0,
+          min: 0,
+          unit: 'seconds',
+          describe: 'Seconds to wait for the lock if it is held (0: give up at once)',
+        }),
+      )
+      .option(
+        ...numberOption('ttl', {
+          min: MIN_SESSION_TTL,
+          max: MAX_SESSION_TTL,
+          unit: 'seconds',
+          describe: `Seconds of the session the lock is held in (${MIN_SESSION_TTL}-${MAX_SESSION_TTL}, a keepalive every third): if lockmgr run dies or is cut off, the lock is free after the ttl plus the daemons' lock-delay [default ${DEFAULT_SESSION_TTL}]`,
+        }),
+      )
+      .option(
+        ...numberOption('timeout', {
+          alias: 't',
+          min: 0,
+          unit: 'seconds',
+          describe: 'Deprecated: taken as --ttl (0 gives the default ttl)',
+        }),
+      )
+      .option(
+        ...numberOption('grace', {
+          default: 10,
+          min: 0,
+          unit: 'seconds',
+          describe:
+            'Seconds between SIGTERM and SIGKILL when the lock is lost, cut short so that the SIGKILL comes before the lock-delay ends',
+        }),
+      )
+      .option(
+        ...numberOption('lock-delay', {
+          min: 0,
+          unit: 'seconds',
+          describe:
+            "The daemons' lockDelay: seconds a lost lock stays blocked; the SIGKILL comes 1 s before it ends [env LOCKMGR_LOCK_DELAY, or lockDelay from --config, default 15]",
+        }),
+      )
       .option('kill-group', {
         type: 'boolean',
         default: false,
         describe: 'Run the command in a process group of its own and signal the whole group (its children too)',
       })
       .option('locked-by', { type: 'string', describe: 'Custom "locked_by" (default: this machine\'s hostname)' })
-      .option('conflict-exit-code', { type: 'number', default: EXIT.LOCKED, describe: 'Exit code when the lock is held by someone else' })
-      .check((argv) => {
-        for (const key of ['wait', 'timeout', 'grace', 'lock-delay'] as const) {
-          const v = argv[key];
-          if (v === undefined) continue;
-          if (!(typeof v === 'number' && Number.isFinite(v) && v >= 0))
-            throw new Error(`--${key} must be a non-negative number of seconds, got ${String(v)}`);
-        }
-        const ttl = argv.ttl;
-        if (ttl !== undefined && !(typeof ttl === 'number' && Number.isFinite(ttl) && ttl >= MIN_SESSION_TTL && ttl <= MAX_SESSION_TTL))
-          throw new Error(`--ttl must be a number of seconds from ${MIN_SESSION_TTL} to ${MAX_SESSION_TTL}, got ${String(ttl)}`);
-        const c = argv['conflict-exit-code'];
-        if (!(Number.isInteger(c) && c >= 0 && c <= 255))
-          throw new Error(`--conflict-exit-code must be an integer 0-255, got ${String(c)}`);
-        return true;
-      })
+      .option(
+        ...numberOption('conflict-exit-code', {
+          default: EXIT.LOCKED,
+          integer: true,
+          min: 0,
+          max: 255,
+          describe: 'Exit code when the lock is held by someone else',
+        }),
+      )
+      .middleware(commandBeforeDashes, true)
       .example('$0 run nightly-report -- ./report.sh --full', 'skip (exit 2) if another run holds the lock')
       .example(
         '$0 run -w 300 --kill-group db-migrate -- npm run migrate',

@@ -5,7 +5,8 @@
 import type { Argv, CommandModule } from 'yargs';
 import { LockFail } from '../client/errors';
 import type { LockSetResult } from '../client/lock';
-import { EXIT, RULE, print, printJson, reportError, withClient, withClientOptions, type ClientArgs } from './client-common';
+import { EXIT, RULE, count, print, printJson, reportError, withClient, withClientOptions, type ClientArgs } from './client-common';
+import { numberOption } from './number-option';
 import { forTerminal } from './terminal';
 
 interface SetLockArgs extends ClientArgs {
@@ -21,9 +22,9 @@ interface SetLockArgs extends ClientArgs {
 
 const col = (s: string) => s.padEnd(20);
 
-/** The seed's report, line for line. */
+/** The seed's report, line for line (but for "1 lock"). */
 export function printStatusReport(given: number, res: LockSetResult): void {
-  print(`Finished creating / renewing ${given} locks.\n`);
+  print(`Finished creating / renewing ${count(given, 'lock')}.\n`);
   print(`\n${'='.repeat(20)}Status Report${'='.repeat(21)}\n`);
   print('  Per-lock:\n');
   print(`\t\t${col('Name')}${col('Was Locked?')}${col('Now Locked?')}${col('Status')}\n`);
@@ -71,7 +72,15 @@ export const setLockCommand: CommandModule<object, SetLockArgs> = {
         default: false,
         describe: 'Never expire these locks (--timeout is ignored); release them with clear-lock',
       })
-      .option('timeout', { alias: 't', type: 'number', default: 600, describe: 'Lock timeout in seconds (0: never expires)' })
+      .option(
+        ...numberOption('timeout', {
+          alias: 't',
+          default: 600,
+          min: 0,
+          unit: 'seconds',
+          describe: 'Lock timeout in seconds (0: never expires)',
+        }),
+      )
       .option('fail', {
         alias: 'e',
         type: 'boolean',
@@ -79,13 +88,7 @@ export const setLockCommand: CommandModule<object, SetLockArgs> = {
         describe: 'Exit 2 if one or more of the locks already exist, creating/renewing none of them',
       })
       .option('locked-by', { type: 'string', describe: 'Custom "locked_by" (default: this machine\'s hostname)' })
-      .option('pid', { alias: 'process-id', type: 'number', describe: 'Custom "lock_process" integer (default: none)' })
-      .check((argv) => {
-        if (!(Number.isFinite(argv.timeout) && argv.timeout >= 0))
-          throw new Error(`--timeout must be a non-negative number of seconds, got ${argv.timeout}`);
-        if (argv.pid !== undefined && !Number.isSafeInteger(argv.pid)) throw new Error(`--pid must be an integer, got ${argv.pid}`);
-        return true;
-      })
+      .option(...numberOption('pid', { alias: 'process-id', integer: true, describe: 'Custom "lock_process" integer (default: none)' }))
       .example('$0 set-lock hello world', 'create (or renew) two locks for 600 s')
       .example('$0 set-lock -e -t 30 a b c', 'all or nothing: exit 2 if any is held') as unknown as Argv<SetLockArgs>,
   handler: (argv) =>

@@ -66,9 +66,9 @@ export class Lock {
     return `<Lock name='${this.name}' locked_by='${this.locked_by ?? 'None'}' locked_until='${pythonTime(this.locked_until)}'>`;
   }
 
-  /** The longer form `lockmgr list-locks` prints, with the process id. */
+  /** The longer form `lockmgr list-locks` prints, with the process id and the fencing token. */
   toLongString(): string {
-    return `<Lock name='${this.name}' locked_by='${this.locked_by ?? 'None'}' lock_process='${this.lock_process ?? 'None'}' locked_until='${pythonTime(this.locked_until)}'>`;
+    return `<Lock name='${this.name}' locked_by='${this.locked_by ?? 'None'}' lock_process='${this.lock_process ?? 'None'}' token='${this.token}' locked_until='${pythonTime(this.locked_until)}'>`;
   }
 
   [inspect.custom](): string {

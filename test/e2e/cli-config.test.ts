@@ -6,6 +6,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
+import { OPTIONS, envName, flagName } from '../../daemon/config';
 import { createTestDatabase, PG_ADMIN_URL } from '../helpers/databases';
 import { runCli } from '../helpers/cli';
 import { ROOT } from '../helpers/stack';
@@ -41,6 +42,58 @@ describe('lockmgr binary surface', () => {
       expect(r.stdout).toContain(`lockmgr ${cmd}`);
       expect(r.stdout).toContain(flag);
     });
+  });
+
+  it("daemon --help names each option's environment variable and default, from the option table", async () => {
+    for (const cmd of ['daemon', 'config', 'migrate']) {
+      const r = await runCli([cmd, '--help']);
+      expect(r.code).toBe(0);
+      // One option's help, wrapped lines joined: from its flag to the next flag.
+      const help = (flag: string) => {
+        const start = r.stdout.indexOf(`  --${flag} `);
+        const next = r.stdout.indexOf('\n      --', start + 1);
+        return r.stdout.slice(start, next < 0 ? undefined : next).replace(/\s+/g, ' ');
+      };
+      for (const [key, spec] of Object.entries(OPTIONS)) {
+        const shown = spec.default === '' ? 'none' : String(spec.default);
+        expect([cmd, key, help(flagName(key))]).toEqual([cmd, key, expect.stringContaining(`[env ${envName(key)}, default ${shown}]`)]);
+      }
+      expect(help('nats-url')).toContain('[env LOCKMGR_NATS_URL, default nats://127.0.0.1:4222]');
+      expect(help('db-pool-size')).toContain('[env LOCKMGR_DB_POOL_SIZE, default 4]');
+    }
+    // What the help says is what the daemon runs with when nothing is set.
+    const defaults = JSON.parse((await runCli(['config', '--json'])).stdout);
+    expect(defaults.dbPoolSize).toEqual({ value: 4, source: 'default' });
+  });
+
+  it.each([
+    ['set-lock', ['set-lock', '-t', 'abc', 'x'], '--timeout must be a non-negative number of seconds, got "abc"'],
+    ['set-lock', ['set-lock', '--pid', '1.5', 'x'], '--pid must be an integer, got "1.5"'],
+    ['set-lock', ['set-lock', '-t', '5', '-t', '6', 'x'], '--timeout was given more than once (5, 6): give it once'],
+    ['list-locks', ['list-locks', '--timeout-ms', 'soon'], '--timeout-ms must be a positive number of milliseconds, got "soon"'],
+    ['run', ['run', 'job', '-t', 'abc', '--', 'true'], '--timeout must be a non-negative number of seconds, got "abc"'],
+    ['run', ['run', 'job', '-w', '1O', '--', 'true'], '--wait must be a non-negative number of seconds, got "1O"'],
+    ['run', ['run', 'job', '--ttl', 'x', '--', 'true'], '--ttl must be a number of seconds from 1 to 3600, got "x"'],
+    ['run', ['run', 'job', '--grace', '-1', '--', 'true'], '--grace must be a non-negative number of seconds, got "-1"'],
+    ['run', ['run', 'job', '--lock-delay', 'abc', '--', 'true'], '--lock-delay must be a non-negative number of seconds, got "abc"'],
+    [
+      'run',
+      ['run', 'job', '--conflict-exit-code', 'two', '--', 'true'],
+      '--conflict-exit-code must be an integer from 0 to 255, got "two"',
+    ],
+    ['events', ['events', '--since-seq', 'first'], '--since-seq must be an integer of 1 or more, got "first"'],
+  ])('%s: a numeric option that is not a number is a usage error quoting what was typed: %j', async (_cmd, args, message) => {
+    // A NATS URL nobody listens on: the check comes before any connection.
+    const r = await runCli([args[0]!, '--nats-url', 'nats://127.0.0.1:1', ...args.slice(1)]);
+    expect(r.code).toBe(64);
+    expect(r.stderr).toBe(`lockmgr: ${message}\nRun "lockmgr --help" (or "lockmgr <command> --help") for usage.\n`);
+    expect(r.stderr).not.toContain('NaN');
+  });
+
+  it('a daemon flag that is not a number is reported as typed (exit 78), not as NaN or null', async () => {
+    const r = await runCli(['daemon', '--db-pool-size', 'four']);
+    expect(r.code).toBe(78);
+    expect(r.stderr).toBe('lockmgr: flag --db-pool-size: dbPoolSize must be a number, got "four"\n');
   });
 
   it('--version prints the package version', async () => {
@@ -147,7 +200,7 @@ describe('lockmgr binary surface', () => {
       expect(first.code).toBe(0);
       expect(first.stdout).toMatch(/^migrating sqlite:.*locks\.sqlite\n/);
       expect(first.stdout).toMatch(/applied 0001-create-locks/);
-      expect(first.stdout).toMatch(/done: \d+ migration\(s\) applied/);
+      expect(first.stdout).toMatch(/done: applied \d+ migrations\n$/);
       const second = await runCli(['migrate', '--db', db]);
       expect(second.code).toBe(0);
       expect(second.stdout).toContain('schema is up to date');

@@ -5,7 +5,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from '../helpers/nats-server';
+import { freePort, startNatsServer, type NatsServer } from '../helpers/nats-server';
 import { runCli } from '../helpers/cli';
 import { startStack, type Stack } from '../helpers/stack';
 
@@ -15,6 +15,8 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
   let stack: Stack;
   let conn: string[];
   const cli = (args: string[], input?: string) => runCli([...args, ...conn], { input });
+  /** As someone at a terminal, typing `input`. */
+  const typed = (args: string[], input?: string) => runCli([...args, ...conn], { input, terminal: true });
 
   beforeAll(async () => {
     stack = await startStack({ store: 'sqlite' });
@@ -61,6 +63,10 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
       expect(again.code).toBe(0);
       expect(again.stdout).toContain(row('hello', 'YES', 'YES', 'extend'));
       expect(again.stdout).toContain('    Locks Renewed:      2\n');
+
+      const one = await cli(['set-lock', 'single']);
+      expect(one.code).toBe(0);
+      expect(one.stdout).toMatch(/^Finished creating \/ renewing 1 lock\.\n/);
     });
 
     it('honours -n, -r, -t, -k, --locked-by and --pid', async () => {
@@ -165,21 +171,36 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
   });
 
   describe('list-locks', () => {
-    it('prints the seed long form with lock_process, in name order', async () => {
+    it('prints the long form with lock_process and the fencing token, in name order', async () => {
       await stack.client.setLock('world', 'hello', { locked_by: 'example.org' });
-      await stack.client.setLock('proc', { locked_by: 'w1', process_id: 77, timeout: null });
+      const proc = await stack.client.setLock('proc', { locked_by: 'w1', process_id: 77, timeout: null });
       const r = await cli(['list-locks']);
       expect(r.code).toBe(0);
       const [before, body, after] = r.stdout.split(RULE57);
-      expect(before).toBe('\nThere are currently 3 active locks using Privex Django-LockMgr\n');
+      expect(before).toBe(`\nFound 3 live locks in lockmgr (subject prefix "${stack.prefix}")\n`);
       const lines = body!.trim().split('\n');
       expect(lines).toHaveLength(3);
+      const hello = (await stack.client.lockInfo('hello'))!;
       expect(lines[0]).toMatch(
-        /^<Lock name='hello' locked_by='example\.org' lock_process='None' locked_until='\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?\+00:00'>$/,
+        new RegExp(
+          `^<Lock name='hello' locked_by='example\\.org' lock_process='None' token='${hello.token}' locked_until='\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d(\\.\\d{6})?\\+00:00'>$`,
+        ),
       );
-      expect(lines[1]).toBe("<Lock name='proc' locked_by='w1' lock_process='77' locked_until='None'>");
+      expect(lines[1]).toBe(`<Lock name='proc' locked_by='w1' lock_process='77' token='${proc.locks[0]!.token}' locked_until='None'>`);
       expect(lines[2]).toMatch(/^<Lock name='world' /);
       expect(after).toBe('\n');
+    });
+
+    it('counts in words: no locks, 1 lock; --name-prefix is named in the heading', async () => {
+      const none = await cli(['list-locks']);
+      expect(none.code).toBe(0);
+      expect(none.stdout.split(RULE57)[0]).toBe(`\nFound no live locks in lockmgr (subject prefix "${stack.prefix}")\n`);
+      await stack.client.setLock('orders.1', 'users.1');
+      const one = await cli(['list-locks', '--name-prefix', 'orders.']);
+      expect(one.code).toBe(0);
+      expect(one.stdout.split(RULE57)[0]).toBe(`\nFound 1 live lock named orders.* in lockmgr (subject prefix "${stack.prefix}")\n`);
+      expect(one.stdout).toContain("<Lock name='orders.1' ");
+      expect(one.stdout).not.toContain('users.1');
     });
 
     it('--name-prefix filters and --json gives the records', async () => {
@@ -195,45 +216,64 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
   });
 
   describe('reset-locks', () => {
-    it('asks for YES on stdin: anything else leaves every lock in place', async () => {
+    it('asks for YES on the terminal: anything else leaves every lock in place and exits 1', async () => {
       await stack.client.setLock('hello', 'world');
-      const r = await cli(['reset-locks'], 'yes\n');
-      expect(r.code).toBe(0);
-      expect(r.stdout).toContain('WARNING: You are about to clear ALL locks set using Privex LockMgr.\n');
-      expect(r.stdout).toContain('The following 2 locks would be removed:\n');
+      const r = await typed(['reset-locks'], 'yes\n');
+      expect(r.code).toBe(1);
+      expect(r.stdout).toContain(`WARNING: You are about to remove ALL locks on lockmgr subject prefix "${stack.prefix}", held or not.\n`);
+      expect(r.stdout).toContain('This would remove 2 locks:\n');
       expect(r.stdout).toMatch(/<Lock name='hello' locked_by='[^']+' locked_until='[^']+'>\n<Lock name='world'/);
       expect(r.stdout).toContain('Are you SURE you want to clear all locks?\nType YES in all capitals if you are sure > ');
-      expect(r.stdout).toContain("You didn't type YES so we're now returning you back to the terminal.\n");
       expect(r.stdout).not.toContain('Please wait...');
+      expect(r.stderr).toBe('lockmgr: aborted, nothing removed (the answer was not YES)\n');
       expect((await stack.client.listLocks()).map((l) => l.name)).toEqual(['hello', 'world']);
 
       // End of input without an answer is not a YES either.
-      const eof = await cli(['reset-locks']);
-      expect(eof.code).toBe(0);
-      expect(eof.stdout).toContain("You didn't type YES");
+      const eof = await typed(['reset-locks']);
+      expect(eof.code).toBe(1);
+      expect(eof.stderr).toContain('aborted, nothing removed');
       expect(await stack.client.isLocked('hello')).toBe(true);
     });
 
     it('removes every lock after YES (surrounding spaces allowed, as strip() did)', async () => {
       await stack.client.setLock('hello', 'world');
       await stack.client.setLock('forever', { timeout: null });
-      const r = await cli(['reset-locks'], '  YES \n');
+      const r = await typed(['reset-locks'], '  YES \n');
       expect(r.code).toBe(0);
+      expect(r.stderr).toBe('');
+      expect(r.stdout).toContain('This would remove 3 locks:\n');
       expect(r.stdout).toContain('Please wait... Removing all locks regardless of their status or expiration.\n\n');
-      expect(r.stdout).toContain('A total of 3 lock rows were deleted. All locks should now be removed.\n');
+      expect(r.stdout).toContain('Removed 3 locks.\n');
       expect(r.stdout).toMatch(/Finished clearing locks\.\n\n={57}\n\n$/);
       expect(await stack.client.listLocks()).toEqual([]);
     });
 
+    it('does not read an answer from a pipe: without -f it refuses (exit 64) and removes nothing', async () => {
+      await stack.client.setLock('kept');
+      for (const args of [['reset-locks'], ['reset-locks', '--json']]) {
+        const r = await cli(args, 'YES\n');
+        expect([args, r.code]).toEqual([args, 64]);
+        expect(r.stderr).toMatch(/^lockmgr: reset-locks asks for YES on a terminal, and stdin is not one: pass -f \/ --force /);
+        expect(r.stdout).toBe('');
+      }
+      expect(await stack.client.isLocked('kept')).toBe(true);
+    });
+
     it('-f skips the prompt; --json -f prints the removed locks', async () => {
-      await stack.client.setLock('a', 'b');
+      await stack.client.setLock('a');
       const r = await cli(['reset-locks', '-f']);
       expect(r.code).toBe(0);
       expect(r.stdout).not.toContain('WARNING');
       expect(r.stdout).not.toContain('Type YES');
       expect(r.stdout).toContain("Option 'force' (-f / --force) was specified. Skipping confirmation prompt.\n");
-      expect(r.stdout).toContain('A total of 2 lock rows were deleted.');
+      expect(r.stdout).toContain('This would remove 1 lock:\n');
+      expect(r.stdout).toContain('Removed 1 lock.\n');
       expect(await stack.client.listLocks()).toEqual([]);
+
+      const empty = await cli(['reset-locks', '-f']);
+      expect(empty.code).toBe(0);
+      expect(empty.stdout).toContain('This would remove no locks.\n');
+      expect(empty.stdout).toContain('Removed no locks.\n');
 
       await stack.client.setLock('c');
       const j = await cli(['reset-locks', '--force', '--json']);
@@ -246,12 +286,13 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
 
     it('--json without -f still needs YES (prompt on stderr, stdout stays JSON)', async () => {
       await stack.client.setLock('a');
-      const no = await cli(['reset-locks', '--json'], 'no\n');
-      expect(no.code).toBe(0);
+      const no = await typed(['reset-locks', '--json'], 'no\n');
+      expect(no.code).toBe(1);
       expect(JSON.parse(no.stdout)).toEqual({ aborted: true, removed: 0 });
       expect(no.stderr).toContain('Type YES in all capitals');
       expect(await stack.client.isLocked('a')).toBe(true);
-      const yes = await cli(['reset-locks', '--json'], 'YES\n');
+      const yes = await typed(['reset-locks', '--json'], 'YES\n');
+      expect(yes.code).toBe(0);
       expect(JSON.parse(yes.stdout)).toMatchObject({ aborted: false, removed: 1 });
       expect(await stack.client.isLocked('a')).toBe(false);
     });
@@ -268,12 +309,32 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
       expect(body.daemons[0].daemon).toBe(stack.daemons[0]!.id);
       expect(body.local).toBe(1);
       const human = await cli(['ping']);
-      expect(human.stdout).toMatch(/^ok: 1 daemon\(s\) serve prefix/);
+      expect(human.code).toBe(0);
+      expect(human.stdout).toBe(
+        `ok: prefix "${stack.prefix}" is served by 1 daemon (${stack.daemons[0]!.id} v${body.daemons[0].version} sqlite); a lock request was answered\n`,
+      );
+    });
+
+    it('ping finding no daemon on its prefix exits 69 and says what to check', async () => {
+      const prefix = `${stack.prefix}none`;
+      const r = await runCli(['ping', '--nats-url', stack.nats.url, '--prefix', prefix, '--timeout-ms', '500']);
+      expect(r.code).toBe(69);
+      expect(r.stdout).toBe('');
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toContain(`lockmgr: no daemon answers on prefix "${prefix}" at NATS 127.0.0.1:${stack.nats.port}`);
+      // The daemon this NATS server does have is named, for a mistyped prefix.
+      expect(r.stderr).toContain(`daemons there serve other prefixes: "${stack.prefix}"`);
+      expect(r.stderr).toContain('check that a daemon runs ("lockmgr daemon") with this prefix (--prefix / LOCKMGR_PREFIX)');
+      expect(r.stderr).toContain('--nats-url / LOCKMGR_NATS_URL');
+      expect(r.stderr).toContain(`NATS permissions let it subscribe to ${prefix}.>`);
+      const j = await runCli(['ping', '--json', '--nats-url', stack.nats.url, '--prefix', prefix, '--timeout-ms', '500']);
+      expect(j.code).toBe(69);
+      expect(JSON.parse(j.stdout).error).toMatchObject({ code: 'NO_DAEMON', message: expect.stringContaining('check that a daemon runs') });
     });
 
     it('no daemon on the prefix: one clear line naming what to do, exit 69 (also with --json), once the timeout is spent', async () => {
       // A command asks again until its timeout, in case a daemon is restarting: a short one here.
-      for (const args of [['list-locks'], ['set-lock', 'x'], ['clear-lock', 'x'], ['reset-locks', '-f'], ['ping']]) {
+      for (const args of [['list-locks'], ['set-lock', 'x'], ['clear-lock', 'x'], ['reset-locks', '-f']]) {
         const r = await runCli([...args, '--nats-url', stack.nats.url, '--prefix', 'nobody', '--timeout-ms', '500']);
         expect(r.code).toBe(69);
         expect(r.stdout).not.toContain('Finished');
@@ -315,5 +376,41 @@ describe('lockmgr lock commands (built binary, real daemon)', () => {
       const flagOverAll = await runCli(['list-locks', '--config', file, '--prefix', stack.prefix], { env: { LOCKMGR_PREFIX: 'nobody' } });
       expect(flagOverAll.code).toBe(0);
     });
+  });
+});
+
+describe('lockmgr ping as a NATS user that may not ask the services framework', () => {
+  let nats: NatsServer;
+  let stack: Stack;
+
+  beforeAll(async () => {
+    // The daemon connects without credentials (no_auth_user: full rights); ops may not publish to $SRV.
+    nats = await startNatsServer({
+      config: `authorization {
+  users = [
+    { user: daemon, password: daemonpw }
+    { user: ops, password: opspw, permissions: { publish: { deny: ["$SRV.>"] } } }
+  ]
+}
+no_auth_user: daemon
+`,
+    });
+    stack = await startStack({ store: 'sqlite', nats });
+  });
+  afterAll(async () => {
+    await stack?.stop();
+    await nats?.stop();
+  });
+
+  it('exits 0 when the lock request is answered, and says that no daemon answered the services ping', async () => {
+    const r = await runCli(['ping', '--nats-url', `nats://ops:opspw@127.0.0.1:${nats.port}`, '--prefix', stack.prefix]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(
+      `ok: a lock request on prefix "${stack.prefix}" was answered, but no daemon answered $SRV.PING.lockmgr (may this NATS user publish there?)\n`,
+    );
+    // The daemon user sees the daemon.
+    const full = await runCli(['ping', '--nats-url', `nats://daemon:daemonpw@127.0.0.1:${nats.port}`, '--prefix', stack.prefix]);
+    expect(full.code).toBe(0);
+    expect(full.stdout).toContain(`ok: prefix "${stack.prefix}" is served by 1 daemon (`);
   });
 });

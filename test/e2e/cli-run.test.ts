@@ -69,6 +69,27 @@ describe('lockmgr run (built binary, real daemon)', () => {
     expect(none.stderr).toContain('name the command to run after "--"');
   });
 
+  it('a command given without "--" is a usage error pointing at "--"; nothing runs and the lock is not taken', async () => {
+    const marker = join(dir, 'no-dashes-ran');
+    const script = `require('node:fs').writeFileSync(${JSON.stringify(marker)}, 'x')`;
+    const r = await runCli(['run', 'nodash', ...conn, NODE, '-e', script]);
+    expect(r.code).toBe(64);
+    // The command line as typed, "--" put before the command (its -e would be taken as lockmgr's).
+    expect(r.stderr.split('\n')[0]).toBe(
+      `lockmgr: the command to run goes after "--": lockmgr run nodash ${conn.join(' ')} -- ${NODE} -e '${script.replace(/'/g, `'\\''`)}'`,
+    );
+    expect(r.stderr).not.toContain('Unknown argument');
+    expect(existsSync(marker)).toBe(false);
+    expect(await stack.client.isLocked('nodash')).toBe(false);
+
+    // The hint comes before any connection: no NATS needed.
+    const plain = await runCli(['run', 'job', 'echo', 'hi']);
+    expect(plain.code).toBe(64);
+    expect(plain.stderr).toBe(
+      'lockmgr: the command to run goes after "--": lockmgr run job -- echo hi\nRun "lockmgr run --help" for usage.\n',
+    );
+  });
+
   it('does not run the command when the lock is held: exit 2, or --conflict-exit-code', async () => {
     const held = await stack.client.getLock('busy', { locked_by: 'other-host', lock_process: 99 });
     const marker = join(dir, 'busy-ran');

@@ -1,7 +1,8 @@
 /**
  * The packages as they are published: the client tarball installs alone into an empty project
  * with `nats` as its only dependency (no SQLite binding, Sequelize, pg, winston or yargs), and
- * works from `require`, from `import` and from TypeScript; no tarball carries the bench or tests.
+ * works from `require`, from `import` and from TypeScript; no tarball carries the bench or tests,
+ * each carries the license.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -44,6 +45,8 @@ describe('package tarballs', () => {
   let dir: string;
   beforeAll(() => {
     dir = mkdtempSync(join(tmpdir(), 'lockmgr-packages-'));
+    // Copies an earlier pack left (git ignores them): packing must make them again from the root LICENSE.
+    for (const workspace of ['client', 'daemon']) rmSync(join(ROOT, workspace, 'LICENSE'), { force: true });
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -52,11 +55,21 @@ describe('package tarballs', () => {
     expect([version('client'), version('daemon')]).toEqual([version('.'), version('.')]);
   });
 
-  it('hold only their compiled code, never the bench or the tests', () => {
+  it('say where their source is: the repository and their folder in it', () => {
+    const repository = (dir: string) =>
+      (JSON.parse(readFileSync(join(ROOT, dir, 'package.json'), 'utf8')) as { repository?: unknown }).repository;
+    const url = 'git+https://github.com/lockmgr/lockmgr.git';
+    expect(repository('.')).toEqual({ type: 'git', url });
+    expect(repository('client')).toEqual({ type: 'git', url, directory: 'client' });
+    expect(repository('daemon')).toEqual({ type: 'git', url, directory: 'daemon' });
+  });
+
+  it('hold only their compiled code and the license, never the bench or the tests', () => {
     for (const workspace of ['client', 'daemon']) {
       const { files } = pack(workspace, dir, true);
       expect(files).toContain('package.json');
-      const foreign = files.filter((f) => !/^(package\.json|README\.md|dist\/(client|daemon|cli|shared)\/[\w./-]+)$/.test(f));
+      expect([workspace, files]).toEqual([workspace, expect.arrayContaining(['LICENSE'])]);
+      const foreign = files.filter((f) => !/^(package\.json|README\.md|LICENSE|dist\/(client|daemon|cli|shared)\/[\w./-]+)$/.test(f));
       expect([workspace, foreign]).toEqual([workspace, []]);
       expect(files.some((f) => /bench|test/.test(f))).toBe(false);
     }
@@ -86,6 +99,15 @@ describe('package tarballs', () => {
       };
       expect(Object.keys(tree.dependencies)).toEqual(['lockmgr']);
       expect(Object.keys(tree.dependencies.lockmgr!.dependencies ?? {})).toEqual(['nats']);
+    });
+
+    it("carries the repository's MIT license", () => {
+      const license = readFileSync(join(project, 'node_modules', 'lockmgr', 'LICENSE'), 'utf8');
+      expect(license).toBe(readFileSync(join(ROOT, 'LICENSE'), 'utf8'));
+      expect(license).toMatch(/^MIT License\n\nCopyright \(c\) 2026 the lockmgr authors\n/);
+      const manifest = JSON.parse(readFileSync(join(project, 'node_modules', 'lockmgr', 'package.json'), 'utf8'));
+      expect(manifest.license).toBe('MIT');
+      expect(manifest.repository).toMatchObject({ directory: 'client' });
     });
 
     it('works with require and with import', () => {

@@ -3,6 +3,8 @@
  * script would, with an environment free of the caller's LOCKMGR_* variables.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import type { Readable } from 'node:stream';
+import { shellWords } from '../../cli/run';
 import { CLI } from './stack';
 
 export interface CliResult {
@@ -16,6 +18,11 @@ export interface CliOptions {
   env?: Record<string, string | undefined>;
   /** Written to stdin, which is then closed. Without it stdin is closed at once. */
   input?: string;
+  /**
+   * Stdin on a terminal, as someone typing at it: a pseudo-terminal from util-linux's `script`,
+   * `input` typed into it (then end of input). Stdout and stderr stay pipes of their own.
+   */
+  terminal?: boolean;
   cwd?: string;
   timeoutMs?: number;
 }
@@ -39,15 +46,23 @@ export interface CliProcess {
 }
 
 export function startCli(args: string[], opts: CliOptions = {}): CliProcess {
-  const child = spawn(process.execPath, [CLI, ...args], {
-    env: cleanEnv(opts.env),
-    cwd: opts.cwd,
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+  const options = { env: cleanEnv(opts.env), cwd: opts.cwd };
+  let child: ChildProcess;
+  let out: [Readable, Readable];
+  if (opts.terminal) {
+    // `script` runs the command on a new terminal and copies its own stdin there (echoed on its
+    // stdout, which is left out); fds 3 and 4 carry the command's stdout and stderr.
+    const command = `exec ${shellWords([process.execPath, CLI, ...args])} 1>&3 2>&4`;
+    child = spawn('script', ['-q', '-e', '-c', command, '/dev/null'], { ...options, stdio: ['pipe', 'ignore', 'inherit', 'pipe', 'pipe'] });
+    out = [child.stdio[3] as Readable, child.stdio[4] as Readable];
+  } else {
+    child = spawn(process.execPath, [CLI, ...args], { ...options, stdio: ['pipe', 'pipe', 'pipe'] });
+    out = [child.stdout!, child.stderr!];
+  }
   let stdout = '';
   let stderr = '';
-  child.stdout!.on('data', (d) => (stdout += d));
-  child.stderr!.on('data', (d) => (stderr += d));
+  out[0].on('data', (d) => (stdout += d));
+  out[1].on('data', (d) => (stderr += d));
   child.stdin!.on('error', () => undefined);
   if (opts.input !== undefined) child.stdin!.end(opts.input);
   else child.stdin!.end();

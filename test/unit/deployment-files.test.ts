@@ -4,7 +4,8 @@
  * nats-server with, the Dockerfile builds and runs the CLI, and the example configs load.
  */
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseDocument } from 'yaml';
 import { OPTIONS, envName, loadConfig } from '../../daemon/config';
@@ -52,9 +53,36 @@ describe('docker-compose.yml', () => {
   const compose = loadCompose();
   const { nats, postgres, lockmgr } = compose.services;
 
+  /**
+   * `docker-compose config -q` with LOCKMGR_PG_PASSWORD set to `password`, or unset; an empty env
+   * file stands in for a developer's .env (which may set it).
+   */
+  const composeConfig = (password: string | undefined) => {
+    const env = { ...process.env };
+    delete env.LOCKMGR_PG_PASSWORD;
+    if (password !== undefined) env.LOCKMGR_PG_PASSWORD = password;
+    const envFile = join(mkdtempSync(join(tmpdir(), 'lockmgr-compose-')), 'empty.env');
+    writeFileSync(envFile, '');
+    const args = ['--env-file', envFile, '-f', join(ROOT, 'docker-compose.yml'), 'config', '-q'];
+    return spawnSync('docker-compose', args, { encoding: 'utf8', env });
+  };
+
   it("is accepted by Debian's docker-compose (1.29), which refuses what newer Compose alone knows (a top-level name)", () => {
-    const r = spawnSync('docker-compose', ['-f', join(ROOT, 'docker-compose.yml'), 'config', '-q'], { encoding: 'utf8' });
+    const r = composeConfig('s3cret');
     expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+  });
+
+  it('has no default database password: without LOCKMGR_PG_PASSWORD compose refuses, saying what to set', () => {
+    for (const password of [undefined, '']) {
+      const r = composeConfig(password);
+      expect([password, r.status]).not.toEqual([password, 0]);
+      expect(r.stderr).toContain('set LOCKMGR_PG_PASSWORD to the PostgreSQL password');
+    }
+    // Every use of the variable requires it: no ${VAR:-default} or ${VAR-default} fallback anywhere.
+    const uses = read('docker-compose.yml').match(/\$\{LOCKMGR_PG_PASSWORD[^}]*\}/g) ?? [];
+    expect(uses.length).toBeGreaterThanOrEqual(2);
+    for (const use of uses) expect(use).toMatch(/^\$\{LOCKMGR_PG_PASSWORD:\?/);
+    expect(compose.services.postgres!.environment!.POSTGRES_PASSWORD).toMatch(/^\$\{LOCKMGR_PG_PASSWORD:\?/);
   });
 
   it('has exactly the nats, postgres and lockmgr services and declares its named volumes', () => {

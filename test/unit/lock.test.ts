@@ -51,9 +51,9 @@ describe('Lock', () => {
     );
   });
 
-  it('the long form adds lock_process, as list_locks prints it', () => {
-    expect(Lock.fromRecord(record({ lock_process: 42 })).toLongString()).toBe(
-      "<Lock name='hello' locked_by='example.org' lock_process='42' locked_until='2019-11-22 02:01:55.439000+00:00'>",
+  it('the long form adds lock_process and the fencing token, as lockmgr list-locks prints it', () => {
+    expect(Lock.fromRecord(record({ lock_process: 42, token: 17 })).toLongString()).toBe(
+      "<Lock name='hello' locked_by='example.org' lock_process='42' token='17' locked_until='2019-11-22 02:01:55.439000+00:00'>",
     );
     expect(Lock.fromRecord(record()).toLongString()).toContain("lock_process='None'");
   });
