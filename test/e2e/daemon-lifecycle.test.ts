@@ -241,9 +241,10 @@ describe('lockmgr daemon lifecycle (built binary)', () => {
       expect(serving.subjects).toEqual(expect.arrayContaining([`${prefix}.set`, `${prefix}.get`, `${prefix}.unlock`, `${prefix}.renew`]));
       // One debug line per request, naming the endpoint, and no token anywhere in the log.
       const requests = lines.filter((l) => l.message === 'request');
-      expect(requests.filter((l) => l.endpoint === 'set').length).toBe(1);
+      // set-lock renews by default and clear-lock releases by name: the admin endpoints.
+      expect(requests.filter((l) => l.endpoint === 'admin_set').length).toBe(1);
       expect(requests.filter((l) => l.endpoint === 'list').length).toBe(1);
-      expect(requests.filter((l) => l.endpoint === 'unlock').length).toBe(1);
+      expect(requests.filter((l) => l.endpoint === 'admin_unlock').length).toBe(1);
       for (const l of lines) expect(Object.keys(l)).not.toContain('token');
       for (const t of tokens) expect(out).not.toMatch(new RegExp(`"token":\\s*${t}\\b`));
     });
