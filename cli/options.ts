@@ -5,8 +5,8 @@ import type { Argv } from 'yargs';
 import { OPTIONS, envName, flagName, loadConfig, type ConfigKey } from '../daemon/config';
 
 /** How --help shows a default: strings as they are, the empty string as "none". */
-function shownDefault(value: string | number | boolean): string {
-  return value === '' ? 'none' : String(value);
+function shownDefault(spec: { default: string | number | boolean; shownDefault?: string }): string {
+  return spec.shownDefault ?? (spec.default === '' ? 'none' : String(spec.default));
 }
 
 /**
@@ -17,13 +17,19 @@ function shownDefault(value: string | number | boolean): string {
 export function withDaemonOptions<T>(y: Argv<T>): Argv<T> {
   let out = y.option('config', { type: 'string', describe: 'JSON config file (see config/) [env LOCKMGR_CONFIG]' });
   for (const key of Object.keys(OPTIONS) as ConfigKey[]) {
-    const spec = OPTIONS[key] as { kind: string; default: string | number | boolean; describe: string; choices?: readonly string[] };
+    const spec = OPTIONS[key] as {
+      kind: string;
+      default: string | number | boolean;
+      shownDefault?: string;
+      describe: string;
+      choices?: readonly string[];
+    };
     out = out.option(flagName(key), {
       // Numbers are left untyped: yargs would turn "abc" into NaN, and loadConfig could then only
       // report "got null"; untyped, it gets what was typed and says so.
       type: spec.kind === 'boolean' ? 'boolean' : spec.kind === 'number' ? undefined : 'string',
       requiresArg: spec.kind !== 'boolean',
-      describe: `${spec.describe} [env ${envName(key)}, default ${shownDefault(spec.default)}]`,
+      describe: `${spec.describe} [env ${envName(key)}, default ${shownDefault(spec)}]`,
       choices: spec.choices as string[] | undefined,
     }) as never;
   }

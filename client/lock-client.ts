@@ -273,8 +273,7 @@ export class LockClient {
   private clientHeaders?: ReturnType<typeof headers>;
   private readonly requestIds = new RequestIds();
   private sharedSession?: SharedSession;
-  /** Sessions this client took locks in, by id (to let go of a lock released by its token). */
-  /** The sessions this client took locks in, by public name (as lock records name them). */
+  /** The sessions this client took locks in, by public name (as lock records name them), to let go of a lock released by its token. */
   private readonly sessions = new Map<string, Session>();
   /** Seconds: the ttl of the shared session. */
   readonly sessionTtl: number;

@@ -22,6 +22,8 @@ interface OptionSpec {
   min?: number;
   /** What is wrong with a (non-empty) string value, or null. */
   check?: (value: string) => string | null;
+  /** What `--help` shows as the default, when the default is derived from other options. */
+  shownDefault?: string;
 }
 
 export const OPTIONS = {
@@ -128,6 +130,7 @@ export const OPTIONS = {
     kind: 'string',
     default: '',
     describe: 'JetStream stream that stores the events (created if missing); empty: LOCKMGR_EVENTS_<prefix>, a stream of the prefix alone',
+    shownDefault: 'LOCKMGR_EVENTS_<prefix>',
     check: streamNameProblem,
   },
   eventsRetention: {
@@ -205,7 +208,7 @@ function coerce(key: ConfigKey, raw: unknown, origin: string): string | number |
     default: {
       // Options that are off by default (a file, a secret, a listener) may be set empty again.
       if (typeof raw !== 'string' || (raw === '' && spec.default !== '')) {
-        throw new ConfigError(`${origin}: ${key} must be a non-empty string, got ${JSON.stringify(raw)}`);
+        throw new ConfigError(`${origin}: ${key} must be a non-empty string${spec.secret ? '' : `, got ${JSON.stringify(raw)}`}`);
       }
       const problem = raw === '' ? null : spec.check?.(raw);
       // A secret's value is not repeated: a URL that does not parse may not be masked right.

@@ -396,10 +396,14 @@ export class LockDaemon {
         discard: (nc) => void nc.close(),
         // A TLS refusal may be a server whose configuration is being rolled out: retried too.
         onRetry: (err, failures, delayMs) => {
+          const code = (err as { code?: unknown }).code;
+          const message = (err as Error).message;
           const what =
-            (err as { code?: unknown }).code === 'NATS_TLS'
-              ? `${(err as Error).message}: check tlsCa, tlsCert and tlsKey`
-              : `cannot reach NATS at ${maskNatsUrls(c.natsUrl)} (${(err as Error).message}): start nats-server (with -js for the audit trail) or set LOCKMGR_NATS_URL`;
+            code === 'NATS_TLS'
+              ? `${message}: check tlsCa, tlsCert and tlsKey`
+              : code === 'AUTHORIZATION_VIOLATION'
+                ? `NATS at ${maskNatsUrls(c.natsUrl)} refused the login (${message}): check natsCreds, natsNkey, natsToken or natsUser and natsPassword`
+                : `cannot reach NATS at ${maskNatsUrls(c.natsUrl)} (${message}): start nats-server (with -js for the audit trail) or set LOCKMGR_NATS_URL`;
           this.logger.error(`${what}; retrying in ${delayMs / 1000}s (attempt ${failures})`);
         },
       },
@@ -466,12 +470,12 @@ export class LockDaemon {
     await this.starting?.catch(() => undefined);
     const deadline = Date.now() + timeoutMs;
     const remaining = () => Math.max(0, deadline - Date.now());
-    const within = <T>(p: Promise<T>) => Promise.race([p, new Promise<void>((r) => setTimeout(r, remaining()).unref())]);
+    const untilDeadline = <T>(p: Promise<T>) => Promise.race([p, new Promise<void>((r) => setTimeout(r, remaining()).unref())]);
     this.logger.info('stopping: no new requests; finishing those in flight', { inFlight: this.lockService?.inFlight ?? 0 });
     this.authority?.stop();
     const sweeping = this.sweeper?.stop();
     if (this.service)
-      await within(
+      await untilDeadline(
         this.service
           .stop()
           .then(() => undefined)
@@ -481,8 +485,8 @@ export class LockDaemon {
     // this daemon any more), are waiting `get`s given up: they answer DAEMON_STOPPING, and the
     // client sends each again to another daemon, or to one started in this one's place.
     this.waiters.close();
-    if (this.lockService) await within(this.lockService.idle());
-    if (sweeping) await within(sweeping);
+    if (this.lockService) await untilDeadline(this.lockService.idle());
+    if (sweeping) await untilDeadline(sweeping);
     if (this.relay) {
       const flushed = await this.relay.relay.flush(Math.min(remaining(), 5000)).catch(() => false);
       if (!flushed) this.logger.warn('stopping with events still in the outbox; the next daemon to start delivers them');
@@ -491,7 +495,7 @@ export class LockDaemon {
     for (const sub of this.wakeSubs.values()) sub.unsubscribe();
     this.wakeSubs.clear();
     this.natsStatus?.stop?.();
-    if (this.nc && this.ownsConnection) await within(this.nc.drain().catch(() => undefined));
+    if (this.nc && this.ownsConnection) await untilDeadline(this.nc.drain().catch(() => undefined));
     await this.db?.close();
     await this.http?.close();
     this.logger.info('stopped');

@@ -44,14 +44,13 @@ export const ENDPOINTS = [
 ] as const;
 export type Endpoint = (typeof ENDPOINTS)[number];
 
-/**
- * The endpoints that act on locks whoever holds them: renewing by name (`set` with renew, `renew`
- * without a token) and releasing by name. They listen on subjects of their own (`P.admin.*`), so
- * NATS permissions can keep them from everyday clients; `clean` and `reset` are admin operations
- * too, on their own subjects. The everyday `unlock` and `renew` act only on the grant whose token
- * they carry, and the everyday `set` only creates.
+/*
+ * `admin_set`, `admin_unlock` and `admin_renew` act on locks whoever holds them: renewing by name
+ * (`set` with renew, `renew` without a token) and releasing by name. They listen on subjects of
+ * their own (`P.admin.*`), so NATS permissions can keep them from everyday clients; `clean` and
+ * `reset` are admin operations too, on their own subjects. The everyday `unlock` and `renew` act
+ * only on the grant whose token they carry, and the everyday `set` only creates.
  */
-export const ADMIN_ENDPOINTS = ['admin_set', 'admin_unlock', 'admin_renew', 'clean', 'reset'] as const satisfies readonly Endpoint[];
 
 /** Where each endpoint listens, under the prefix: its name, but sessions under `session.` and admin operations under `admin.`. */
 const SUBJECT_SUFFIX: Record<Endpoint, string> = {

@@ -217,11 +217,15 @@ class Reader {
 }
 
 const MUTATION_FIELDS = ['request_id', 'attempt'];
+// The everyday and admin forms of set, unlock and renew take the same fields.
+const SET_FIELDS = ['locks', 'timeout', 'fail', 'renew', 'create', 'locked_by', 'process_id', ...MUTATION_FIELDS];
+const UNLOCK_FIELDS = ['name', 'token', ...MUTATION_FIELDS];
+const RENEW_FIELDS = ['name', 'expires', 'add_time', 'create', 'token', 'locked_by', 'lock_process', ...MUTATION_FIELDS];
 const FIELDS: Record<Endpoint, readonly string[]> = {
-  set: ['locks', 'timeout', 'fail', 'renew', 'create', 'locked_by', 'process_id', ...MUTATION_FIELDS],
+  set: SET_FIELDS,
   get: ['name', 'expires', 'locked_by', 'lock_process', 'wait', 'progress', 'session', ...MUTATION_FIELDS],
-  unlock: ['name', 'token', ...MUTATION_FIELDS],
-  renew: ['name', 'expires', 'add_time', 'create', 'token', 'locked_by', 'lock_process', ...MUTATION_FIELDS],
+  unlock: UNLOCK_FIELDS,
+  renew: RENEW_FIELDS,
   is_locked: ['name'],
   list: ['prefix', 'limit', 'after'],
   clean: [...MUTATION_FIELDS],
@@ -229,9 +233,9 @@ const FIELDS: Record<Endpoint, readonly string[]> = {
   session_open: ['ttl', 'locked_by'],
   session_keepalive: ['session'],
   session_close: ['session'],
-  admin_set: ['locks', 'timeout', 'fail', 'renew', 'create', 'locked_by', 'process_id', ...MUTATION_FIELDS],
-  admin_unlock: ['name', 'token', ...MUTATION_FIELDS],
-  admin_renew: ['name', 'expires', 'add_time', 'create', 'token', 'locked_by', 'lock_process', ...MUTATION_FIELDS],
+  admin_set: SET_FIELDS,
+  admin_unlock: UNLOCK_FIELDS,
+  admin_renew: RENEW_FIELDS,
 };
 
 function readGet(r: Reader, body: Record<string, unknown>): NormalizedGet {

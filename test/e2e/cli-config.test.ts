@@ -55,11 +55,13 @@ describe('lockmgr binary surface', () => {
         return r.stdout.slice(start, next < 0 ? undefined : next).replace(/\s+/g, ' ');
       };
       for (const [key, spec] of Object.entries(OPTIONS)) {
-        const shown = spec.default === '' ? 'none' : String(spec.default);
+        const derived = (spec as { shownDefault?: string }).shownDefault;
+        const shown = derived ?? (spec.default === '' ? 'none' : String(spec.default));
         expect([cmd, key, help(flagName(key))]).toEqual([cmd, key, expect.stringContaining(`[env ${envName(key)}, default ${shown}]`)]);
       }
       expect(help('nats-url')).toContain('[env LOCKMGR_NATS_URL, default nats://127.0.0.1:4222]');
       expect(help('db-pool-size')).toContain('[env LOCKMGR_DB_POOL_SIZE, default 4]');
+      expect(help('events-stream')).toContain('[env LOCKMGR_EVENTS_STREAM, default LOCKMGR_EVENTS_<prefix>]');
     }
     // What the help says is what the daemon runs with when nothing is set.
     const defaults = JSON.parse((await runCli(['config', '--json'])).stdout);
