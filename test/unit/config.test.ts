@@ -165,6 +165,11 @@ describe('loadConfig errors name the source and the option', () => {
     ],
     ['empty string in the file', () => loadConfig({ env: {}, file: writeConfig({ prefix: '' }) }), /prefix must be a non-empty string/],
     [
+      'a secret that is not a string: said so, its value not repeated',
+      () => loadConfig({ env: {}, file: writeConfig({ natsPassword: 12345678 }) }),
+      /natsPassword must be a non-empty string$/,
+    ],
+    [
       'HTTP address without a port in the environment',
       () => loadConfig({ env: { LOCKMGR_HTTP_LISTEN: '127.0.0.1' } }),
       /environment LOCKMGR_HTTP_LISTEN: httpListen must be host:port .*, got "127.0.0.1"/,
