@@ -94,8 +94,9 @@ describe.each(STORES)('event delivery across NATS outages on %s', (store) => {
         else if (i % 3 === 1) await c.renewLock(lock, { expires: 2.2 });
       }),
     );
-    // 2 s: a grant sent with less than a quarter of its lifetime left would be withdrawn instead.
-    await Promise.all([0, 1].map((k) => clients[k]!.setLock(...bulk.slice(k * 750, (k + 1) * 750), { timeout: 2 })));
+    // 4 s: a grant sent with less than a quarter of its lifetime left would be withdrawn instead,
+    // and 750 names on PostgreSQL may take over a second on a busy host.
+    await Promise.all([0, 1].map((k) => clients[k]!.setLock(...bulk.slice(k * 750, (k + 1) * 750), { timeout: 4 })));
     await nats.stop('SIGKILL');
     const leftAtKill = await outboxCount(stack.db);
     if (process.env.LOCKMGR_TEST_REPORT) process.stdout.write(`${store}: ${leftAtKill} events in the outbox when nats-server was killed\n`);
