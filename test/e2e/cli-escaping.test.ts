@@ -37,7 +37,9 @@ describe.each(STORES)('human output escapes control characters in lock fields (%
     expect(list.stdout).not.toMatch(RAW_CONTROL);
     const line = list.stdout.split('\n').find((l) => l.startsWith(`<Lock name='${NAME_SHOWN}'`));
     expect(line).toMatch(
-      new RegExp(`^<Lock name='${escapeRe(NAME_SHOWN)}' locked_by='${escapeRe(HOLDER_SHOWN)}' lock_process='None' locked_until='`),
+      new RegExp(
+        `^<Lock name='${escapeRe(NAME_SHOWN)}' locked_by='${escapeRe(HOLDER_SHOWN)}' lock_process='None' token='\\d+' locked_until='`,
+      ),
     );
     expect(list.stdout.split('\n').filter((l) => l.startsWith('lockmgr: all clear'))).toEqual([]);
 
@@ -72,8 +74,9 @@ describe.each(STORES)('human output escapes control characters in lock fields (%
     const eventsJson = (await cli(['events', '--stream', `EV_${stack.prefix}`, '--json'])).stdout.trim().split('\n');
     expect(JSON.parse(eventsJson[0]!).cause.locked_by).toBe(HOLDER);
 
-    const reset = await runCli(['reset-locks', ...conn], { input: 'no\n' });
-    expect(reset.code).toBe(0);
+    // At a terminal, answered "no": the locks it would remove are listed, then nothing is (exit 1).
+    const reset = await runCli(['reset-locks', ...conn], { input: 'no\n', terminal: true });
+    expect(reset.code).toBe(1);
     expect(reset.stdout).not.toMatch(RAW_CONTROL);
     expect(reset.stdout).toContain(`<Lock name='${NAME_SHOWN}' locked_by='${HOLDER_SHOWN}'`);
 

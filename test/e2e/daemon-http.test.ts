@@ -50,8 +50,9 @@ describe('lockmgr daemon --http-listen (built binary)', () => {
       const set = await runCli(['set-lock', 'e2e.a', 'e2e.b', '--nats-url', nats.url, '--prefix', e.LOCKMGR_PREFIX]);
       expect(set.code).toBe(0);
       const after = await scrape(url);
-      expect(after.value('lockmgr_requests_total', { endpoint: 'set', outcome: 'ok' })).toBeGreaterThanOrEqual(1);
-      expect(after.value('lockmgr_request_duration_seconds_count', { endpoint: 'set' })).toBeGreaterThanOrEqual(1);
+      // set-lock renews by default: the admin endpoint.
+      expect(after.value('lockmgr_requests_total', { endpoint: 'admin_set', outcome: 'ok' })).toBeGreaterThanOrEqual(1);
+      expect(after.value('lockmgr_request_duration_seconds_count', { endpoint: 'admin_set' })).toBeGreaterThanOrEqual(1);
       expect(after.value('lockmgr_locks_held')).toBe(2);
     } finally {
       expect(await daemon.stop('SIGTERM')).toBe(0);
