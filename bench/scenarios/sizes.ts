@@ -13,14 +13,18 @@ export async function measurePayloadSizes(bench: Bench): Promise<PayloadSizes> {
     const spy = bench.nc;
     const kindByInbox = new Map<string, string>();
     const sizes: Record<string, number> = {};
-    const subs = ['set', 'unlock', 'get'].map((kind) =>
-      spy.subscribe(`${d.prefix}.${kind}`, {
+    // setLock (renewing) and unlock by name go to the admin subjects; their bodies are the same.
+    const kinds: Record<string, string> = { set: 'set', 'admin.set': 'set', unlock: 'unlock', 'admin.unlock': 'unlock', get: 'get' };
+    const subs = [
+      spy.subscribe(`${d.prefix}.>`, {
         callback: (_e, m) => {
+          const kind = kinds[m.subject.slice(d.prefix.length + 1)];
+          if (!kind) return;
           sizes[`${kind}Request`] = m.data.length;
           if (m.reply) kindByInbox.set(m.reply, kind);
         },
       }),
-    );
+    ];
     const inbox = spy.subscribe('_INBOX.>', {
       callback: (_e, m) => {
         const kind = kindByInbox.get(m.subject);
