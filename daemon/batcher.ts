@@ -19,12 +19,14 @@ import { operationChannel, transactionChannel } from './diagnostics';
 import {
   isDomainError,
   RowBusy,
+  StaleOpening,
   StoreUnavailable,
   TransactionConflict,
   type CommittedEvent,
   type FirstStatement,
   type Store,
   type StoreTx,
+  type TransactionOpening,
 } from './store/store';
 
 /** What makes an operation idempotent: its request id, and what to record once it changed something. */
@@ -129,9 +131,12 @@ function byKey(a: Queued, b: Queued): number {
   return x < y ? -1 : x > y ? 1 : 0;
 }
 
-/** A batch may run its first statements at once when every operation has one, each on its own name. */
+/**
+ * A batch may run its first statements at once when every operation has one, each on its own name
+ * (a batch of one too: the store may send its statement with BEGIN).
+ */
 function firstStatements(batch: readonly Queued[]): FirstStatement[] | null {
-  if (batch.length < 2) return null;
+  if (batch.length === 0) return null;
   const firsts: FirstStatement[] = [];
   const names = new Set<string>();
   for (const q of batch) {
@@ -245,62 +250,76 @@ export class Batcher {
 
   /** One transaction over `batch`, run again when it meets a concurrent change. */
   private async transact(batch: Queued[], prefetch: boolean): Promise<Outcome[]> {
+    let openWithFirsts = prefetch;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.transactOnce(batch, prefetch);
+        return await this.transactOnce(batch, prefetch, openWithFirsts);
       } catch (err) {
+        if (err instanceof StaleOpening) {
+          openWithFirsts = false; // rare: a copy of a request already answered
+          continue;
+        }
         if (!(err instanceof TransactionConflict) || attempt >= MAX_ATTEMPTS) throw err;
       }
     }
   }
 
-  private async transactOnce(batch: Queued[], prefetch: boolean): Promise<Outcome[]> {
+  /**
+   * `openWithFirsts`: hand the store the batch's first statements before knowing which requests
+   * were answered before (so it can send them with BEGIN); otherwise they run after the look-up.
+   */
+  private async transactOnce(batch: Queued[], prefetch: boolean, openWithFirsts: boolean): Promise<Outcome[]> {
     const trace = transactionChannel.hasSubscribers ? {} : undefined;
     if (trace) transactionChannel.publish({ phase: 'start', trace, size: batch.length });
     let ok = false;
+    const opening: TransactionOpening = { recall: this.recallIds(batch), first: openWithFirsts ? firstStatements(batch) : null };
     try {
-      const { value: outcomes, events } = await this.store.transaction(async (tx) => {
-        const recalled = await this.recall(tx, batch);
-        const running = recalled.size > 0 ? batch.filter((q) => !recalled.has(q.op.once!.id)) : batch;
-        const firsts = prefetch ? firstStatements(running) : null;
-        if (firsts && tx.prefetch) await tx.prefetch(firsts);
-        const out: Outcome[] = [];
-        for (const q of batch) {
-          const done = q.op.once ? recalled.get(q.op.once.id) : undefined;
-          if (done !== undefined) {
-            out.push({ ok: true, value: Recalled.from(done) });
-            continue;
+      const { value: outcomes, events } = await this.store.transaction(
+        async (tx) => {
+          const recalled = opening.recall.length > 0 ? await tx.recall(opening.recall) : new Map<string, string>();
+          if (recalled.size > 0 && opening.first && tx.prefetch) throw new StaleOpening();
+          const running = recalled.size > 0 ? batch.filter((q) => !recalled.has(q.op.once!.id)) : batch;
+          const firsts = opening.first ?? (prefetch ? firstStatements(running) : null);
+          if (firsts && tx.prefetch) await tx.prefetch(firsts);
+          const out: Outcome[] = [];
+          for (const q of batch) {
+            const done = q.op.once ? recalled.get(q.op.once.id) : undefined;
+            if (done !== undefined) {
+              out.push({ ok: true, value: Recalled.from(done) });
+              continue;
+            }
+            try {
+              const value = await this.runOperation(q, tx, trace);
+              this.remember(tx, q, value);
+              out.push({ ok: true, value });
+            } catch (err) {
+              if (err instanceof RowBusy) throw new OperationBusy(q, err);
+              if (!isDomainError(err)) throw err;
+              out.push({ ok: false, error: err });
+            }
           }
-          try {
-            const value = await this.runOperation(q, tx, trace);
-            this.remember(tx, q, value);
-            out.push({ ok: true, value });
-          } catch (err) {
-            if (err instanceof RowBusy) throw new OperationBusy(q, err);
-            if (!isDomainError(err)) throw err;
-            out.push({ ok: false, error: err });
-          }
-        }
-        if (!this.store.soleWriter) await this.recallLate(tx, batch, out);
-        return out;
-      }, trace);
+          if (!this.store.soleWriter) await this.recallLate(tx, batch, out);
+          return out;
+        },
+        trace,
+        opening,
+      );
       ok = true;
       this.options.observer?.committed(batch.length);
       if (events.length > 0) this.options.onCommit?.(events);
       return outcomes;
     } catch (err) {
-      this.options.observer?.failed(err instanceof OperationBusy ? err.busy : err);
+      if (!(err instanceof StaleOpening)) this.options.observer?.failed(err instanceof OperationBusy ? err.busy : err);
       throw err;
     } finally {
       if (trace) transactionChannel.publish({ phase: 'end', trace, ok });
     }
   }
 
-  /** The outcomes recorded for the batch's idempotent operations (that may have one). */
-  private async recall(tx: StoreTx, batch: readonly Queued[]): Promise<Map<string, string>> {
+  /** The request ids of the batch's idempotent operations that may have a recorded outcome. */
+  private recallIds(batch: readonly Queued[]): string[] {
     const soleWriter = this.store.soleWriter;
-    const ids = batch.filter((q) => q.op.once && (q.op.once.copy || !soleWriter)).map((q) => q.op.once!.id);
-    return ids.length > 0 ? tx.recall(ids) : new Map<string, string>();
+    return batch.filter((q) => q.op.once && (q.op.once.copy || !soleWriter)).map((q) => q.op.once!.id);
   }
 
   /**

@@ -139,6 +139,26 @@ export interface StoreTx extends LockTx {
   prefetch?(items: readonly FirstStatement[]): Promise<boolean>;
 }
 
+/**
+ * What a transaction's work will do first (Store.transaction): look up these request ids
+ * (`recall`), then run these first statements (`prefetch`, null: none). A store may send them with
+ * its BEGIN, in one round trip; `recall` and `prefetch` called with these very arrays then answer
+ * from what came back. Work that finds a recorded outcome must not use the prefetched rows: it
+ * throws StaleOpening, and the transaction runs again without an opening first pass.
+ */
+export interface TransactionOpening {
+  recall: readonly string[];
+  first: readonly FirstStatement[] | null;
+}
+
+/** The opening first pass ran for an operation whose outcome was already recorded: run again without it. */
+export class StaleOpening extends Error {
+  constructor() {
+    super('a request of the batch was answered before: its first statement must not run');
+    this.name = 'StaleOpening';
+  }
+}
+
 /** An outcome to record with a transaction (`LockTx.remember`). */
 export interface PendingOutcome {
   id: string;
@@ -163,6 +183,12 @@ export interface OutboxEvent {
 export interface CommittedEvent extends OutboxEvent {
   lock: LockRecord;
   cause: EventCause;
+  /**
+   * Where several daemons write (PostgreSQL): the seq of the newest earlier event of the same lock
+   * still in the outbox when this one was written, or null if none was. This event may be published
+   * once that one is in the stream. Undefined where one writer publishes everything in seq order.
+   */
+  prev?: number | null;
 }
 
 /** A change a transaction recorded (`LockTx.emit`), for the store to write into its outbox. */
@@ -217,6 +243,16 @@ export interface RelayLease {
   removeThrough(seq: number): Promise<void>;
   /** Give the lease up (another daemon may take it). */
   release(): Promise<void>;
+  /**
+   * Where several daemons write: the `limit` oldest rows in seq order, each `stale` when it has
+   * waited longer than `staleMs` on the store's clock (its writer has not delivered it).
+   */
+  readStale?(limit: number, staleMs: number): Promise<StaleCandidate[]>;
+}
+
+/** An outbox row as the relaying daemon sees it when looking for events their writer left behind. */
+export interface StaleCandidate extends OutboxEvent {
+  stale: boolean;
 }
 
 /** What the metrics report of a store, counted at one moment. */
@@ -266,9 +302,10 @@ export interface Store {
   reachableLater?(err: unknown): boolean;
   /**
    * Run `work` in one transaction and commit it with the events it emitted. `trace`, when given,
-   * names the transaction in the statement diagnostics (see diagnostics.ts).
+   * names the transaction in the statement diagnostics (see diagnostics.ts). `opening`: the
+   * statements `work` will start with, which a store may send together with its BEGIN.
    */
-  transaction<T>(work: (tx: StoreTx) => Promise<T>, trace?: object): Promise<TransactionResult<T>>;
+  transaction<T>(work: (tx: StoreTx) => Promise<T>, trace?: object, opening?: TransactionOpening): Promise<TransactionResult<T>>;
   /** Events waiting in the outbox with seq <= `upTo`. */
   countOutbox(upTo?: number): Promise<number>;
   /** Locks, sessions and the outbox, counted in one query: for a metrics scrape, not for requests. */
@@ -277,6 +314,13 @@ export interface Store {
   identity(): Promise<string>;
   /** The relay lease of this store (one per store). */
   relayLease(): RelayLease;
+  /**
+   * Where several daemons write (soleWriter false): these events of this daemon are in the stream;
+   * their rows leave the outbox with the next transaction, or in one of their own soon after.
+   */
+  delivered?(seqs: readonly number[]): void;
+  /** Where several daemons write: which of these seqs are still in the outbox (not yet delivered). */
+  outboxHas?(seqs: readonly number[]): Promise<Set<number>>;
   close(): Promise<void>;
 }
 

@@ -16,6 +16,7 @@ import {
   type Store,
   type StoreCounts,
   type StoreTx,
+  type TransactionOpening,
   type TransactionResult,
 } from '../../daemon/store/store';
 import { ErrorCode } from '../../shared/protocol';
@@ -275,7 +276,9 @@ describe('Batcher', () => {
 
     it('is called with the first statements, in batch order, when every operation has one on a name of its own', async () => {
       await batcher.run(ops.get(getReq('seed'), who));
-      expect(calls).toEqual([]); // a batch of one has nothing to share
+      // A batch of one too: the store may send its statement with BEGIN.
+      expect(calls.map((c) => c.map((f) => `${f.kind} ${f.name}`))).toEqual([['insert seed']]);
+      calls = [];
       await Promise.all([
         batcher.run(ops.get(getReq('b'), who)),
         batcher.run(ops.unlock({ name: 'seed', token: null, requestId: null, attempt: 1 }, who)),
@@ -357,6 +360,34 @@ describe('Batcher', () => {
       expect(looked[0]).toEqual(['r-2']);
       expect(looked[1]).toEqual(['r-2']);
     });
+  });
+
+  it('hands the store the opening statements; a request answered before runs again without the first pass sent with BEGIN', async () => {
+    const calls: string[][] = [];
+    const openings: (string[] | null)[] = [];
+    setup({ soleWriter: false, prefetch: async (items) => (calls.push(items.map((f) => `${f.kind} ${f.name}`)), true) });
+    const transaction = store.transaction.bind(store);
+    // The memory store does not send an opening itself: this records what the batcher handed over.
+    store.transaction = <T>(work: (tx: StoreTx) => Promise<T>, _trace?: object, opening?: TransactionOpening) => {
+      openings.push(opening?.first?.map((f) => `${f.kind} ${f.name}`) ?? null);
+      return transaction(work);
+    };
+    const grant = (v: AcquireResult) => ('granted' in v ? { token: v.granted.token } : undefined);
+    const withId = (name: string, id: string) => ({
+      ...ops.get(getReq(name), who),
+      once: { id, copy: false, keepMs: 60_000, outcome: grant },
+    });
+    await batcher.runOnce(withId('a', 'r-a'));
+    expect(openings).toEqual([['insert a']]);
+    openings.length = 0;
+    calls.length = 0;
+    // r-a again, with a new name beside it: the opening first pass would have run for r-a.
+    const [again, fresh] = await Promise.all([batcher.runOnce(withId('a', 'r-a')), batcher.runOnce(withId('b', 'r-b'))]);
+    expect(again).toBeInstanceOf(Recalled);
+    expect('value' in fresh && 'granted' in fresh.value).toBe(true);
+    expect(openings).toEqual([['insert a', 'insert b'], null]);
+    // The second attempt runs the first pass of the request not answered before, and only that.
+    expect(calls).toEqual([['insert b']]);
   });
 
   it('onCommit receives the committed events, in seq order, and is not called for a commit without events', async () => {

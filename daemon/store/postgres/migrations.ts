@@ -235,4 +235,11 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
       'DROP TABLE lockmgr_sessions',
     ],
   },
+  {
+    // Each daemon publishes the events it committed itself; an event waits until the one before
+    // it of the same lock has left the outbox. Its outbox insert finds that one by name.
+    name: '0010-outbox-by-lock',
+    up: ['CREATE INDEX lockmgr_outbox_name_seq ON lockmgr_outbox (name, seq)'],
+    down: ['DROP INDEX lockmgr_outbox_name_seq'],
+  },
 ];

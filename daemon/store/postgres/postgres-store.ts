@@ -8,25 +8,16 @@
  * shared outbox: the one holding a session advisory lock on a connection of its own. Sequelize
  * only applies the migrations.
  */
-import { Client, Pool, type PoolClient } from 'pg';
+import { Client, Pool, type PoolClient, type PoolConfig } from 'pg';
 import { Sequelize } from 'sequelize';
-import { statementTracer } from '../../diagnostics';
+import { statementTracer, type StatementTracer } from '../../diagnostics';
 import { maskUrlSecrets } from '../../../shared/nats-url';
 import { applyMigrations } from '../migrate';
 import { OUTBOX_SQL, toOutboxEvent } from '../sql-outbox';
-import {
-  firstLockRow,
-  INSERT_CHUNK,
-  SqlTx,
-  storeCountsSql,
-  toStoreCounts,
-  tracedConnection,
-  writeOutcomes,
-  type Row,
-  type SqlConnection,
-} from '../sql-tx';
+import { firstLockRow, SqlTx, storeCountsSql, toStoreCounts, tracedConnection, type Row, type SqlConnection } from '../sql-tx';
 import {
   CommitInDoubt,
+  DuplicateRequest,
   rootCause,
   RowBusy,
   StoreUnavailable,
@@ -37,12 +28,15 @@ import {
   type LockRow,
   type MigrateOptions,
   type OutboxEvent,
+  type PendingOutcome,
   type RelayLease,
   type Renewal,
+  type StaleCandidate,
   type Requester,
   type Store,
   type StoreCounts,
   type StoreTx,
+  type TransactionOpening,
   type TransactionResult,
 } from '../store';
 import { POSTGRES_MIGRATIONS } from './migrations';
@@ -66,6 +60,8 @@ export interface PostgresStoreOptions {
   idleInTransactionTimeoutMs?: number;
 }
 
+/** Delivered rows wait this long (ms) for a transaction to remove them with before one of their own does. */
+const REMOVAL_DELAY_MS = 20;
 /** How long opening a connection may take before the database counts as unavailable (outside requests). */
 const CONNECT_TIMEOUT_MS = 5000;
 /** The client stops waiting for an answer (or a new connection) this long after the server's own statement timeout. */
@@ -97,6 +93,11 @@ function classify(err: unknown, what: string): unknown {
   const code = String((err as { code?: unknown })?.code ?? '');
   // Deadlock broken, or a serialization failure: the transaction may simply run again.
   if (code === '40P01' || code === '40001') return new TransactionConflict((err as Error).message, { cause: err });
+  // Two daemons recorded the outcome of one request id: the batch runs again and answers it from the record.
+  if (code === '23505' && (err as { table?: unknown }).table === 'lockmgr_requests') {
+    const id = /\(id\)=\((.*)\)/.exec(String((err as { detail?: unknown }).detail ?? ''))?.[1];
+    return new DuplicateRequest(id === undefined ? [] : [id]);
+  }
   // lock_timeout: a row is held by another session (stuck, or paused mid-transaction).
   if (code === '55P03') return new RowBusy(`a row is held by another database session: ${(err as Error).message}`, { cause: err });
   if (isUnavailable(err)) return new StoreUnavailable(`${what}: ${(err as Error).message}`, { cause: err });
@@ -149,12 +150,29 @@ class PostgresConnection implements SqlConnection {
   }
 }
 
+/** The answers to a transaction's opening statements, sent with its BEGIN. */
+interface Opened {
+  opening: TransactionOpening;
+  recalled?: Row[];
+  firstPass?: Row[];
+}
+
 class PostgresTx extends SqlTx {
   /** Rows of first statements the batch already ran, by name (see prefetch). */
   private prefetched?: Map<string, { kind: FirstStatement['kind']; rows: Row[] }>;
 
-  constructor(conn: SqlConnection, now: number) {
+  constructor(
+    conn: SqlConnection,
+    now: number,
+    private opened?: Opened,
+  ) {
     super(conn, now, POSTGRES_LOCK_SQL);
+  }
+
+  override async recall(ids: readonly string[]): Promise<Map<string, string>> {
+    const sent = this.opened?.opening.recall === ids ? this.opened.recalled : undefined;
+    const rows = sent ?? (await this.conn.query(POSTGRES_SQL.recall, [ids]));
+    return new Map(rows.map((r) => [String(r.id), String(r.outcome)]));
   }
 
   protected renewParams(renewal: Renewal): unknown[] {
@@ -179,25 +197,8 @@ class PostgresTx extends SqlTx {
 
   /** Every item's statement in one call, in order; false (nothing done) if an insert met a row. */
   async prefetch(items: readonly FirstStatement[]): Promise<boolean> {
-    const n = items.length;
-    const kinds = new Array<string>(n);
-    const names = new Array<string>(n);
-    const lockedBy = new Array<string | null>(n).fill(null);
-    const processes = new Array<number | null>(n).fill(null);
-    const expires = new Array<number | null>(n).fill(null);
-    const token = new Array<number | null>(n).fill(null);
-    items.forEach((item, i) => {
-      kinds[i] = item.kind;
-      names[i] = item.name;
-      if (item.kind === 'insert') {
-        lockedBy[i] = item.who.lockedBy;
-        processes[i] = item.who.process;
-        expires[i] = item.expiresMs;
-      } else {
-        token[i] = item.token;
-      }
-    });
-    const rows = await this.conn.query(POSTGRES_SQL.firstPass, [kinds, names, lockedBy, processes, expires, token]);
+    const sent = this.opened?.opening.first === items ? this.opened.firstPass : undefined;
+    const rows = sent ?? (await this.conn.query(POSTGRES_SQL.firstPass, firstPassParams(items)));
     const byItem: Row[][] = items.map(() => []);
     for (const r of rows) {
       const op = Number(r.op);
@@ -216,6 +217,69 @@ class PostgresTx extends SqlTx {
   }
 }
 
+/**
+ * The answers of statements sent one behind the other (pipelined) on one connection. Every one is
+ * awaited, so none fails unobserved; the first failure in sending order is the cause (those behind
+ * it fail because its transaction is aborted).
+ */
+async function allSent<T extends readonly unknown[]>(sent: T): Promise<{ -readonly [K in keyof T]: Awaited<T[K]> }> {
+  const settled = await Promise.allSettled(sent);
+  const failed = settled.find((r) => r.status === 'rejected');
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+  return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as { -readonly [K in keyof T]: Awaited<T[K]> };
+}
+
+/** The outbox insert's parameters: one array per column, an event per index. */
+function outboxColumns(events: readonly CommittedEvent[]): unknown[] {
+  return [
+    events.map((e) => e.id),
+    events.map((e) => e.type),
+    events.map((e) => e.name),
+    events.map((e) => e.lockJson),
+    events.map((e) => e.causeJson),
+    events.map((e) => e.daemon),
+    events.map((e) => e.at),
+  ];
+}
+
+/**
+ * Give each event its seq and its lock's `prev` from the outbox insert's rows. An earlier event of
+ * the same lock in this very transaction is its `prev` (the insert does not see its own rows).
+ */
+function numberEvents(events: CommittedEvent[], rows: readonly Row[]): void {
+  const byId = new Map(rows.map((r) => [String(r.event_id), r]));
+  const lastOfLock = new Map<string, number>();
+  for (const e of events) {
+    const row = byId.get(e.id);
+    e.seq = Number(row?.seq ?? 0);
+    e.prev = lastOfLock.get(e.name) ?? (row?.prev === null || row?.prev === undefined ? null : Number(row.prev));
+    lastOfLock.set(e.name, e.seq);
+  }
+}
+
+/** The first pass's parameters: one array per column, an item per index. */
+function firstPassParams(items: readonly FirstStatement[]): unknown[] {
+  const n = items.length;
+  const kinds = new Array<string>(n);
+  const names = new Array<string>(n);
+  const lockedBy = new Array<string | null>(n).fill(null);
+  const processes = new Array<number | null>(n).fill(null);
+  const expires = new Array<number | null>(n).fill(null);
+  const token = new Array<number | null>(n).fill(null);
+  items.forEach((item, i) => {
+    kinds[i] = item.kind;
+    names[i] = item.name;
+    if (item.kind === 'insert') {
+      lockedBy[i] = item.who.lockedBy;
+      processes[i] = item.who.process;
+      expires[i] = item.expiresMs;
+    } else {
+      token[i] = item.token;
+    }
+  });
+  return [kinds, names, lockedBy, processes, expires, token];
+}
+
 export class PostgresStore implements Store {
   readonly kind = 'postgres';
   readonly concurrency: number;
@@ -223,6 +287,9 @@ export class PostgresStore implements Store {
   private readonly pool: Pool;
   private readonly lease: PostgresRelayLease;
   private closed = false;
+  /** Seqs of this daemon's delivered events, removed with the next transaction (or on their own soon). */
+  private removal: number[] = [];
+  private removalTimer?: NodeJS.Timeout;
 
   constructor(private readonly options: PostgresStoreOptions) {
     const size = options.poolSize ?? 4;
@@ -242,7 +309,10 @@ export class PostgresStore implements Store {
       idle_in_transaction_session_timeout: options.idleInTransactionTimeoutMs ?? 2000,
       query_timeout: statementTimeout + ANSWER_MARGIN_MS,
       keepAlive: true,
-    });
+      // A statement is sent without waiting for the one before it to be answered: a transaction's
+      // statements go out in two round trips (see transaction()).
+      pipeline: true,
+    } as PoolConfig);
     // A pooled connection that breaks while idle: dropped from the pool, the next use opens another.
     this.pool.on('error', () => undefined);
     // One that breaks while in use (the server ended its session): the statement in flight fails
@@ -287,7 +357,12 @@ export class PostgresStore implements Store {
     }
   }
 
-  async transaction<T>(work: (tx: StoreTx) => Promise<T>, trace?: object): Promise<TransactionResult<T>> {
+  /**
+   * Two round trips when the work's own statements came with the opening: BEGIN with the clock, the
+   * outcome look-up and the batch's first pass, sent at once (the client pipelines them); then the
+   * outcomes, the outbox rows, the removal of delivered rows and COMMIT, sent at once.
+   */
+  async transaction<T>(work: (tx: StoreTx) => Promise<T>, trace?: object, opening?: TransactionOpening): Promise<TransactionResult<T>> {
     const client = await this.connect();
     const pg = new PostgresConnection(client);
     const conn = tracedConnection(pg, trace);
@@ -296,14 +371,18 @@ export class PostgresStore implements Store {
     let committing = false;
     let broken: unknown;
     try {
-      const now = tracer ? await tracer(POSTGRES_SQL.begin, () => pg.begin()) : await pg.begin();
-      const tx = new PostgresTx(conn, now);
+      const opened = await this.begin(pg, conn, tracer, opening);
+      const tx = new PostgresTx(conn, opened.now, opened);
       const value = await work(tx);
-      const events = toCommittedEvents(tx.events, this.options.daemonId, now);
-      await writeOutcomes(conn, tx.outcomes);
-      await this.writeOutbox(conn, events);
+      const events = toCommittedEvents(tx.events, this.options.daemonId, opened.now);
+      const removing = this.removal.splice(0);
       committing = true;
-      await conn.exec(POSTGRES_SQL.commit);
+      try {
+        await this.end(conn, tx.outcomes, events, removing);
+      } catch (err) {
+        this.removal.push(...removing);
+        throw err;
+      }
       open = false;
       return { value, events };
     } catch (err) {
@@ -321,6 +400,40 @@ export class PostgresStore implements Store {
       // A connection that failed is not given back for reuse.
       client.release(broken instanceof Error ? broken : undefined);
     }
+  }
+
+  /** BEGIN and the clock, with the opening statements behind them in the same round trip. */
+  private async begin(
+    pg: PostgresConnection,
+    conn: SqlConnection,
+    tracer: StatementTracer | undefined,
+    opening?: TransactionOpening,
+  ): Promise<Opened & { now: number }> {
+    const recall = opening && opening.recall.length > 0 ? opening.recall : null;
+    const first = opening?.first && opening.first.length > 0 ? opening.first : null;
+    const [now, recalled, firstPass] = await allSent([
+      tracer ? tracer(POSTGRES_SQL.begin, () => pg.begin()) : pg.begin(),
+      recall ? conn.query(POSTGRES_SQL.recall, [recall]) : undefined,
+      first ? conn.query(POSTGRES_SQL.firstPass, firstPassParams(first)) : undefined,
+    ]);
+    return { now, opening: opening ?? { recall: [], first: null }, recalled, firstPass };
+  }
+
+  /** Outcomes, outbox rows (numbered; each with its lock's `prev`), removals and COMMIT, sent together. */
+  private async end(conn: SqlConnection, outcomes: readonly PendingOutcome[], events: CommittedEvent[], removing: number[]): Promise<void> {
+    const [, outbox] = await allSent([
+      outcomes.length > 0
+        ? conn.query(POSTGRES_SQL.insertOutcomes, [
+            outcomes.map((o) => o.id),
+            outcomes.map((o) => o.outcome),
+            outcomes.map((o) => o.expiresAt),
+          ])
+        : undefined,
+      events.length > 0 ? conn.query(POSTGRES_SQL.insertOutbox, outboxColumns(events)) : undefined,
+      removing.length > 0 ? conn.query(POSTGRES_SQL.removeOutboxRows, [removing]) : undefined,
+      conn.exec(POSTGRES_SQL.commit),
+    ]);
+    if (outbox) numberEvents(events, outbox);
   }
 
   async identity(): Promise<string> {
@@ -361,8 +474,49 @@ export class PostgresStore implements Store {
     return this.lease;
   }
 
+  delivered(seqs: readonly number[]): void {
+    for (const seq of seqs) this.removal.push(seq);
+    // With the next transaction; on its own if none comes soon.
+    this.removalTimer ??= setTimeout(() => {
+      this.removalTimer = undefined;
+      void this.removeNow();
+    }, REMOVAL_DELAY_MS);
+  }
+
+  async outboxHas(seqs: readonly number[]): Promise<Set<number>> {
+    if (seqs.length === 0) return new Set();
+    const client = await this.connect();
+    try {
+      const rows = await new PostgresConnection(client).query(POSTGRES_SQL.outboxHas, [seqs]);
+      return new Set(rows.map((r) => Number(r.seq)));
+    } catch (err) {
+      throw classify(err, 'cannot read the outbox');
+    } finally {
+      client.release();
+    }
+  }
+
+  /** Remove the delivered rows no transaction took along (one statement of its own). */
+  private async removeNow(): Promise<void> {
+    if (this.closed || this.removal.length === 0) return;
+    const removing = this.removal.splice(0);
+    let client: PoolClient | undefined;
+    try {
+      client = await this.connect();
+      await new PostgresConnection(client).query(POSTGRES_SQL.removeOutboxRows, [removing]);
+      client.release();
+    } catch (err) {
+      client?.release(err instanceof Error ? err : undefined);
+      // Tried again with the next transaction; until then a row left is delivered again (and dropped by the stream).
+      this.removal.push(...removing);
+    }
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
+    clearTimeout(this.removalTimer);
+    this.removalTimer = undefined;
+    await this.removeNow();
     this.closed = true;
     await this.lease.release();
     await this.pool.end().catch(() => undefined);
@@ -374,18 +528,6 @@ export class PostgresStore implements Store {
       return await this.pool.connect();
     } catch (err) {
       throw new StoreUnavailable(`cannot connect to PostgreSQL: ${(err as Error).message}`, { cause: err });
-    }
-  }
-
-  /** Insert the events; the outbox's sequence numbers them. */
-  private async writeOutbox(conn: SqlConnection, events: CommittedEvent[]): Promise<void> {
-    for (let i = 0; i < events.length; i += INSERT_CHUNK) {
-      const chunk = events.slice(i, i + INSERT_CHUNK);
-      const params: unknown[] = [];
-      for (const e of chunk) params.push(e.id, e.type, e.name, e.lockJson, e.causeJson, e.daemon, e.at);
-      const rows = await conn.query(POSTGRES_SQL.insertOutbox(chunk.length), params);
-      const seqById = new Map(rows.map((r) => [String(r.event_id), Number(r.seq)]));
-      for (const e of chunk) e.seq = seqById.get(e.id) ?? 0;
     }
   }
 }
@@ -428,6 +570,11 @@ class PostgresRelayLease implements RelayLease {
 
   async remove(seqs: readonly number[]): Promise<void> {
     await this.run('cannot remove from the outbox', (c) => c.query(POSTGRES_SQL.removeOutboxRows, [seqs]));
+  }
+
+  async readStale(limit: number, staleMs: number): Promise<StaleCandidate[]> {
+    const rows = await this.run('cannot read the outbox', (c) => c.query(POSTGRES_SQL.readStale, [staleMs, limit]));
+    return rows.map((r) => ({ ...toOutboxEvent(r), stale: r.stale === true }));
   }
 
   async removeThrough(seq: number): Promise<void> {

@@ -2,7 +2,8 @@
  * The statements only the PostgreSQL backend runs (the portable lock, outbox and outcome statements
  * are in store/sql-tx.ts and store/sql-outbox.ts). `?` placeholders, numbered when prepared.
  */
-import { LIVE, LOCK_COLUMNS, SESSION_COLUMNS, valueRows, withOwnedTwin, type BackendLockSql } from '../sql-tx';
+import { OUTBOX_COLUMNS } from '../sql-outbox';
+import { LIVE, LOCK_COLUMNS, SESSION_COLUMNS, withOwnedTwin, type BackendLockSql } from '../sql-tx';
 
 /** Arbitrary constants naming the advisory locks of the schema migration and of the relay lease. */
 export const MIGRATION_LOCK_KEY = 7735342101;
@@ -49,11 +50,27 @@ export const POSTGRES_SQL = {
     'SELECT op, l_name AS name, l_locked_by AS locked_by, l_lock_process AS lock_process, l_locked_until AS locked_until, ' +
     'l_created_at AS created_at, l_updated_at AS updated_at, l_token AS token, l_session_id AS session_id ' +
     'FROM lockmgr_first_pass_v3(?::text[], ?::varchar[], ?::varchar[], ?::bigint[], ?::bigint[], ?::bigint[])',
-  /** Events numbered by the outbox's sequence: (event_id, type, name, lock, cause, daemon, at) per row. */
-  insertOutbox: (rows: number) =>
-    `INSERT INTO lockmgr_outbox (event_id, type, name, lock, cause, daemon, at) VALUES ${valueRows(rows, 7)} RETURNING seq, event_id`,
+  /**
+   * Events numbered by the outbox's sequence in the order given: (event_id[], type[], name[],
+   * lock[], cause[], daemon[], at[]). Each row comes back with `prev`, the newest row of the same
+   * lock already in the outbox (committed earlier: the lock's row is held by this transaction), or
+   * null: an event may be published once `prev` is in the stream (migration 0010).
+   */
+  insertOutbox:
+    'WITH ins AS (INSERT INTO lockmgr_outbox (event_id, type, name, lock, cause, daemon, at) ' +
+    'SELECT e, t, n, l, c, d, a FROM unnest(?::varchar[], ?::varchar[], ?::varchar[], ?::text[], ?::text[], ?::varchar[], ?::bigint[]) ' +
+    'WITH ORDINALITY AS u(e, t, n, l, c, d, a, k) ORDER BY k RETURNING seq, event_id, name) ' +
+    'SELECT ins.seq, ins.event_id, (SELECT max(o.seq) FROM lockmgr_outbox o WHERE o.name = ins.name) AS prev FROM ins',
+  /** (id[], outcome[], expires_at[]): an id recorded meanwhile fails the statement (unique violation). */
+  insertOutcomes: 'INSERT INTO lockmgr_requests (id, outcome, expires_at) SELECT * FROM unnest(?::varchar[], ?::text[], ?::bigint[])',
+  /** (id[]): outcomes kept under these ids, marked answered to a repeat; on the database's clock. */
+  recall: 'UPDATE lockmgr_requests SET replayed = 1 WHERE id = ANY(?::varchar[]) AND expires_at > lockmgr_now_ms() RETURNING id, outcome',
   /** (seqs[]) */
   removeOutboxRows: 'DELETE FROM lockmgr_outbox WHERE seq = ANY(?::bigint[])',
+  /** (seqs[]): those still in the outbox. */
+  outboxHas: 'SELECT seq FROM lockmgr_outbox WHERE seq = ANY(?::bigint[])',
+  /** (stale_ms, limit): the oldest rows, each marked stale when older than stale_ms on the database's clock. */
+  readStale: `SELECT ${OUTBOX_COLUMNS}, at < lockmgr_now_ms() - ? AS stale FROM lockmgr_outbox ORDER BY seq LIMIT ?`,
   /** The store's identity (migration 0006). */
   identity: "SELECT value FROM lockmgr_meta WHERE key = 'store_id'",
   /** (key) */

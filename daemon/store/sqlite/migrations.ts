@@ -110,4 +110,6 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
     ],
     down: ['DROP INDEX lockmgr_locks_session_id', 'ALTER TABLE lockmgr_locks DROP COLUMN session_id', 'DROP TABLE lockmgr_sessions'],
   },
+  // PostgreSQL only (one writer here: events are published in seq order).
+  { name: '0010-outbox-by-lock', up: [], down: [] },
 ];
