@@ -263,6 +263,7 @@ export class LockDaemon {
         maxAgeSeconds: c.eventsMaxAge,
         maxBytes: c.eventsMaxBytes,
         duplicateWindowSeconds: c.eventsDuplicateWindow,
+        daemonId: this.id,
       },
       this.logger,
       this.clock,

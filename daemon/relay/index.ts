@@ -11,9 +11,11 @@ import type { Store } from '../store/store';
 import { CorePublisher, JetStreamPublisher, type StreamOptions } from './publisher';
 import { EventRelay } from './relay';
 
-export interface EventRelayConfig extends Omit<StreamOptions, 'timeoutMs'> {
+export interface EventRelayConfig extends Omit<StreamOptions, 'timeoutMs' | 'chained'> {
   /** Deliver to JetStream (auto) or to core NATS only (off). */
   jetstream: 'auto' | 'off';
+  /** This daemon's id, as its events carry it. */
+  daemonId: string;
   /** ms to wait for JetStream's acknowledgements of a round. */
   publishTimeoutMs?: number;
 }
@@ -32,27 +34,23 @@ export async function startEventRelay(
   clock?: Clock,
 ): Promise<RunningRelay> {
   const timeoutMs = config.publishTimeoutMs ?? 5000;
-  const stream = config.jetstream === 'off' ? null : new JetStreamPublisher(nc, { ...config, timeoutMs }, logger);
-  let nudgeQueued = false;
+  // One writer publishes everything in seq order, chained; daemons sharing an outbox each publish
+  // their own events, and keep each lock's order by having one event per lock in flight.
+  const chained = store.soleWriter;
+  const stream = config.jetstream === 'off' ? null : new JetStreamPublisher(nc, { ...config, timeoutMs, chained }, logger);
   const relay = new EventRelay(
     store,
+    { stream, core: new CorePublisher(nc, config.prefix, timeoutMs) },
     {
-      stream,
-      core: new CorePublisher(nc, config.prefix, timeoutMs),
-      nudge: () => {
-        if (nudgeQueued || nc.isClosed()) return;
-        nudgeQueued = true;
-        setImmediate(() => {
-          nudgeQueued = false;
-          if (!nc.isClosed()) nc.publish(relaySubject(config.prefix));
-        });
-      },
+      stream: config.stream,
+      subjects: allEventsSubject(config.prefix),
+      reconcileTimeoutMs: 2 * timeoutMs,
+      daemonId: config.daemonId,
     },
-    { stream: config.stream, subjects: allEventsSubject(config.prefix), reconcileTimeoutMs: 2 * timeoutMs },
     logger,
     clock,
   );
-  // Nudges come from other daemons writing to the same outbox: none where this one writes alone.
+  // Nudges come from daemons of an earlier version writing to the same outbox: none where this one writes alone.
   const nudges = store.soleWriter ? undefined : nc.subscribe(relaySubject(config.prefix), { callback: () => relay.nudged() });
   const status = nc.status();
   void (async () => {

@@ -7,10 +7,13 @@
  *   does not hold (events from before the start, or committed while delivery was failing). Events
  *   are delivered in seq order, so delivered rows are removed by seq: everything up to the last
  *   delivered one, along with the next transaction.
- * - TableFeed, where several daemons share the outbox: the relaying daemon reads the oldest rows,
- *   whoever committed them, and removes each acknowledged row.
+ * - SharedFeed, where several daemons share the outbox (PostgreSQL): each daemon publishes the
+ *   events it committed from memory, each once the event before it of the same lock is in the
+ *   stream, and the relaying daemon (the lease holder) also delivers the rows their writers left
+ *   behind (a daemon that died or lost NATS, a commit whose answer was lost).
  */
-import type { CommittedEvent, OutboxEvent, RelayLease } from '../store/store';
+import type { Clock } from '../clock';
+import type { CommittedEvent, OutboxEvent, RelayLease, Store } from '../store/store';
 
 export interface OutboxFeed {
   /** Events this daemon committed. `delivering`: delivery works now (else memory keeps none). */
@@ -25,10 +28,16 @@ export interface OutboxFeed {
   oldest(limit: number): Promise<OutboxEvent[]>;
   /** Remove rows the stream already holds. */
   remove(seqs: readonly number[]): Promise<void>;
+  /** Events held back, waiting for an earlier event of their lock: look again soon. */
+  waiting(): boolean;
+  /** Events this daemon committed that are not delivered yet (null: count the outbox instead). */
+  undelivered(): number | null;
 }
 
 /** SQLite: most undelivered events kept in memory; beyond that they are read from the outbox. */
 const MEMORY_LIMIT = 20_000;
+/** Rows the relaying daemon reads at a time when looking for events left behind. */
+const PAGE_FOR_RECOVERY = 500;
 /** Memory is compacted once this many delivered events sit at its head. */
 const COMPACT_AFTER = 4096;
 
@@ -91,6 +100,14 @@ export class MemoryFeed implements OutboxFeed {
     return this.lease.remove(seqs);
   }
 
+  waiting(): boolean {
+    return false;
+  }
+
+  undelivered(): null {
+    return null;
+  }
+
   private fromMemory(limit: number): OutboxEvent[] {
     while (this.head < this.memory.length && this.memory[this.head]!.seq <= this.deliveredUpTo) this.head++;
     if (this.head > COMPACT_AFTER && this.head * 2 > this.memory.length) {
@@ -101,30 +118,161 @@ export class MemoryFeed implements OutboxFeed {
   }
 }
 
-export class TableFeed implements OutboxFeed {
-  constructor(private readonly lease: RelayLease) {}
+/** Most seqs remembered as delivered (to release the events waiting for them without asking the database). */
+const DONE_LIMIT = 50_000;
 
-  committed(): void {
-    // Other daemons write to the outbox too: everything is read from the table.
+export interface SharedFeedOptions {
+  /** This daemon's id, as its events carry it. */
+  daemonId: string;
+  /** ms a row may wait in the outbox before the relaying daemon delivers it in its writer's place. */
+  staleMs: number;
+  /** ms between the relaying daemon's looks for rows left behind. */
+  recoverIntervalMs: number;
+}
+
+export class SharedFeed implements OutboxFeed {
+  /** This daemon's committed, undelivered events, by seq. */
+  private readonly memory = new Map<number, CommittedEvent>();
+  /** Seqs known to be in the stream (their rows gone, or going with the next transaction). */
+  private readonly done = new Set<number>();
+  /** The next look for rows left behind (relaying daemon only); 0: at the next round. */
+  private recoverAt = 0;
+  /** After a failure: ask which of memory's events another daemon delivered meanwhile. */
+  private pruneDue = false;
+
+  constructor(
+    private readonly store: Store,
+    private readonly lease: RelayLease,
+    private readonly clock: Clock,
+    private readonly options: SharedFeedOptions,
+  ) {}
+
+  committed(events: readonly CommittedEvent[]): void {
+    for (const e of events) if (!this.done.has(e.seq)) this.memory.set(e.seq, e);
+    if (this.memory.size > MEMORY_LIMIT) {
+      // Too many held back (NATS away for long): the relaying daemon delivers them from the outbox.
+      this.memory.clear();
+      this.recoverAt = 0;
+    }
   }
 
-  next(limit: number): Promise<OutboxEvent[]> {
-    return this.lease.read(0, limit);
+  async next(limit: number): Promise<OutboxEvent[]> {
+    if (this.pruneDue) await this.prune();
+    const names = new Set<string>();
+    const round = await this.own(limit, names);
+    if (round.length < limit && this.lease.held && this.clock.now() >= this.recoverAt) {
+      const left = await this.leftBehind(limit - round.length, names);
+      // A full page may hide more: look again with the next round, else after the interval.
+      this.recoverAt = left.length > 0 ? 0 : this.clock.now() + this.options.recoverIntervalMs;
+      round.push(...left);
+    }
+    return round.sort((a, b) => a.seq - b.seq);
   }
 
   async delivered(_round: readonly OutboxEvent[], delivered: readonly OutboxEvent[]): Promise<void> {
-    if (delivered.length > 0) await this.lease.remove(delivered.map((e) => e.seq));
+    const own: number[] = [];
+    const recovered: number[] = [];
+    for (const e of delivered) {
+      this.markDone(e.seq);
+      (this.memory.delete(e.seq) ? own : recovered).push(e.seq);
+    }
+    if (own.length > 0) this.store.delivered!(own);
+    if (recovered.length > 0) await this.lease.remove(recovered);
   }
 
   forget(): void {
-    // Nothing kept.
+    // Memory is kept (it is what this daemon still has to deliver); after the failure, the events
+    // another daemon delivered meanwhile are dropped from it first.
+    this.pruneDue = this.memory.size > 0;
+    this.recoverAt = 0;
   }
 
-  oldest(limit: number): Promise<OutboxEvent[]> {
-    return this.lease.read(0, limit);
+  async oldest(limit: number): Promise<OutboxEvent[]> {
+    const own = [...this.memory.values()].sort((a, b) => a.seq - b.seq).slice(0, limit);
+    return this.lease.held ? [...own, ...(await this.lease.read(0, limit))] : own;
   }
 
-  remove(seqs: readonly number[]): Promise<void> {
-    return this.lease.remove(seqs);
+  async remove(seqs: readonly number[]): Promise<void> {
+    await this.delivered(
+      [],
+      seqs.map((seq) => this.memory.get(seq) ?? ({ seq } as OutboxEvent)),
+    );
+  }
+
+  waiting(): boolean {
+    // Held-back events of this daemon, or rows left behind still to go after those just sent.
+    return this.memory.size > 0 || (this.lease.held && this.recoverAt === 0);
+  }
+
+  undelivered(): number {
+    return this.memory.size;
+  }
+
+  /**
+   * This daemon's events that may go now, one per lock, in seq order: those whose lock's previous
+   * event is in the stream. Previous events not known here are looked up in the outbox (gone from
+   * it: delivered).
+   */
+  private async own(limit: number, names: Set<string>): Promise<OutboxEvent[]> {
+    if (this.memory.size === 0) return [];
+    const pending = [...this.memory.values()].sort((a, b) => a.seq - b.seq);
+    const unknown = pending.filter((e) => e.prev != null && !this.done.has(e.prev) && !this.memory.has(e.prev)).map((e) => e.prev!);
+    if (unknown.length > 0) {
+      const present = await this.store.outboxHas!(unknown);
+      for (const seq of unknown) if (!present.has(seq)) this.markDone(seq);
+    }
+    const round: OutboxEvent[] = [];
+    for (const e of pending) {
+      if (round.length >= limit) break;
+      // One event per lock in flight (the next one's prev is this one): no chain header is needed
+      // for a lock's events to be stored in order.
+      if (names.has(e.name) || (e.prev != null && !this.done.has(e.prev))) continue;
+      names.add(e.name);
+      round.push(e);
+    }
+    return round;
+  }
+
+  /**
+   * Rows their writer has not delivered: the oldest page of the outbox, the first row of each lock
+   * (those before it are in the stream), left alone while its writer may still be on it.
+   */
+  private async leftBehind(limit: number, names: Set<string>): Promise<OutboxEvent[]> {
+    const rows = await this.lease.readStale!(PAGE_FOR_RECOVERY, this.options.staleMs);
+    const seen = new Set<string>();
+    const left: OutboxEvent[] = [];
+    for (const { stale, ...row } of rows) {
+      if (left.length >= limit) break;
+      if (seen.has(row.name)) continue;
+      seen.add(row.name);
+      if (names.has(row.name) || this.memory.has(row.seq) || this.done.has(row.seq)) continue;
+      // This daemon's own rows that memory does not hold (dropped, or a commit whose answer was lost) go at once.
+      if (!stale && row.daemon !== this.options.daemonId) continue;
+      names.add(row.name);
+      left.push(row);
+    }
+    return left;
+  }
+
+  /** Drop from memory the events whose rows are gone: another daemon delivered them. */
+  private async prune(): Promise<void> {
+    const present = await this.store.outboxHas!([...this.memory.keys()]);
+    for (const seq of [...this.memory.keys()]) {
+      if (present.has(seq)) continue;
+      this.memory.delete(seq);
+      this.markDone(seq);
+    }
+    this.pruneDue = false;
+  }
+
+  private markDone(seq: number): void {
+    this.done.add(seq);
+    if (this.done.size > DONE_LIMIT) {
+      // Sets iterate in insertion order: forget the oldest (asked of the database if ever needed).
+      for (const old of this.done) {
+        this.done.delete(old);
+        if (this.done.size <= DONE_LIMIT / 2) break;
+      }
+    }
   }
 }

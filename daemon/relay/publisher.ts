@@ -2,11 +2,13 @@
  * Publishers put outbox events on NATS: into the JetStream events stream (the normal case), or on
  * core NATS, at most once, when the server has no JetStream.
  *
- * JetStream: events leave in outbox order, pipelined, each with its id as Nats-Msg-Id and, after
- * the first of a round, the id of the event before it as the expected last message id. The stream
- * drops re-sends (de-duplication by id) and refuses an event whose predecessor is missing, so an
- * event is stored only after every earlier one: a publish that failed or timed out can never be
- * overtaken by a later one.
+ * JetStream: events leave in outbox order, pipelined, each with its id as Nats-Msg-Id; the stream
+ * drops re-sends (de-duplication by id). Where one daemon publishes everything (`chained`), each
+ * event after the first of a round also carries the id of the event before it as the expected last
+ * message id: the stream refuses an event whose predecessor is missing, so an event is stored only
+ * after every earlier one, and a publish that failed or timed out can never be overtaken by a
+ * later one. Where several daemons publish, a round holds one event per lock instead (the feed
+ * sees to it), which keeps each lock's order.
  */
 import {
   headers,
@@ -79,6 +81,11 @@ export interface StreamOptions {
   duplicateWindowSeconds: number;
   /** ms to wait for JetStream's answers (acknowledgements of a round, stream requests). */
   timeoutMs: number;
+  /**
+   * Each event of a round is stored only right after the one before it (the only publisher, in seq
+   * order). Off where several daemons publish: a round then holds one event per lock.
+   */
+  chained: boolean;
 }
 
 interface Notes {
@@ -144,14 +151,14 @@ export class JetStreamPublisher implements StreamPublisher {
   }
 
   private async publishRound(events: readonly OutboxEvent[]): Promise<PublishResult> {
-    const { stream, prefix, timeoutMs } = this.options;
+    const { stream, prefix, timeoutMs, chained } = this.options;
     const results = await this.acks.round(events.length, timeoutMs, (i, reply) => {
       const e = events[i]!;
       const h = eventHeaders(e);
       h.set('Nats-Expected-Stream', stream);
       // The first event of a round has every earlier one delivered; each later one is stored
       // only right after its predecessor, so the stream keeps the outbox's order.
-      if (i > 0) h.set('Nats-Expected-Last-Msg-Id', events[i - 1]!.id);
+      if (i > 0 && chained) h.set('Nats-Expected-Last-Msg-Id', events[i - 1]!.id);
       this.nc.publish(eventSubject(prefix, e.type, e.name), encoder.encode(eventPayload(e)), { reply, headers: h });
     });
     const delivered: OutboxEvent[] = [];

@@ -6,14 +6,14 @@
  * Modes (`mode`):
  *
  *   starting    created; `start()` finds JetStream and makes sure the stream exists.
- *   standby     another daemon holds the relay lease (daemons sharing one database); every
- *               `standbyRetryMs` the next round tries to take it. Commits nudge the relaying
- *               daemon instead.
+ *   standby     another daemon holds the relay lease (daemons sharing one database): this one
+ *               publishes the events it committed itself, and every `standbyRetryMs` tries to
+ *               take the lease.
  *   relaying    this daemon holds the lease. A round runs when kicked: after a commit (once its
- *               replies are out), a nudge from another daemon, or — when other daemons write to
- *               the outbox too — every `pollIntervalMs`. A round publishes pages until the feed
- *               is empty, pausing half as long as each full page took so a backlog leaves
- *               requests a share of the thread.
+ *               replies are out), or — when other daemons write to the outbox too — every
+ *               `pollIntervalMs`, to deliver what their writers left behind. A round publishes
+ *               pages until the feed is empty, pausing half as long as each full page took so a
+ *               backlog leaves requests a share of the thread.
  *   backoff     the last round failed: events wait in the outbox; the next round comes after a
  *               wait (`retryMinMs` doubling to `retryMaxMs`) and sends one event, then pages again
  *               once one went through ("event delivery resumed").
@@ -31,7 +31,7 @@ import { backoffDelay } from '../backoff';
 import { systemClock, sleep, type Cancel, type Clock } from '../clock';
 import type { Logger } from '../logger';
 import type { CommittedEvent, Store } from '../store/store';
-import { MemoryFeed, TableFeed, type OutboxFeed } from './outbox-feed';
+import { MemoryFeed, SharedFeed, type OutboxFeed } from './outbox-feed';
 import { ChainBroken, EventsStreamProblem, JetStreamAbsent, type Publisher, type StreamPublisher } from './publisher';
 
 export type RelayMode = 'starting' | 'standby' | 'relaying' | 'backoff' | 'offline' | 'stopped';
@@ -40,6 +40,12 @@ export interface RelayOptions {
   /** The stream and subjects, for the log. */
   stream: string;
   subjects: string;
+  /** This daemon's id, as its events carry it. */
+  daemonId?: string;
+  /** ms an event may wait in a shared outbox before the relaying daemon delivers it in its writer's place. */
+  staleMs?: number;
+  /** ms between looks at an outbox event held back for an earlier event of its lock (shared outbox). */
+  heldBackRetryMs?: number;
   /** ms between looks at the outbox by the relaying daemon when others write to it too. */
   pollIntervalMs?: number;
   /** ms between attempts of a standing-by daemon to take the lease. */
@@ -55,8 +61,6 @@ export interface RelayLinks {
   /** The JetStream publisher, or null when events go to core NATS only (eventsJetstream=off). */
   stream: StreamPublisher | null;
   core: Publisher;
-  /** Tell the relaying daemon (another one) that events are waiting. */
-  nudge(): void;
 }
 
 /** Most events published in one round of the loop (one read, one wait for acknowledgements). */
@@ -87,13 +91,12 @@ export class EventRelay {
   private lastLeaseAttempt = -Infinity;
   /** This daemon held the relay lease at its last look. */
   private leading = false;
-  /** Highest outbox seq committed by this daemon (what a stop must see delivered). */
-  private maxCommittedSeq = 0;
   private readonly pollIntervalMs: number;
   private readonly standbyRetryMs: number;
   private readonly retryMinMs: number;
   private readonly retryMaxMs: number;
   private readonly reconcileTimeoutMs: number;
+  private readonly heldBackRetryMs: number;
 
   constructor(
     private readonly store: Store,
@@ -103,8 +106,15 @@ export class EventRelay {
     private readonly clock: Clock = systemClock,
   ) {
     this.publisher = links.stream ?? links.core;
-    this.feed = store.soleWriter ? new MemoryFeed(store.relayLease()) : new TableFeed(store.relayLease());
     this.pollIntervalMs = options.pollIntervalMs ?? 1000;
+    this.feed = store.soleWriter
+      ? new MemoryFeed(store.relayLease())
+      : new SharedFeed(store, store.relayLease(), clock, {
+          daemonId: options.daemonId ?? '',
+          staleMs: options.staleMs ?? 2000,
+          recoverIntervalMs: this.pollIntervalMs,
+        });
+    this.heldBackRetryMs = options.heldBackRetryMs ?? 25;
     this.standbyRetryMs = options.standbyRetryMs ?? 2000;
     this.retryMinMs = options.retryMinMs ?? 250;
     this.retryMaxMs = options.retryMaxMs ?? 10_000;
@@ -142,9 +152,7 @@ export class EventRelay {
 
   /** This daemon committed `events`: deliver them soon. */
   committed(events: readonly CommittedEvent[]): void {
-    for (const e of events) if (e.seq > this.maxCommittedSeq) this.maxCommittedSeq = e.seq;
     this.feed.committed(events, this.mode === 'relaying');
-    if (!this.store.relayLease().held) this.links.nudge();
     // After the replies: they wait on the same commit, and the round can wait for them.
     if (!this.kickQueued) {
       this.kickQueued = true;
@@ -155,7 +163,10 @@ export class EventRelay {
     }
   }
 
-  /** Another daemon committed events (`P.relay`): look at the outbox if this daemon relays. */
+  /**
+   * A daemon of an earlier version committed events (`P.relay`; daemons of this version publish
+   * their own): look at the outbox if this daemon relays.
+   */
   nudged(): void {
     if (this.store.relayLease().held) this.kick();
   }
@@ -212,16 +223,20 @@ export class EventRelay {
         this.retryAt = 0; // try now, whatever the backoff says
         this.kick();
         await this.round;
-        const lease = this.store.relayLease();
-        const upTo = lease.held ? Number.MAX_SAFE_INTEGER : this.maxCommittedSeq;
-        if (upTo === 0 || (await this.store.countOutbox(upTo)) === 0) return true;
+        if (await this.allDelivered()) return true;
         if (this.clock.now() >= deadline) return false;
-        if (!lease.held) this.links.nudge();
-        await sleep(this.clock, 100);
+        await sleep(this.clock, this.feed.waiting() ? this.heldBackRetryMs : 100);
       }
     } finally {
       this.flushing -= 1;
     }
+  }
+
+  /** This daemon's events are delivered (where it writes alone: the whole outbox). */
+  private async allDelivered(): Promise<boolean> {
+    const left = this.feed.undelivered();
+    if (left !== null) return left === 0;
+    return (await this.store.countOutbox()) === 0;
   }
 
   async stop(): Promise<void> {
@@ -248,12 +263,12 @@ export class EventRelay {
     if (this.mode === 'offline' || this.mode === 'stopped' || this.mode === 'starting') return; // a reconnect, or start(), kicks us
     if (this.mode === 'backoff' && this.clock.now() < this.retryAt) return; // the retry timer is set
     try {
-      if (!(await this.lead())) {
+      const leading = await this.lead();
+      if (!leading) {
         if (this.mode === 'relaying') this.mode = 'standby';
-        this.schedule(this.standbyRetryMs);
-        return;
-      }
-      if (this.mode === 'standby') this.mode = 'relaying';
+        // Where the outbox is shared, a daemon on standby still delivers its own events.
+        if (this.store.soleWriter) return this.schedule(this.standbyRetryMs);
+      } else if (this.mode === 'standby') this.mode = 'relaying';
       if (this.unsettled && this.links.stream) await this.settle(this.links.stream);
       for (;;) {
         const started = performance.now();
@@ -271,7 +286,10 @@ export class EventRelay {
         if (this.halted()) return;
       }
       this.recovered();
-      if (!this.store.soleWriter) this.schedule(this.pollIntervalMs);
+      if (!this.store.soleWriter) {
+        const next = leading ? this.pollIntervalMs : this.standbyRetryMs;
+        this.schedule(this.feed.waiting() ? Math.min(next, this.heldBackRetryMs) : next);
+      }
     } catch (err) {
       this.failed(err);
     }
@@ -284,6 +302,15 @@ export class EventRelay {
 
   /** True if this daemon relays, trying to take the lease when due. */
   private async lead(): Promise<boolean> {
+    if (this.store.soleWriter) return this.tryLead();
+    // Its own events do not wait for the lease: a database that refuses it now is tried again later.
+    return this.tryLead().catch((err: unknown) => {
+      this.logger.debug(`could not take the relay lease: ${(err as Error).message}`);
+      return false;
+    });
+  }
+
+  private async tryLead(): Promise<boolean> {
     const lease = this.store.relayLease();
     if (!lease.held) {
       if (this.leading) {

@@ -18,6 +18,7 @@ import {
   type PendingEvent,
   type PendingOutcome,
   type RelayLease,
+  type StaleCandidate,
   type Renewal,
   type Requester,
   type SessionRow,
@@ -288,6 +289,12 @@ export class MemoryLease implements RelayLease {
     this.store.outbox = this.store.outbox.filter((e) => !gone.has(e.seq));
   }
 
+  async readStale(limit: number, staleMs: number): Promise<StaleCandidate[]> {
+    this.check();
+    const before = this.store.now() - staleMs;
+    return this.store.outbox.slice(0, Math.max(0, limit)).map((e) => ({ ...e, stale: e.at < before }));
+  }
+
   async removeThrough(seq: number): Promise<void> {
     this.check();
     this.store.outbox = this.store.outbox.filter((e) => e.seq > seq);
@@ -383,6 +390,28 @@ export class MemoryStore implements Store {
     return this.lease;
   }
 
+  private newestRowOf(name: string): number | null {
+    for (let i = this.outbox.length - 1; i >= 0; i--) if (this.outbox[i]!.name === name) return this.outbox[i]!.seq;
+    return null;
+  }
+
+  /** The store's clock (what decides expiry, and the age of outbox rows). */
+  now(): number {
+    return this.clock.now();
+  }
+
+  delivered(seqs: readonly number[]): void {
+    // At once: a real store takes them along with its next transaction.
+    const gone = new Set(seqs);
+    this.outbox = this.outbox.filter((e) => !gone.has(e.seq));
+  }
+
+  async outboxHas(seqs: readonly number[]): Promise<Set<number>> {
+    if (this.closed) throw new StoreUnavailable('the store has been closed');
+    const wanted = new Set(seqs);
+    return new Set(this.outbox.filter((e) => wanted.has(e.seq)).map((e) => e.seq));
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     await this.tail;
@@ -400,10 +429,16 @@ export class MemoryStore implements Store {
     for (const o of tx.outcomes) tx.recorded.set(o.id, o);
     this.outcomes = tx.recorded;
     const events = toCommittedEvents(tx.events, this.daemonId, tx.now);
-    for (const e of events) e.seq = ++this.lastSeq;
+    const lastOfLock = new Map<string, number>();
+    for (const e of events) {
+      e.seq = ++this.lastSeq;
+      // Several writers: each event names the newest earlier row of its lock still in the outbox.
+      if (!this.soleWriter) e.prev = lastOfLock.get(e.name) ?? this.newestRowOf(e.name);
+      lastOfLock.set(e.name, e.seq);
+    }
     this.locks = tx.locks;
     this.sessions = tx.sessions;
-    for (const { lock: _lock, cause: _cause, ...stored } of events) this.outbox.push(stored);
+    for (const { lock: _lock, cause: _cause, prev: _prev, ...stored } of events) this.outbox.push(stored);
     this.commits += 1;
     return { value, events };
   }

@@ -102,16 +102,14 @@ describe('EventRelay', () => {
   let store: MemoryStore;
   let stream: FakeStream;
   let core: FakeCore;
-  let nudges: number;
   let relay: EventRelay;
 
-  function setup(storeOptions: MemoryStoreOptions = {}, withStream = true): void {
+  function setup(storeOptions: MemoryStoreOptions = {}, withStream = true, relayOptions: Partial<RelayOptions> = {}): void {
     clock = new ManualClock();
     store = new MemoryStore({ clock, ...storeOptions });
     stream = new FakeStream(clock);
     core = new FakeCore();
-    nudges = 0;
-    relay = new EventRelay(store, { stream: withStream ? stream : null, core, nudge: () => (nudges += 1) }, OPTIONS, logger, clock);
+    relay = new EventRelay(store, { stream: withStream ? stream : null, core }, { ...OPTIONS, ...relayOptions }, logger, clock);
   }
 
   /** Commit one `created` event per name and hand the events to the relay, as the batcher does. */
@@ -129,6 +127,19 @@ describe('EventRelay', () => {
     await store.transaction(async (tx) => {
       for (const name of names) tx.emit('created', toLockRecord((await tx.insertLock(name, null, who))!), cause);
     });
+  }
+
+  /** A change of a held lock by this daemon: a `renewed` event of `name`. */
+  async function commitRenewal(name: string): Promise<CommittedEvent[]> {
+    const { events } = await store.transaction(async (tx) => tx.emit('renewed', toLockRecord(store.locks.get(name)!), cause));
+    relay.committed(events);
+    await clock.flush();
+    return events;
+  }
+
+  /** A `renewed` event of `name` by another daemon (not handed to this relay). */
+  async function commitRenewalElsewhere(name: string): Promise<void> {
+    await store.transaction(async (tx) => tx.emit('renewed', toLockRecord(store.locks.get(name)!), cause));
   }
 
   async function start(): Promise<void> {
@@ -326,15 +337,16 @@ describe('EventRelay', () => {
   });
 
   describe('several daemons on one outbox (not the sole writer)', () => {
-    beforeEach(() => setup({ soleWriter: false, leaseAvailable: false }));
+    // The store writes its events as 'memory-daemon'; this relay's daemon is another one unless a test says so.
+    beforeEach(() => setup({ soleWriter: false, leaseAvailable: false }, true, { daemonId: 'this-daemon', staleMs: 2000 }));
 
-    it('standby while another daemon holds the lease: commits nudge it; the relay takes over once the lease is free', async () => {
+    it('a daemon on standby publishes its own events at once, without the lease; it takes the lease once free', async () => {
       await start();
       expect(relay.state).toBe('standby');
       expect(store.lease.acquireCalls).toBe(1);
       await commit('a');
-      expect(nudges).toBe(1);
-      expect(stream.rounds).toEqual([]);
+      expect(stream.names()).toEqual([['a']]);
+      expect(await store.countOutbox()).toBe(0);
       // The other daemon lets go; the next try comes standbyRetryMs after the last one.
       store.lease.available = true;
       await clock.advance(1999);
@@ -343,31 +355,77 @@ describe('EventRelay', () => {
       await clock.advance(1);
       expect(store.lease.held).toBe(true);
       expect(relay.state).toBe('relaying');
-      expect(stream.names()).toEqual([['a']]);
+    });
+
+    it("an event waits until its lock's event before it (another daemon's, still in the outbox) has left it", async () => {
+      await start();
+      await commitElsewhere('x');
+      const [renewal] = await commitRenewal('x');
+      expect(renewal!.prev).toBe(store.outbox[0]!.seq);
+      expect(stream.rounds).toEqual([]);
+      await clock.advance(100);
+      expect(stream.rounds).toEqual([]);
+      // The other daemon delivers its event and removes the row: this one goes at the next look.
+      store.delivered([store.outbox[0]!.seq]);
+      await clock.advance(25);
+      expect(stream.rounds.map((r) => r.map((e) => `${e.type} ${e.name}`))).toEqual([['renewed x']]);
       expect(await store.countOutbox()).toBe(0);
     });
 
-    it('a relaying daemon reads events other daemons commit: on a nudge, and every pollIntervalMs', async () => {
+    it("a lock's own events go one per round, each after the one before it was acknowledged; other locks' beside them", async () => {
+      setup({ soleWriter: false, leaseAvailable: false }, true, { daemonId: 'this-daemon' });
+      stream.failNext(0); // nothing acknowledged: the first commit's events wait
+      await start();
+      await commit('a', 'b');
+      await commitRenewal('a');
+      await commitRenewal('a');
+      await clock.advance(1000); // the backoff's probe (one event), then pages
+      await clock.advance(8000);
+      const rounds = stream.rounds.map((r) => r.map((e) => `${e.type} ${e.name}`));
+      expect(rounds.slice(1).flat()).toEqual(['created a', 'created b', 'renewed a', 'renewed a']);
+      for (const round of rounds) expect(new Set(round.map((e) => e.split(' ')[1])).size).toBe(round.length);
+      expect(await store.countOutbox()).toBe(0);
+    });
+
+    it('the relaying daemon delivers the rows their writer left behind once they are stale, one per lock per round', async () => {
       store.lease.available = true;
       await start();
       expect(relay.state).toBe('relaying');
-      await commitElsewhere('x');
-      relay.nudged();
-      await clock.flush();
-      expect(stream.names()).toEqual([['x']]);
-      await commitElsewhere('y');
-      await clock.flush();
-      expect(stream.rounds).toHaveLength(1);
-      await clock.advance(1000);
-      expect(stream.names()).toEqual([['x'], ['y']]);
+      await commitElsewhere('x', 'y');
+      await commitRenewalElsewhere('x');
+      await clock.advance(2000);
+      expect(stream.rounds).toEqual([]); // the writer may still deliver them
+      await clock.advance(1000); // the next look, past 2000 ms: stale
+      expect(stream.names()).toEqual([['x', 'y']]);
+      await clock.advance(25); // more may wait: looked at again soon
+      const names = stream.rounds.map((r) => r.map((e) => `${e.type} ${e.name}`));
+      expect(names[0]).toEqual(['created x', 'created y']);
+      expect(names.flat()).toEqual(['created x', 'created y', 'renewed x']);
       expect(await store.countOutbox()).toBe(0);
-      // Its own commits need no nudge: it holds the lease.
-      await commit('z');
-      expect(nudges).toBe(0);
-      expect(stream.names()[2]).toEqual(['z']);
     });
 
-    it('a nudge to a daemon on standby does nothing', async () => {
+    it("this daemon's own rows that memory does not hold (a commit whose answer was lost) go without waiting", async () => {
+      setup({ soleWriter: false, leaseAvailable: true }, true, { daemonId: 'memory-daemon', staleMs: 2000 });
+      await start();
+      await commitElsewhere('x'); // written by this daemon, never handed to the relay
+      await clock.advance(1000);
+      expect(stream.names()).toEqual([['x']]);
+    });
+
+    it('after a failure, events another daemon delivered meanwhile are dropped, not sent again', async () => {
+      await start();
+      stream.failNext(0);
+      await commit('a', 'b');
+      expect(relay.state).toBe('backoff');
+      // The relaying daemon delivered a's row in this one's place.
+      store.delivered([store.outbox[0]!.seq]);
+      await clock.advance(1000);
+      await clock.advance(8000);
+      expect(stream.stored.map((e) => e.name)).toEqual(['b']);
+      expect(await store.countOutbox()).toBe(0);
+    });
+
+    it('a nudge (a daemon of an earlier version) makes the relaying daemon look at once; on standby it does nothing', async () => {
       await start();
       await commitElsewhere('x');
       relay.nudged();
@@ -376,9 +434,16 @@ describe('EventRelay', () => {
       expect(store.lease.acquireCalls).toBe(1);
     });
 
-    it('stop() gives the lease up', async () => {
+    it('flush() waits for its own events only, and stop() gives the lease up', async () => {
       store.lease.available = true;
       await start();
+      await commitElsewhere('x'); // another daemon's, not stale
+      stream.failNext(0);
+      await commit('a');
+      const flushed = relay.flush(5000);
+      await clock.advance(100);
+      expect(await flushed).toBe(true);
+      expect(stream.stored.map((e) => e.name)).toEqual(['a']);
       expect(store.lease.held).toBe(true);
       await relay.stop();
       expect(store.lease.held).toBe(false);
