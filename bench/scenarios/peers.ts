@@ -24,11 +24,14 @@ import type { Bench } from '../lib/context';
 import { closedLoop, type Watch } from '../lib/load';
 import { onPath, startRedisServer } from '../lib/procs';
 import { RedisClient } from '../lib/redis';
+import { round } from '../lib/stats';
 import { CYCLE_IN_FLIGHT } from './cycle';
 import { workerName } from './sizes';
 
 /** What the peers group ran and skipped, for the JSON output. */
 export interface PeersInfo {
+  /** Wall time of the whole group, seconds (servers, connections and databases included). */
+  seconds: number;
   ran: string[];
   skipped: { peer: string; reason: string }[];
   redis?: { version: string; options: string[] };
@@ -38,7 +41,8 @@ type Attempt = (what: string, fn: () => Promise<void>) => Promise<void>;
 
 /** Run every peer that this machine has; `attempt` keeps one peer's failure from stopping the others. */
 export async function peers(bench: Bench, attempt: Attempt): Promise<PeersInfo> {
-  const info: PeersInfo = { ran: [], skipped: [] };
+  const started = Date.now();
+  const info: PeersInfo = { seconds: 0, ran: [], skipped: [] };
   const skip = (peer: string, reason: string) => {
     info.skipped.push({ peer, reason });
     bench.progress(`peers: ${reason}, skipped`);
@@ -58,6 +62,7 @@ export async function peers(bench: Bench, attempt: Attempt): Promise<PeersInfo> 
   else skip('redis', 'redis-server not on PATH');
   if (onPath('etcd')) skip('etcd', 'etcd on PATH, but the bench has no etcd client');
   else skip('etcd', 'etcd not on PATH');
+  info.seconds = round((Date.now() - started) / 1000);
   return info;
 }
 
