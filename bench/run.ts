@@ -37,7 +37,8 @@ const USAGE = `npm run bench -- [options]
   --duration S        measured seconds per scenario (default 5), after --warmup S (default 1)
   --only a,b / --skip a,b   groups: floors, cycle, multi, handoff, diag, peers, scale, breakdown, micro
                       (peers: the same lock cycle on PostgreSQL advisory locks, a PostgreSQL lock
-                      table, and Redis if redis-server is on PATH; run once, not repeated)
+                      table, and Redis if redis-server is on PATH; in the default run, once, not
+                      repeated, about 40 s; --skip peers leaves it out)
   --no-postgres       SQLite only
   --all-stores        multi-lock, handoff and scale on PostgreSQL too
   --scale-postgres    the scale scenario on PostgreSQL too
