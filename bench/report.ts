@@ -89,7 +89,7 @@ export function aggregate(ms: Measurement[]): Figure[] {
   const get = (k: string) => figs.find((f) => f.key === k);
   for (const f of figs) {
     let m: RegExpMatchArray | null;
-    if ((m = /^(cycle|diag)\.(\w+)\.(\d+)/.exec(f.key))) {
+    if ((m = /^(cycle|diag|peers)\.(\w+)\.(\d+)/.exec(f.key))) {
       const floor = get(`floor.cycle.${m[3]}`);
       if (floor) {
         f.ratio =

@@ -8,7 +8,7 @@
  *                    [--scale-locks 1000000] [--scale-expire 100000] [--out file.json]
  *                    [--pg-url postgres://postgres@127.0.0.1:5432/postgres] [--nats-url nats://...]
  *
- * Groups: floors, cycle, multi, handoff, diag, scale, breakdown, micro.
+ * Groups: floors, cycle, multi, handoff, diag, peers, scale, breakdown, micro.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -29,12 +29,16 @@ import { natsFloors, storageFloors } from './scenarios/floors';
 import { handoff } from './scenarios/handoff';
 import { batchMicro, cpuMicro, type MicroResult } from './scenarios/micro';
 import { scale } from './scenarios/scale';
+import { peers, type PeersInfo } from './scenarios/peers';
 import { measurePayloadSizes } from './scenarios/sizes';
 
 const USAGE = `npm run bench -- [options]
   --repeat N          runs of each repeated scenario; figures are medians (default 3)
   --duration S        measured seconds per scenario (default 5), after --warmup S (default 1)
-  --only a,b / --skip a,b   groups: floors, cycle, multi, handoff, diag, scale, breakdown, micro
+  --only a,b / --skip a,b   groups: floors, cycle, multi, handoff, diag, peers, scale, breakdown, micro
+                      (peers: the same lock cycle on PostgreSQL advisory locks, a PostgreSQL lock
+                      table, and Redis if redis-server is on PATH; in the default run, once, not
+                      repeated, about 40 s; --skip peers leaves it out)
   --no-postgres       SQLite only
   --all-stores        multi-lock, handoff and scale on PostgreSQL too
   --scale-postgres    the scale scenario on PostgreSQL too
@@ -46,7 +50,7 @@ const USAGE = `npm run bench -- [options]
                       quiet (all CPU below 25% of one core): for shared machines; makes the run longer
 `;
 
-const GROUPS = ['floors', 'cycle', 'multi', 'handoff', 'diag', 'scale', 'breakdown', 'micro'];
+const GROUPS = ['floors', 'cycle', 'multi', 'handoff', 'diag', 'peers', 'scale', 'breakdown', 'micro'];
 
 function parseArgs(argv: string[]): Args {
   const a: Args = {
@@ -251,6 +255,7 @@ async function main(): Promise<void> {
   };
   const breakdowns: Breakdown[] = [];
   const micro: Partial<MicroResult> = {};
+  let peersInfo: PeersInfo | undefined;
   const onSignal = () => {
     killAll();
     process.exit(130);
@@ -281,6 +286,7 @@ async function main(): Promise<void> {
     if (bench.wants('diag')) {
       for (const d of DIAGNOSTICS) if (stores.includes(d.store)) await attempt(d.label, () => diagnostic(bench, d));
     }
+    if (bench.wants('peers')) peersInfo = await peers(bench, attempt);
     if (bench.wants('scale')) for (const store of a.scaleStores) await attempt(`scale ${store}`, () => scale(bench, store));
     if (bench.wants('breakdown')) {
       const plan: [Store, number, boolean, BreakdownKind][] = [
@@ -364,6 +370,7 @@ async function main(): Promise<void> {
     figures,
     breakdown: breakdowns,
     micro,
+    peers: peersInfo ? { ...peersInfo, figures: figures.filter((f) => f.group === 'peers') } : null,
     notes: bench.notes,
     failures,
     measurements: bench.measurements,

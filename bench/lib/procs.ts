@@ -1,12 +1,13 @@
 /**
  * The processes a bench run needs: its own nats-server, lockmgr daemons started from the built
- * CLI, the bare echo responder; and what /proc says about them (CPU time, resident memory).
+ * CLI, the bare echo responder, a private redis-server for the peers scenario; and what /proc
+ * says about them (CPU time, resident memory).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { accessSync, constants, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect as netConnect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { delimiter, join } from 'node:path';
 import { connect, type NatsConnection } from 'nats';
 
 /** The compiled tree this bench runs from (dist/, or the run's snapshot of it). */
@@ -56,11 +57,24 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** Wait until `child` (a server) accepts TCP connections on `port`. */
-export async function waitForPort(port: number, child: ChildProcess, log: () => string): Promise<void> {
+/** True when an executable `command` is in one of the PATH directories. */
+export function onPath(command: string): boolean {
+  return (process.env.PATH ?? '').split(delimiter).some((dir) => {
+    if (!dir) return false;
+    try {
+      accessSync(join(dir, command), constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** Wait until `child` (a server, `what`) accepts TCP connections on `port`. */
+export async function waitForPort(port: number, child: ChildProcess, log: () => string, what = 'nats-server'): Promise<void> {
   const deadline = Date.now() + 10_000;
   while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`nats-server exited with ${child.exitCode}: ${log()}`);
+    if (child.exitCode !== null) throw new Error(`${what} exited with ${child.exitCode}: ${log()}`);
     const ok = await new Promise<boolean>((resolve) => {
       const s = netConnect(port, '127.0.0.1', () => {
         s.destroy();
@@ -71,7 +85,7 @@ export async function waitForPort(port: number, child: ChildProcess, log: () => 
     if (ok) return;
     await sleep(50);
   }
-  throw new Error(`nats-server did not listen on ${port}: ${log()}`);
+  throw new Error(`${what} did not listen on ${port}: ${log()}`);
 }
 
 export interface NatsServerProc {
@@ -107,6 +121,38 @@ export async function startNatsServer(): Promise<NatsServerProc> {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+export interface RedisServerProc {
+  port: number;
+  pid: number;
+  /** The options it was started with (after the port). */
+  args: string[];
+  stop(): Promise<void>;
+}
+
+/**
+ * A private redis-server on a free loopback port, persistence off (no RDB snapshots, no
+ * append-only file), its working directory a temp dir. `stop` ends it by its pid.
+ */
+export async function startRedisServer(): Promise<RedisServerProc> {
+  const dir = registerTemp(mkdtempSync(join(tmpdir(), 'lockmgr-bench-redis-')));
+  const port = await freePort();
+  const args = ['--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir];
+  const child = register(spawn('redis-server', ['--port', String(port), ...args], { stdio: ['ignore', 'pipe', 'pipe'] }));
+  const t = track(child);
+  child.on('error', () => undefined); // reported by waitForPort as an exit
+  const stop = async () => {
+    await stopChild(child, t.exited, 5000);
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    await waitForPort(port, child, t.output, 'redis-server');
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { port, pid: child.pid!, args, stop };
 }
 
 export interface ChildProc {
