@@ -180,6 +180,24 @@ export function targets(figs: Figure[]): Target[] {
       return `1.5× leaves ${budget} µs per request over a bare round trip; CPU µs per cycle ${cpuList(c1)} (${round(cpuTotal(c1))} in all, on ${cores} cores, per ${round(c1.p50Ms * 1000)} µs cycle)${off}`;
     });
   }
+  const p1 = get('cycle.postgres.1');
+  if (p1 && f1) {
+    add(
+      'lock cycle, PostgreSQL, 1 in flight',
+      'p50 ≤ 2.0 × bare NATS cycle p50',
+      p1.p50Ms / f1.p50Ms,
+      2.0,
+      false,
+      `${round(p1.p50Ms)} vs ${round(f1.p50Ms)} ms = ${x(p1.p50Ms / f1.p50Ms)}`,
+      [p1.key, f1.key],
+    );
+    why(() => {
+      const pair = get('floor.postgres.1');
+      const commits = pair ? `; a PostgreSQL commit pair alone (the floor): ${round(pair.p50Ms)} ms` : '';
+      const budget = round((2.0 * f1.p50Ms - f1.p50Ms) * 500);
+      return `2.0× leaves ${budget} µs per request over a bare round trip${commits}; CPU µs per cycle ${cpuList(p1)} (${round(cpuTotal(p1))} in all, per ${round(p1.p50Ms * 1000)} µs cycle)`;
+    });
+  }
   const p64 = get('cycle.postgres.64');
   if (p64 && f64) {
     add(
