@@ -8,7 +8,7 @@ import type { NatsConnection } from 'nats';
 import type { Argv } from 'yargs';
 import { LockClient, type LockClientOptions } from '../client/lock-client';
 import { ConnectionClosed, LockError, LockFail, Locked, NatsUnavailable, NoDaemon, RequestTimeout } from '../client/errors';
-import { ConfigError, OPTIONS, flagName, loadConfig, natsSecurity } from '../daemon/config';
+import { ConfigError, OPTIONS, flagName, loadConfig, natsSecurity, type ConfigKey } from '../daemon/config';
 import {
   connectNats as connectToNats,
   envName,
@@ -20,6 +20,7 @@ import {
 import { maskNatsUrls } from '../shared/nats-url';
 import { forTerminal } from './terminal';
 import { numberOption } from './number-option';
+import { flagsFrom } from './options';
 
 /** Exit codes of the lockmgr commands (docs/cli.md lists them). */
 export const EXIT = {
@@ -70,6 +71,8 @@ export interface ClientArgs {
 
 /** The login and TLS settings' config keys, as the daemon has them (natsCreds, tlsCa...). */
 const SECURITY_KEYS = Object.values(NATS_SECURITY_KEYS);
+/** The config keys the connection flags set. */
+const CONNECTION_KEYS: readonly ConfigKey[] = ['natsUrl', 'prefix', ...SECURITY_KEYS];
 const CONNECTION_FLAGS = ['nats-url', ...SECURITY_KEYS.map(flagName), 'prefix', 'config', 'timeout-ms'];
 
 /** The flags every lock-management command takes. */
@@ -113,8 +116,7 @@ export interface Connection {
 
 /** Flags > environment > config file > defaults, as for the daemon. */
 export function resolveConnection(argv: ClientArgs, env: NodeJS.ProcessEnv = process.env): Connection {
-  const flags: Record<string, unknown> = { natsUrl: argv['nats-url'], prefix: argv.prefix };
-  for (const key of SECURITY_KEYS) flags[key] = (argv as Record<string, unknown>)[flagName(key)];
+  const flags = flagsFrom(argv as Record<string, unknown>, CONNECTION_KEYS);
   const { config } = loadConfig({ env, file: argv.config, flags });
   let timeoutMs = argv['timeout-ms'];
   if (timeoutMs === undefined && env.LOCKMGR_TIMEOUT_MS) {
