@@ -7,16 +7,20 @@ import { hostname } from 'node:os';
 import type { NatsConnection } from 'nats';
 import type { Argv } from 'yargs';
 import { LockClient, type LockClientOptions } from '../client/lock-client';
-import { ConnectionClosed, LockError, LockFail, Locked, NatsUnavailable, NoDaemon, RequestTimeout } from '../client/errors';
-import { ConfigError, OPTIONS, flagName, loadConfig, natsSecurity, type ConfigKey } from '../daemon/config';
 import {
-  connectNats as connectToNats,
-  envName,
-  NATS_SECURITY_KEYS,
-  NatsCredentialsError,
-  NatsTlsError,
-  type NatsSecurity,
-} from '../shared/connect';
+  ConnectionClosed,
+  errorFromNats,
+  InvalidRequest,
+  LockError,
+  LockFail,
+  Locked,
+  NatsUnavailable,
+  NoDaemon,
+  PermissionDenied,
+  RequestTimeout,
+} from '../client/errors';
+import { ConfigError, OPTIONS, flagName, loadConfig, natsSecurity, type ConfigKey } from '../daemon/config';
+import { connectNats as connectToNats, envName, NATS_SECURITY_KEYS, NatsTlsError, type NatsSecurity } from '../shared/connect';
 import { maskNatsUrls } from '../shared/nats-url';
 import { forTerminal } from './terminal';
 import { numberOption } from './number-option';
@@ -145,21 +149,34 @@ export async function connectNats(conn: Connection, name: string, opts: { reconn
       nats: { timeout: Math.min(conn.timeoutMs, 10_000), ...reconnect },
     });
   } catch (err) {
-    if (err instanceof NatsCredentialsError) throw new CliError(EXIT.CONFIG, err.message, 'CONFIG');
-    if (err instanceof NatsTlsError) throw new CliError(EXIT.UNAVAILABLE, `${err.message} (--tls-ca, --tls-cert, --tls-key)`, 'NATS_TLS');
-    if ((err as { code?: string }).code === 'AUTHORIZATION_VIOLATION') {
-      throw new CliError(
-        EXIT.UNAVAILABLE,
-        `NATS at ${maskNatsUrls(conn.natsUrl)} refused the connection (${(err as Error).message}): give credentials with --nats-creds, --nats-nkey, --nats-token or --nats-user and --nats-password (or as nats://user:pass@host in --nats-url / LOCKMGR_NATS_URL)`,
-        'NATS_UNAUTHORIZED',
-      );
+    const urls = maskNatsUrls(conn.natsUrl);
+    throw connectFailure(errorFromNats(err, { connecting: urls }), urls);
+  }
+}
+
+/**
+ * A failed connect as the command line tells it: errorFromNats says what failed, this which
+ * flags to look at, quoting what NATS said.
+ */
+function connectFailure(err: LockError, urls: string): CliError {
+  const said = err.cause instanceof Error ? err.cause.message : err.message;
+  // A login or TLS setting that cannot be used (a file that cannot be read, a seed that is not one).
+  if (err instanceof InvalidRequest) return new CliError(EXIT.CONFIG, err.message, 'CONFIG');
+  if (err instanceof PermissionDenied) {
+    if (err.cause instanceof NatsTlsError) {
+      return new CliError(EXIT.UNAVAILABLE, `${err.message} (--tls-ca, --tls-cert, --tls-key)`, 'NATS_TLS');
     }
-    throw new CliError(
+    return new CliError(
       EXIT.UNAVAILABLE,
-      `cannot reach NATS at ${maskNatsUrls(conn.natsUrl)} (${(err as Error).message}): start nats-server, or point --nats-url / LOCKMGR_NATS_URL at it`,
-      'NATS_UNREACHABLE',
+      `NATS at ${urls} refused the connection (${said}): give credentials with --nats-creds, --nats-nkey, --nats-token or --nats-user and --nats-password (or as nats://user:pass@host in --nats-url / LOCKMGR_NATS_URL)`,
+      'NATS_UNAUTHORIZED',
     );
   }
+  return new CliError(
+    EXIT.UNAVAILABLE,
+    `cannot reach NATS at ${urls} (${said}): start nats-server, or point --nats-url / LOCKMGR_NATS_URL at it`,
+    'NATS_UNREACHABLE',
+  );
 }
 
 export async function openClient(
