@@ -23,7 +23,7 @@ import { ConfigError, OPTIONS, flagName, loadConfig, natsSecurity, type ConfigKe
 import { connectNats as connectToNats, envName, NATS_SECURITY_KEYS, NatsTlsError, type NatsSecurity } from '../shared/connect';
 import { maskNatsUrls } from '../shared/nats-url';
 import { forTerminal } from './terminal';
-import { numberOption } from './number-option';
+import { checkNumber, numberOption, type NumberRule } from './number-option';
 import { flagsFrom } from './options';
 
 /** Exit codes of the lockmgr commands (docs/cli.md lists them). */
@@ -79,6 +79,9 @@ const SECURITY_KEYS = Object.values(NATS_SECURITY_KEYS);
 const CONNECTION_KEYS: readonly ConfigKey[] = ['natsUrl', 'prefix', ...SECURITY_KEYS];
 const CONNECTION_FLAGS = ['nats-url', ...SECURITY_KEYS.map(flagName), 'prefix', 'config', 'timeout-ms'];
 
+/** What --timeout-ms and LOCKMGR_TIMEOUT_MS take. */
+const TIMEOUT_MS: NumberRule = { unit: 'milliseconds', positive: true };
+
 /** The flags every lock-management command takes. */
 export function withClientOptions<T>(y: Argv<T>, opts: { json?: boolean } = {}): Argv<T & ClientArgs> {
   const withJson = opts.json !== false;
@@ -95,8 +98,7 @@ export function withClientOptions<T>(y: Argv<T>, opts: { json?: boolean } = {}):
     .option(
       ...numberOption('timeout-ms', {
         describe: 'Milliseconds to wait for each reply [env LOCKMGR_TIMEOUT_MS, default 10000]',
-        unit: 'milliseconds',
-        positive: true,
+        ...TIMEOUT_MS,
       }),
     );
   for (const key of SECURITY_KEYS) {
@@ -124,10 +126,7 @@ export function resolveConnection(argv: ClientArgs, env: NodeJS.ProcessEnv = pro
   const { config } = loadConfig({ env, file: argv.config, flags });
   let timeoutMs = argv['timeout-ms'];
   if (timeoutMs === undefined && env.LOCKMGR_TIMEOUT_MS) {
-    timeoutMs = Number(env.LOCKMGR_TIMEOUT_MS);
-    if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
-      throw new ConfigError(`environment LOCKMGR_TIMEOUT_MS: must be a positive number, got ${JSON.stringify(env.LOCKMGR_TIMEOUT_MS)}`);
-    }
+    timeoutMs = checkNumber(env.LOCKMGR_TIMEOUT_MS, TIMEOUT_MS, (problem) => new ConfigError(`environment LOCKMGR_TIMEOUT_MS: ${problem}`));
   }
   return { natsUrl: config.natsUrl, security: natsSecurity(config), prefix: config.prefix, timeoutMs: timeoutMs ?? 10_000 };
 }
