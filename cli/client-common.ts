@@ -7,19 +7,24 @@ import { hostname } from 'node:os';
 import type { NatsConnection } from 'nats';
 import type { Argv } from 'yargs';
 import { LockClient, type LockClientOptions } from '../client/lock-client';
-import { ConnectionClosed, LockError, LockFail, Locked, NatsUnavailable, NoDaemon, RequestTimeout } from '../client/errors';
-import { ConfigError, OPTIONS, flagName, loadConfig, natsSecurity } from '../daemon/config';
 import {
-  connectNats as connectToNats,
-  envName,
-  NATS_SECURITY_KEYS,
-  NatsCredentialsError,
-  NatsTlsError,
-  type NatsSecurity,
-} from '../shared/connect';
+  ConnectionClosed,
+  errorFromNats,
+  InvalidRequest,
+  LockError,
+  LockFail,
+  Locked,
+  NatsUnavailable,
+  NoDaemon,
+  PermissionDenied,
+  RequestTimeout,
+} from '../client/errors';
+import { ConfigError, OPTIONS, flagName, loadConfig, natsSecurity, type ConfigKey } from '../daemon/config';
+import { connectNats as connectToNats, envName, NATS_SECURITY_KEYS, NatsTlsError, type NatsSecurity } from '../shared/connect';
 import { maskNatsUrls } from '../shared/nats-url';
 import { forTerminal } from './terminal';
-import { numberOption } from './number-option';
+import { checkNumber, numberOption, type NumberRule } from './number-option';
+import { flagsFrom } from './options';
 
 /** Exit codes of the lockmgr commands (docs/cli.md lists them). */
 export const EXIT = {
@@ -70,7 +75,12 @@ export interface ClientArgs {
 
 /** The login and TLS settings' config keys, as the daemon has them (natsCreds, tlsCa...). */
 const SECURITY_KEYS = Object.values(NATS_SECURITY_KEYS);
+/** The config keys the connection flags set. */
+const CONNECTION_KEYS: readonly ConfigKey[] = ['natsUrl', 'prefix', ...SECURITY_KEYS];
 const CONNECTION_FLAGS = ['nats-url', ...SECURITY_KEYS.map(flagName), 'prefix', 'config', 'timeout-ms'];
+
+/** What --timeout-ms and LOCKMGR_TIMEOUT_MS take. */
+const TIMEOUT_MS: NumberRule = { unit: 'milliseconds', positive: true };
 
 /** The flags every lock-management command takes. */
 export function withClientOptions<T>(y: Argv<T>, opts: { json?: boolean } = {}): Argv<T & ClientArgs> {
@@ -88,8 +98,7 @@ export function withClientOptions<T>(y: Argv<T>, opts: { json?: boolean } = {}):
     .option(
       ...numberOption('timeout-ms', {
         describe: 'Milliseconds to wait for each reply [env LOCKMGR_TIMEOUT_MS, default 10000]',
-        unit: 'milliseconds',
-        positive: true,
+        ...TIMEOUT_MS,
       }),
     );
   for (const key of SECURITY_KEYS) {
@@ -113,15 +122,11 @@ export interface Connection {
 
 /** Flags > environment > config file > defaults, as for the daemon. */
 export function resolveConnection(argv: ClientArgs, env: NodeJS.ProcessEnv = process.env): Connection {
-  const flags: Record<string, unknown> = { natsUrl: argv['nats-url'], prefix: argv.prefix };
-  for (const key of SECURITY_KEYS) flags[key] = (argv as Record<string, unknown>)[flagName(key)];
+  const flags = flagsFrom(argv as Record<string, unknown>, CONNECTION_KEYS);
   const { config } = loadConfig({ env, file: argv.config, flags });
   let timeoutMs = argv['timeout-ms'];
   if (timeoutMs === undefined && env.LOCKMGR_TIMEOUT_MS) {
-    timeoutMs = Number(env.LOCKMGR_TIMEOUT_MS);
-    if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
-      throw new ConfigError(`environment LOCKMGR_TIMEOUT_MS: must be a positive number, got ${JSON.stringify(env.LOCKMGR_TIMEOUT_MS)}`);
-    }
+    timeoutMs = checkNumber(env.LOCKMGR_TIMEOUT_MS, TIMEOUT_MS, (problem) => new ConfigError(`environment LOCKMGR_TIMEOUT_MS: ${problem}`));
   }
   return { natsUrl: config.natsUrl, security: natsSecurity(config), prefix: config.prefix, timeoutMs: timeoutMs ?? 10_000 };
 }
@@ -143,21 +148,34 @@ export async function connectNats(conn: Connection, name: string, opts: { reconn
       nats: { timeout: Math.min(conn.timeoutMs, 10_000), ...reconnect },
     });
   } catch (err) {
-    if (err instanceof NatsCredentialsError) throw new CliError(EXIT.CONFIG, err.message, 'CONFIG');
-    if (err instanceof NatsTlsError) throw new CliError(EXIT.UNAVAILABLE, `${err.message} (--tls-ca, --tls-cert, --tls-key)`, 'NATS_TLS');
-    if ((err as { code?: string }).code === 'AUTHORIZATION_VIOLATION') {
-      throw new CliError(
-        EXIT.UNAVAILABLE,
-        `NATS at ${maskNatsUrls(conn.natsUrl)} refused the connection (${(err as Error).message}): give credentials with --nats-creds, --nats-nkey, --nats-token or --nats-user and --nats-password (or as nats://user:pass@host in --nats-url / LOCKMGR_NATS_URL)`,
-        'NATS_UNAUTHORIZED',
-      );
+    const urls = maskNatsUrls(conn.natsUrl);
+    throw connectFailure(errorFromNats(err, { connecting: urls }), urls);
+  }
+}
+
+/**
+ * A failed connect as the command line tells it: errorFromNats says what failed, this which
+ * flags to look at, quoting what NATS said.
+ */
+function connectFailure(err: LockError, urls: string): CliError {
+  const said = err.cause instanceof Error ? err.cause.message : err.message;
+  // A login or TLS setting that cannot be used (a file that cannot be read, a seed that is not one).
+  if (err instanceof InvalidRequest) return new CliError(EXIT.CONFIG, err.message, 'CONFIG');
+  if (err instanceof PermissionDenied) {
+    if (err.cause instanceof NatsTlsError) {
+      return new CliError(EXIT.UNAVAILABLE, `${err.message} (--tls-ca, --tls-cert, --tls-key)`, 'NATS_TLS');
     }
-    throw new CliError(
+    return new CliError(
       EXIT.UNAVAILABLE,
-      `cannot reach NATS at ${maskNatsUrls(conn.natsUrl)} (${(err as Error).message}): start nats-server, or point --nats-url / LOCKMGR_NATS_URL at it`,
-      'NATS_UNREACHABLE',
+      `NATS at ${urls} refused the connection (${said}): give credentials with --nats-creds, --nats-nkey, --nats-token or --nats-user and --nats-password (or as nats://user:pass@host in --nats-url / LOCKMGR_NATS_URL)`,
+      'NATS_UNAUTHORIZED',
     );
   }
+  return new CliError(
+    EXIT.UNAVAILABLE,
+    `cannot reach NATS at ${urls} (${said}): start nats-server, or point --nats-url / LOCKMGR_NATS_URL at it`,
+    'NATS_UNREACHABLE',
+  );
 }
 
 export async function openClient(

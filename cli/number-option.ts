@@ -6,10 +6,8 @@
  */
 import type { Options } from 'yargs';
 
-export interface NumberSpec {
-  describe: string;
-  alias?: string;
-  default?: number;
+/** Which numbers a value may be. */
+export interface NumberRule {
   /** What the number counts, for the error message: "seconds", "milliseconds". */
   unit?: string;
   integer?: boolean;
@@ -19,8 +17,14 @@ export interface NumberSpec {
   max?: number;
 }
 
+export interface NumberSpec extends NumberRule {
+  describe: string;
+  alias?: string;
+  default?: number;
+}
+
 /** "a non-negative number of seconds", "an integer from 0 to 255"... */
-function wanted(spec: NumberSpec): string {
+function wanted(spec: NumberRule): string {
   const kind = spec.integer ? 'integer' : 'number';
   const unit = spec.unit ? ` of ${spec.unit}` : '';
   if (spec.positive) return `a positive ${kind}${unit}`;
@@ -32,21 +36,29 @@ function wanted(spec: NumberSpec): string {
 }
 
 /**
+ * `raw` (a number, or the text typed) as a number the rule allows; otherwise the error `fail` makes
+ * of what is wrong: `must be a positive number of milliseconds, got "soon"`.
+ */
+export function checkNumber(raw: unknown, rule: NumberRule, fail: (problem: string) => Error): number {
+  const n = typeof raw === 'number' ? raw : typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : NaN;
+  const ok =
+    Number.isFinite(n) &&
+    (!rule.integer || Number.isSafeInteger(n)) &&
+    (!rule.positive || n > 0) &&
+    (rule.min === undefined || n >= rule.min) &&
+    (rule.max === undefined || n <= rule.max);
+  if (!ok) throw fail(`must be ${wanted(rule)}, got ${JSON.stringify(String(raw))}`);
+  return n;
+}
+
+/**
  * `--<flag>` and its yargs option, to spread into `.option(...)`: its value is a number within the
  * spec, or a usage error quoting what was typed.
  */
 export function numberOption<K extends string>(flag: K, spec: NumberSpec): [K, Options & { coerce: (raw: unknown) => number }] {
   const check = (raw: unknown): number => {
     if (Array.isArray(raw)) throw new Error(`--${flag} was given more than once (${raw.map(String).join(', ')}): give it once`);
-    const n = typeof raw === 'number' ? raw : typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : NaN;
-    const ok =
-      Number.isFinite(n) &&
-      (!spec.integer || Number.isSafeInteger(n)) &&
-      (!spec.positive || n > 0) &&
-      (spec.min === undefined || n >= spec.min) &&
-      (spec.max === undefined || n <= spec.max);
-    if (!ok) throw new Error(`--${flag} must be ${wanted(spec)}, got ${JSON.stringify(String(raw))}`);
-    return n;
+    return checkNumber(raw, spec, (problem) => new Error(`--${flag} ${problem}`));
   };
   const option: Options & { coerce: (raw: unknown) => number } = { describe: spec.describe, requiresArg: true, coerce: check };
   if (spec.alias !== undefined) option.alias = spec.alias;

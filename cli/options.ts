@@ -36,10 +36,13 @@ export function withDaemonOptions<T>(y: Argv<T>): Argv<T> {
   return out;
 }
 
-/** Flag values keyed by config key, as yargs parsed them. */
-export function flagsFrom(argv: Record<string, unknown>): Partial<Record<ConfigKey, unknown>> {
+/** Flag values keyed by config key, as yargs parsed them: of every option, or of those in `keys`. */
+export function flagsFrom(
+  argv: Record<string, unknown>,
+  keys: readonly ConfigKey[] = Object.keys(OPTIONS) as ConfigKey[],
+): Partial<Record<ConfigKey, unknown>> {
   const flags: Partial<Record<ConfigKey, unknown>> = {};
-  for (const key of Object.keys(OPTIONS) as ConfigKey[]) flags[key] = argv[flagName(key)];
+  for (const key of keys) flags[key] = argv[flagName(key)];
   return flags;
 }
 

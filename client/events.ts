@@ -14,6 +14,7 @@ import {
   eventSubject,
   LEGACY_EVENTS_STREAM,
   streamFit,
+  streamTakingEvents,
   type EventType,
   type LockEvent,
 } from '../shared/events';
@@ -247,7 +248,7 @@ export class LockEventStream implements AsyncIterable<ReceivedLockEvent> {
         if (!/stream not found/i.test((err as Error).message)) throw err;
         // Name the stream that does take the prefix's events, if there is one (a stream shared
         // by every prefix before each had its own).
-        const other = await jsm.streams.find(ours).catch(() => null);
+        const other = await streamTakingEvents(jsm, this.prefix);
         throw new EventsUnavailable(
           `no events stream ${streamName} on this NATS server` +
             (other

@@ -15,7 +15,7 @@ import {
   type MsgHdrs,
   type NatsConnection,
 } from 'nats';
-import { connectNats, DEFAULT_NATS_URL, NATS_SECURITY_KEYS, natsSecurityFromEnv, type NatsSecurity } from '../shared/connect';
+import { connectNats, DEFAULT_NATS_URL, natsSecurityFromEnv, pickSecurity, type NatsSecurity } from '../shared/connect';
 import { maskNatsUrls } from '../shared/nats-url';
 import {
   CLIENT_HEADER,
@@ -204,15 +204,6 @@ function reconnectPolicy(reconnect: boolean | number | undefined): Partial<Conne
   return { reconnect: true, maxReconnectAttempts: r, reconnectTimeWait: RECONNECT_WAIT_MS };
 }
 
-/** The login and TLS settings among connect()'s options (an undefined one leaves its LOCKMGR_* variable in force). */
-function definedSecurity(options: ConnectOptions): NatsSecurity {
-  const out: NatsSecurity = {};
-  for (const field of Object.keys(NATS_SECURITY_KEYS) as (keyof NatsSecurity)[]) {
-    if (options[field] !== undefined) out[field] = options[field];
-  }
-  return out;
-}
-
 /**
  * Request ids unique to one call: 128 random bits drawn once per client, then a counter (drawing
  * random bytes per call cost more than the rest of the call).
@@ -306,7 +297,8 @@ export class LockClient {
       nc = await connectNats({
         servers,
         ...natsSecurityFromEnv(),
-        ...definedSecurity(options),
+        // The login and TLS settings among the options; an undefined one leaves its LOCKMGR_* variable in force.
+        ...pickSecurity((_key, field) => options[field]),
         name: name ?? `lockmgr-client ${hostname()}:${process.pid}`,
         nats: { ...reconnectPolicy(options.reconnect), ...nats },
       });

@@ -3,7 +3,7 @@
  * Every option is declared once below; the environment name and flag name derive from it.
  */
 import { readFileSync } from 'node:fs';
-import { DEFAULT_NATS_URL, envName, NATS_SECURITY_KEYS, type NatsSecurity } from '../shared/connect';
+import { DEFAULT_NATS_URL, envName, pickSecurity, type NatsSecurity } from '../shared/connect';
 import { eventsStreamName, streamNameProblem } from '../shared/events';
 import { DEFAULT_PREFIX } from '../shared/protocol';
 import { maskNatsUrls } from '../shared/nats-url';
@@ -291,9 +291,5 @@ export function maskedConfig(config: DaemonConfig): Record<string, unknown> {
 
 /** How the config logs in to NATS and secures the connection, for connectNats. */
 export function natsSecurity(config: DaemonConfig): NatsSecurity {
-  const out: NatsSecurity = {};
-  for (const [field, key] of Object.entries(NATS_SECURITY_KEYS) as [keyof NatsSecurity, ConfigKey][]) {
-    if (config[key] !== '') out[field] = config[key] as string;
-  }
-  return out;
+  return pickSecurity((key) => config[key] || undefined);
 }

@@ -17,6 +17,7 @@ import { systemClock, within, type Clock } from './clock';
 import { loadConfig, maskedConfig, natsSecurity, type DaemonConfig } from './config';
 import { lockHandlers } from './handlers';
 import { parseListenAddress, startHttpServer, type RunningHttpServer } from './http-server';
+import { sharedInFlight } from './in-flight';
 import { LockService } from './lock-service';
 import { createLogger, type Logger, type LogLevel } from './logger';
 import { DaemonMetrics } from './metrics';
@@ -95,8 +96,8 @@ export class LockDaemon {
   private serving = false;
   /** Between a NATS disconnect and the reconnect: false. */
   private natsConnected = false;
-  /** A readiness check of the store in flight, shared by the checks that come meanwhile. */
-  private storeCheck?: Promise<unknown>;
+  /** A readiness check of the store, shared by the checks that come while it runs. */
+  private readonly storeCheck = sharedInFlight(() => within(this.clock, this.store.identity(), READY_TIMEOUT_MS, 'the database'));
   private natsStatus?: { stop?: () => void };
   private natsGone?: (err: Error) => void;
   /**
@@ -186,11 +187,8 @@ export class LockDaemon {
     const refused = this.authority?.refusal();
     if (refused) return refused.message;
     const failed = (what: string) => (err: unknown) => `${what}: ${(err as Error).message}`;
-    const storeCheck = (this.storeCheck ??= within(this.clock, this.store.identity(), READY_TIMEOUT_MS, 'the database').finally(
-      () => (this.storeCheck = undefined),
-    ));
     const [db, natsRtt] = await Promise.all([
-      storeCheck.then(() => null, failed('database unavailable')),
+      this.storeCheck().then(() => null, failed('database unavailable')),
       within(this.clock, nc.rtt(), READY_TIMEOUT_MS, 'NATS').then(() => null, failed('NATS unavailable')),
     ]);
     return db ?? natsRtt;

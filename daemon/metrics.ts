@@ -11,6 +11,7 @@ import type { Counter, Gauge, Histogram, Metric, Registry } from 'prom-client';
 import type { Endpoint } from '../shared/protocol';
 import type { BatchObserver } from './batcher';
 import { within, type Clock } from './clock';
+import { sharedInFlight } from './in-flight';
 import type { Outcome } from './lock-service';
 import { CommitInDoubt, RowBusy, StoreUnavailable, TransactionConflict, type StoreCounts } from './store/store';
 
@@ -115,8 +116,18 @@ export class DaemonMetrics implements BatchObserver {
   private readonly waiters: Gauge;
   private readonly inFlight: Gauge;
   private readonly sweeperLag: Gauge;
-  /** A scrape's store query, shared by the scrapes that come while it runs. */
-  private counting?: Promise<StoreCounts | undefined>;
+  /**
+   * The store's counts, or undefined (reported as NaN) when there is no store or it did not answer:
+   * a scrape's store query, shared by the scrapes that come while it runs.
+   */
+  private readonly storeCounts = sharedInFlight(async (): Promise<StoreCounts | undefined> => {
+    try {
+      const pending = this.sources.counts();
+      return await (pending && within(this.clock, pending, SCRAPE_STORE_TIMEOUT_MS, 'the database'));
+    } catch {
+      return undefined;
+    }
+  });
 
   constructor(
     prefix: string,
@@ -223,16 +234,5 @@ export class DaemonMetrics implements BatchObserver {
     this.outbox.set(counts?.outbox ?? NaN);
     this.relayLag.set(counts ? (counts.oldestEventAt === null ? 0 : Math.max(0, counts.now - counts.oldestEventAt) / 1000) : NaN);
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
-  }
-
-  /** The store's counts, or undefined (reported as NaN) when there is no store or it did not answer. */
-  private storeCounts(): Promise<StoreCounts | undefined> {
-    this.counting ??= (async () => {
-      const pending = this.sources.counts();
-      return pending && within(this.clock, pending, SCRAPE_STORE_TIMEOUT_MS, 'the database');
-    })()
-      .catch(() => undefined)
-      .finally(() => (this.counting = undefined));
-    return this.counting;
   }
 }

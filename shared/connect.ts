@@ -62,14 +62,25 @@ export function envName(key: string): string {
   return `LOCKMGR_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
 }
 
-/** The settings given by LOCKMGR_* variables (an empty one counts as unset). */
-export function natsSecurityFromEnv(env: NodeJS.ProcessEnv = process.env): NatsSecurity {
+/** A setting's configuration key (`natsCreds`, `tlsCa`...). */
+export type NatsSecurityKey = (typeof NATS_SECURITY_KEYS)[keyof NatsSecurity];
+
+/**
+ * The settings one source gives (a config, the environment, options): `get` is asked for each, by
+ * its configuration key and its field; a setting it answers undefined for is left out.
+ */
+export function pickSecurity(get: (key: NatsSecurityKey, field: keyof NatsSecurity) => string | undefined): NatsSecurity {
   const out: NatsSecurity = {};
-  for (const [field, key] of Object.entries(NATS_SECURITY_KEYS) as [keyof NatsSecurity, string][]) {
-    const value = env[envName(key)];
-    if (value) out[field] = value;
+  for (const [field, key] of Object.entries(NATS_SECURITY_KEYS) as [keyof NatsSecurity, NatsSecurityKey][]) {
+    const value = get(key, field);
+    if (value !== undefined) out[field] = value;
   }
   return out;
+}
+
+/** The settings given by LOCKMGR_* variables (an empty one counts as unset). */
+export function natsSecurityFromEnv(env: NodeJS.ProcessEnv = process.env): NatsSecurity {
+  return pickSecurity((key) => env[envName(key)] || undefined);
 }
 
 export interface NatsConnectOptions extends NatsSecurity {

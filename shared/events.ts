@@ -3,6 +3,7 @@
  * The daemon records each event in the same transaction as the change, so the stream holds the
  * full, ordered history of every lock.
  */
+import type { JetStreamManager } from 'nats';
 import type { LockRecord } from './protocol';
 
 export const EVENT_TYPES = ['created', 'renewed', 'released', 'expired', 'reset'] as const;
@@ -114,6 +115,14 @@ export function eventSubject(prefix: string, type: EventType | '*', name: string
 /** Every event subject of the prefix (`P.events.>`): what the events stream takes. */
 export function allEventsSubject(prefix: string): string {
   return `${prefix}.events.>`;
+}
+
+/**
+ * The name of the stream that takes `prefix`'s events (`P.events.>`), whatever it is called; null
+ * when none does, or when JetStream cannot say.
+ */
+export function streamTakingEvents(jsm: Pick<JetStreamManager, 'streams'>, prefix: string): Promise<string | null> {
+  return jsm.streams.find(allEventsSubject(prefix)).catch(() => null);
 }
 
 /** The type and lock name an event subject of `prefix` carries, or null if it is not one. */

@@ -20,7 +20,15 @@ import {
   type StreamConfig,
   type StreamInfo,
 } from 'nats';
-import { allEventsSubject, DAEMON_HEADER, defaultEventsStream, eventSubject, LEGACY_EVENTS_STREAM, streamFit } from '../../shared/events';
+import {
+  allEventsSubject,
+  DAEMON_HEADER,
+  defaultEventsStream,
+  eventSubject,
+  LEGACY_EVENTS_STREAM,
+  streamFit,
+  streamTakingEvents,
+} from '../../shared/events';
 import { micros, publishChannel } from '../diagnostics';
 import { iso } from '../lock-records';
 import type { OutboxEvent } from '../store/store';
@@ -239,7 +247,7 @@ export class JetStreamPublisher implements StreamPublisher {
     const subject = allEventsSubject(o.prefix);
     const head = `cannot create events stream ${o.stream} for ${subject}: ${err.message}`;
     if ((err as { api_error?: { err_code?: number } }).api_error?.err_code === 10065) {
-      const other = await jsm.streams.find(subject).catch(() => null);
+      const other = await streamTakingEvents(jsm, o.prefix);
       if (other) {
         const legacy = other === LEGACY_EVENTS_STREAM ? ', the stream every prefix shared by default before each had its own,' : '';
         return (

@@ -168,7 +168,12 @@ describe('lockmgr binary surface', () => {
         {},
         /^lockmgr: flag --db-pool-size: dbPoolSize must be at least 1, got 0\n$/,
       ],
-      ['bad client settings', ['list-locks'], { LOCKMGR_TIMEOUT_MS: 'soon' }, /^lockmgr: environment LOCKMGR_TIMEOUT_MS/],
+      [
+        'bad client settings',
+        ['list-locks'],
+        { LOCKMGR_TIMEOUT_MS: 'soon' },
+        /^lockmgr: environment LOCKMGR_TIMEOUT_MS: must be a positive number of milliseconds, got "soon"\n$/,
+      ],
     ] as [string, string[], Record<string, string>, RegExp][])('%s', async (_title, args, env, message) => {
       const file = tmpFile('bad.json', JSON.stringify({ dbPool: 3 }));
       const r = await runCli(

@@ -7,9 +7,9 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { nkeys } from 'nats';
-import { loadConfig, maskedConfig } from '../../daemon/config';
+import { loadConfig, maskedConfig, natsSecurity } from '../../daemon/config';
 import { maskDatabaseUrl } from '../../daemon/store';
-import { connectionOptions, NatsCredentialsError, natsSecurityFromEnv } from '../../shared/connect';
+import { connectionOptions, NATS_SECURITY_KEYS, NatsCredentialsError, natsSecurityFromEnv, pickSecurity } from '../../shared/connect';
 import { maskNatsUrls, maskUrlSecrets, natsServerOptions } from '../../shared/nats-url';
 
 describe('maskUrlSecrets', () => {
@@ -115,6 +115,25 @@ describe('lockmgr config and the logs', () => {
     ]).toEqual(Object.values(env));
     expect(sources.tlsKey).toBe('env');
     expect(natsSecurityFromEnv({ LOCKMGR_NATS_TOKEN: '' })).toEqual({});
+  });
+
+  it('pick each setting by its key and field, leaving out only those the source does not give', () => {
+    const asked: [string, string][] = [];
+    const given: Record<string, string> = { natsToken: 't', tlsCa: '', natsUser: 'u' };
+    const picked = pickSecurity((key, field) => {
+      asked.push([key, field]);
+      return given[key];
+    });
+    expect(asked).toEqual(Object.entries(NATS_SECURITY_KEYS).map(([field, key]) => [key, field]));
+    // An empty string is a value: connect() options given empty override their LOCKMGR_* variable.
+    expect(picked).toEqual({ token: 't', tlsCa: '', user: 'u' });
+    expect(pickSecurity((_key, field) => (field === 'tlsKey' ? '/key' : undefined))).toEqual({ tlsKey: '/key' });
+  });
+
+  it("take a config's settings that are not empty, wherever they were set", () => {
+    const { config } = loadConfig({ env: { LOCKMGR_NATS_TOKEN: 't' }, flags: { tlsCa: '/ca', natsUser: '' } });
+    expect(natsSecurity(config)).toEqual({ token: 't', tlsCa: '/ca' });
+    expect(natsSecurity(loadConfig({ env: {} }).config)).toEqual({});
   });
 });
 
