@@ -161,43 +161,32 @@ export function targets(figs: Figure[]): Target[] {
       return `CPU µs per cycle ${cpuList(c64)} (bare cycle: ${round(cpuTotal(f64))} in all)${off}`;
     });
   }
-  const c1 = get('cycle.sqlite.1');
   const f1 = get('floor.cycle.1');
-  if (c1 && f1) {
+  /** A cycle at 1 in flight: p50 within `limit` × the bare cycle's; `more` adds to the reason. */
+  const cycleAtOne = (label: string, c: Figure | undefined, limit: number, more: () => string) => {
+    if (!c || !f1) return;
     add(
-      'lock cycle, SQLite, 1 in flight',
-      'p50 ≤ 1.5 × bare NATS cycle p50',
-      c1.p50Ms / f1.p50Ms,
-      1.5,
+      `lock cycle, ${label}, 1 in flight`,
+      `p50 ≤ ${limit.toFixed(1)} × bare NATS cycle p50`,
+      c.p50Ms / f1.p50Ms,
+      limit,
       false,
-      `${round(c1.p50Ms)} vs ${round(f1.p50Ms)} ms = ${x(c1.p50Ms / f1.p50Ms)}`,
-      [c1.key, f1.key],
+      `${round(c.p50Ms)} vs ${round(f1.p50Ms)} ms = ${x(c.p50Ms / f1.p50Ms)}`,
+      [c.key, f1.key],
     );
     why(() => {
-      const core = get('diag.sqlite.1.core-events');
-      const off = core ? `; --events-jetstream off: ${x(core.p50Ms / f1.p50Ms)}` : '';
-      const budget = round((1.5 * f1.p50Ms - f1.p50Ms) * 500);
-      return `1.5× leaves ${budget} µs per request over a bare round trip; CPU µs per cycle ${cpuList(c1)} (${round(cpuTotal(c1))} in all, on ${cores} cores, per ${round(c1.p50Ms * 1000)} µs cycle)${off}`;
+      const budget = round((limit * f1.p50Ms - f1.p50Ms) * 500);
+      return `${limit.toFixed(1)}× leaves ${budget} µs per request over a bare round trip; CPU µs per cycle ${cpuList(c)} (${round(cpuTotal(c))} in all, on ${cores} cores, per ${round(c.p50Ms * 1000)} µs cycle)${more()}`;
     });
-  }
-  const p1 = get('cycle.postgres.1');
-  if (p1 && f1) {
-    add(
-      'lock cycle, PostgreSQL, 1 in flight',
-      'p50 ≤ 2.0 × bare NATS cycle p50',
-      p1.p50Ms / f1.p50Ms,
-      2.0,
-      false,
-      `${round(p1.p50Ms)} vs ${round(f1.p50Ms)} ms = ${x(p1.p50Ms / f1.p50Ms)}`,
-      [p1.key, f1.key],
-    );
-    why(() => {
-      const pair = get('floor.postgres.1');
-      const commits = pair ? `; a PostgreSQL commit pair alone (the floor): ${round(pair.p50Ms)} ms` : '';
-      const budget = round((2.0 * f1.p50Ms - f1.p50Ms) * 500);
-      return `2.0× leaves ${budget} µs per request over a bare round trip${commits}; CPU µs per cycle ${cpuList(p1)} (${round(cpuTotal(p1))} in all, per ${round(p1.p50Ms * 1000)} µs cycle)`;
-    });
-  }
+  };
+  cycleAtOne('SQLite', get('cycle.sqlite.1'), 1.5, () => {
+    const core = get('diag.sqlite.1.core-events');
+    return core ? `; --events-jetstream off: ${x(core.p50Ms / f1!.p50Ms)}` : '';
+  });
+  cycleAtOne('PostgreSQL', get('cycle.postgres.1'), 2.0, () => {
+    const pair = get('floor.postgres.1');
+    return pair ? `; a PostgreSQL insert+delete commit pair alone: ${round(pair.p50Ms)} ms` : '';
+  });
   const p64 = get('cycle.postgres.64');
   if (p64 && f64) {
     add(
