@@ -1,6 +1,6 @@
 /**
  * From measurements to figures: medians over repeats, ratios to the floors of the same run, the
- * issue's targets with met / not met, the printed tables.
+ * targets of docs/performance.md with met / not met, the printed tables.
  */
 import { cpus } from 'node:os';
 import type { Measurement } from './lib/context';

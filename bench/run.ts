@@ -339,7 +339,7 @@ async function main(): Promise<void> {
   const tgts = targets(figures);
   const seconds = (Date.now() - started) / 1000;
   process.stdout.write(`\n== figures (medians of ${a.repeat} run${a.repeat > 1 ? 's' : ''} where repeated)\n${formatFigures(figures)}\n`);
-  process.stdout.write(`\n== targets (issue 5)\n${formatTargets(tgts)}\n`);
+  process.stdout.write(`\n== targets (docs/performance.md)\n${formatTargets(tgts)}\n`);
   process.stdout.write(`\n== CPU per operation (µs; bench = the load-generating client process)\n${formatCpu(figures)}\n`);
   if (failures.length) process.stdout.write(`\n== FAILED\n${failures.join('\n')}\n`);
   const waited = a.settleMs

@@ -68,7 +68,7 @@ export function cpuMicro(): Record<string, number> {
   let sink: unknown;
   const out = {
     'decode+validate set request': round(timeNs(() => (sink = validateRequest('set', JSON.parse(dec.decode(setBody)))))),
-    'decode+validate unlock request': round(timeNs(() => (sink = validateRequest('unlock', JSON.parse(dec.decode(unlockBody)))))),
+    'decode+validate unlock request': round(timeNs(() => (sink = validateRequest('admin_unlock', JSON.parse(dec.decode(unlockBody)))))),
     'encode set reply': round(timeNs(() => (sink = encodeReply(setReply)))),
     'encode unlock reply': round(timeNs(() => (sink = encodeReply({ ok: true, result: { unlocked: true } })))),
     'row -> wire record (toLockRecord)': round(timeNs(() => (sink = toLockRecord(row)))),
@@ -111,7 +111,7 @@ export async function batchMicro(
     const who: Requester = { lockedBy: hostname(), process: null, client: null };
     for (const size of sizes) {
       const setReqs = Array.from({ length: size }, (_, i) => validateRequest('set', { locks: [`mb.${size}.${i}`], timeout: 600 }));
-      const unlockReqs = Array.from({ length: size }, (_, i) => validateRequest('unlock', { name: `mb.${size}.${i}` }));
+      const unlockReqs = Array.from({ length: size }, (_, i) => validateRequest('admin_unlock', { name: `mb.${size}.${i}` }));
       let txs = 0;
       const runOnce = async () => {
         await Promise.all(setReqs.map((req) => batcher.run({ run: ops.set(req, who).run })));
