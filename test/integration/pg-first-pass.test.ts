@@ -5,6 +5,7 @@
  * statements are observed through the daemon's diagnostic channels.
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { Query } from 'pg';
 import { Batcher } from '../../daemon/batcher';
 import { CHANNELS } from '../../daemon/diagnostics';
 import { ops } from '../../daemon/lock-ops';
@@ -112,6 +113,57 @@ describe('postgres: first statements of a batch in one round trip', () => {
     expect((stale as PromiseRejectedResult).reason.code).toBe('NOT_OWNER');
     expect(other.status).toBe('fulfilled');
     expect(await release('fp.owned', held.granted)).toBe(true);
+  });
+
+  it('a lone grant or release, with a request id, takes two round trips: what opens the transaction is sent together, and so is what ends it', async () => {
+    // Every statement the store's connections put on the wire, and how many were unanswered at
+    // that moment: a statement sent while none is in flight starts a round trip.
+    const sent: { sql: string; waiting: number }[] = [];
+    let inFlight = 0;
+    type WireQuery = { text: string; callback?: (err: unknown, res: unknown) => void };
+    const submit = Query.prototype.submit;
+    const spy = jest.spyOn(Query.prototype, 'submit').mockImplementation(function (this: WireQuery, ...args: unknown[]) {
+      sent.push({ sql: this.text, waiting: inFlight });
+      inFlight += 1;
+      const answered = this.callback;
+      this.callback = (err, res) => {
+        inFlight -= 1;
+        answered?.(err, res);
+      };
+      return (submit as (...a: unknown[]) => unknown).apply(this, args);
+    } as typeof Query.prototype.submit);
+    try {
+      const once = (id: string) => ({ id, copy: false, keepMs: 60_000, outcome: () => ({ done: true }) });
+      const req = {
+        name: 'fp.rt',
+        expiresMs: 60_000,
+        lockedBy: who.lockedBy,
+        process: who.process,
+        waitMs: 0,
+        progress: false,
+        session: null,
+        requestId: 'rt-1',
+        attempt: 1,
+      };
+      await batcher.run({ ...ops.get(req, who), once: once('rt-1') });
+      const grant = sent.splice(0);
+      await batcher.run({ ...ops.unlock({ name: 'fp.rt', token: null, requestId: 'rt-2', attempt: 1 }, who), once: once('rt-2') });
+      const release = sent.splice(0);
+      for (const statements of [grant, release]) {
+        expect(statements.filter((s) => s.waiting === 0)).toHaveLength(2);
+        expect(statements.map((s) => /BEGIN|lockmgr_requests|lockmgr_first_pass|lockmgr_outbox|COMMIT/.exec(s.sql)?.[0])).toEqual([
+          'BEGIN',
+          'lockmgr_requests', // the request id looked up
+          'lockmgr_first_pass',
+          'lockmgr_requests', // its outcome recorded
+          'lockmgr_outbox',
+          'COMMIT',
+        ]);
+      }
+    } finally {
+      spy.mockRestore();
+    }
+    expect(events.map((e) => `${e.type} ${e.lock.name}`)).toEqual(['created fp.rt', 'released fp.rt']);
   });
 
   it('a batch naming one lock twice runs one by one, in arrival order', async () => {
