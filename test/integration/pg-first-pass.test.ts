@@ -46,23 +46,20 @@ describe('postgres: first statements of a batch in one round trip', () => {
     await tdb?.drop();
   });
 
+  /** A `get` of `name` that does not wait. */
+  const getReq = (name: string, requestId: string | null = null) => ({
+    name,
+    expiresMs: 60_000,
+    lockedBy: who.lockedBy,
+    process: who.process,
+    waitMs: 0,
+    progress: false,
+    session: null,
+    requestId,
+    attempt: 1,
+  });
   const set = async (name: string) => {
-    const r = await batcher.run(
-      ops.get(
-        {
-          name,
-          expiresMs: 60_000,
-          lockedBy: who.lockedBy,
-          process: who.process,
-          waitMs: 0,
-          progress: false,
-          session: null,
-          requestId: null,
-          attempt: 1,
-        },
-        who,
-      ),
-    );
+    const r = await batcher.run(ops.get(getReq(name), who));
     return 'granted' in r ? { granted: r.granted.token } : { held: r.held.token };
   };
   const release = (name: string, token: number | null = null) => batcher.run(ops.unlock({ name, token, requestId: null, attempt: 1 }, who));
@@ -134,18 +131,7 @@ describe('postgres: first statements of a batch in one round trip', () => {
     } as typeof Query.prototype.submit);
     try {
       const once = (id: string) => ({ id, copy: false, keepMs: 60_000, outcome: () => ({ done: true }) });
-      const req = {
-        name: 'fp.rt',
-        expiresMs: 60_000,
-        lockedBy: who.lockedBy,
-        process: who.process,
-        waitMs: 0,
-        progress: false,
-        session: null,
-        requestId: 'rt-1',
-        attempt: 1,
-      };
-      await batcher.run({ ...ops.get(req, who), once: once('rt-1') });
+      await batcher.run({ ...ops.get(getReq('fp.rt', 'rt-1'), who), once: once('rt-1') });
       const grant = sent.splice(0);
       await batcher.run({ ...ops.unlock({ name: 'fp.rt', token: null, requestId: 'rt-2', attempt: 1 }, who), once: once('rt-2') });
       const release = sent.splice(0);
