@@ -281,7 +281,9 @@ export class EventRelay {
         if (delivered.length > 0) await this.feed.delivered(events, delivered);
         if (error) throw error;
         this.recovered();
-        if (events.length < limit) break;
+        // A short round ends the loop, unless events were held back behind ones this round sent
+        // (a lock's next event goes once its previous one is acknowledged).
+        if (events.length < limit && !this.feed.waiting()) break;
         if (this.flushing === 0) await sleep(this.clock, (performance.now() - started) / 2);
         if (this.halted()) return;
       }

@@ -387,6 +387,26 @@ describe('EventRelay', () => {
       expect(await store.countOutbox()).toBe(0);
     });
 
+    it("a lock's events waiting one behind the other go in consecutive rounds, without waiting between them", async () => {
+      await start();
+      // Three changes of one lock committed before the relay's round runs.
+      const { events } = await store.transaction(async (tx) => {
+        const row = (await tx.insertLock('a', null, who))!;
+        tx.emit('created', toLockRecord(row), cause);
+        tx.emit('renewed', toLockRecord(row), cause);
+        tx.emit('renewed', toLockRecord(row), cause);
+      });
+      const committedAt = clock.now();
+      relay.committed(events);
+      await clock.flush();
+      // Between rounds only the loop's pause (half a round's own time: under 1 ms here), not the 25 ms of a held-back retry.
+      await clock.advance(1);
+      await clock.advance(1);
+      expect(stream.rounds.map((r) => r.map((e) => `${e.type} ${e.name}`))).toEqual([['created a'], ['renewed a'], ['renewed a']]);
+      expect(Math.max(...stream.times) - committedAt).toBeLessThanOrEqual(2);
+      expect(await store.countOutbox()).toBe(0);
+    });
+
     it('the relaying daemon delivers the rows their writer left behind once they are stale, one per lock per round', async () => {
       store.lease.available = true;
       await start();
