@@ -250,6 +250,8 @@ describe('lockmgr daemon lifecycle (built binary)', () => {
     });
   });
 
+  // Two daemons and seven CLI runs, each a Node process starting up: on a busy host that alone can
+  // take longer than the default 30 s.
   it('two daemons share one PostgreSQL database (the docker compose layout) and either can stop', async () => {
     const nats: NatsServer = await startNatsServer();
     const db = await createTestDatabase('postgres');
@@ -277,5 +279,5 @@ describe('lockmgr daemon lifecycle (built binary)', () => {
       await nats.stop();
       await db.drop();
     }
-  });
+  }, 90_000);
 });
