@@ -437,37 +437,17 @@ export class PostgresStore implements Store {
   }
 
   async identity(): Promise<string> {
-    const client = await this.connect();
-    try {
-      return String((await new PostgresConnection(client).query(POSTGRES_SQL.identity))[0]?.value ?? '');
-    } catch (err) {
-      throw classify(err, 'cannot read the store identity');
-    } finally {
-      client.release();
-    }
+    const rows = await this.statement('cannot read the store identity', POSTGRES_SQL.identity);
+    return String(rows[0]?.value ?? '');
   }
 
   async countOutbox(upTo = Number.MAX_SAFE_INTEGER): Promise<number> {
-    const client = await this.connect();
-    try {
-      const rows = await new PostgresConnection(client).query(OUTBOX_SQL.count, [upTo]);
-      return Number(rows[0]?.n ?? 0);
-    } catch (err) {
-      throw classify(err, 'cannot read the outbox');
-    } finally {
-      client.release();
-    }
+    const rows = await this.statement('cannot read the outbox', OUTBOX_SQL.count, [upTo]);
+    return Number(rows[0]?.n ?? 0);
   }
 
   async counts(): Promise<StoreCounts> {
-    const client = await this.connect();
-    try {
-      return toStoreCounts((await new PostgresConnection(client).query(COUNTS_SQL))[0]);
-    } catch (err) {
-      throw classify(err, 'cannot count the locks');
-    } finally {
-      client.release();
-    }
+    return toStoreCounts((await this.statement('cannot count the locks', COUNTS_SQL))[0]);
   }
 
   relayLease(): RelayLease {
@@ -485,15 +465,8 @@ export class PostgresStore implements Store {
 
   async outboxHas(seqs: readonly number[]): Promise<Set<number>> {
     if (seqs.length === 0) return new Set();
-    const client = await this.connect();
-    try {
-      const rows = await new PostgresConnection(client).query(POSTGRES_SQL.outboxHas, [seqs]);
-      return new Set(rows.map((r) => Number(r.seq)));
-    } catch (err) {
-      throw classify(err, 'cannot read the outbox');
-    } finally {
-      client.release();
-    }
+    const rows = await this.statement('cannot read the outbox', POSTGRES_SQL.outboxHas, [seqs]);
+    return new Set(rows.map((r) => Number(r.seq)));
   }
 
   /** Remove the delivered rows no transaction took along (one statement of its own). */
@@ -520,6 +493,18 @@ export class PostgresStore implements Store {
     this.closed = true;
     await this.lease.release();
     await this.pool.end().catch(() => undefined);
+  }
+
+  /** One statement outside a transaction, on a pooled connection; `what` names a failure. */
+  private async statement(what: string, sql: string, params?: readonly unknown[]): Promise<Row[]> {
+    const client = await this.connect();
+    try {
+      return await new PostgresConnection(client).query(sql, params);
+    } catch (err) {
+      throw classify(err, what);
+    } finally {
+      client.release();
+    }
   }
 
   private async connect(): Promise<PoolClient> {
