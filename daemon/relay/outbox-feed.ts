@@ -256,13 +256,20 @@ export class SharedFeed implements OutboxFeed {
 
   /** Drop from memory the events whose rows are gone: another daemon delivered them. */
   private async prune(): Promise<void> {
-    const present = await this.store.outboxHas!([...this.memory.keys()]);
-    for (const seq of [...this.memory.keys()]) {
-      if (present.has(seq)) continue;
-      this.memory.delete(seq);
+    // Only the events asked about: one committed while the question was out is not known to be gone.
+    const asked = [...this.memory.keys()];
+    this.pruneDue = false;
+    let present: Set<number>;
+    try {
+      present = await this.store.outboxHas!(asked);
+    } catch (err) {
+      this.pruneDue = true;
+      throw err;
+    }
+    for (const seq of asked) {
+      if (present.has(seq) || !this.memory.delete(seq)) continue;
       this.markDone(seq);
     }
-    this.pruneDue = false;
   }
 
   private markDone(seq: number): void {

@@ -445,6 +445,32 @@ describe('EventRelay', () => {
       expect(await store.countOutbox()).toBe(0);
     });
 
+    it('after a failure, an event committed while the outbox is being asked about is still sent', async () => {
+      await start();
+      stream.failNext(0);
+      await commit('a');
+      expect(relay.state).toBe('backoff');
+      // This daemon commits 'c' while its look for rows delivered elsewhere is out: the answer cannot speak for 'c'.
+      const outboxHas = store.outboxHas.bind(store);
+      let committedMeanwhile = false;
+      store.outboxHas = async (seqs) => {
+        const present = await outboxHas(seqs);
+        if (!committedMeanwhile) {
+          committedMeanwhile = true;
+          const { events } = await store.transaction(async (tx) =>
+            tx.emit('created', toLockRecord((await tx.insertLock('c', null, who))!), cause),
+          );
+          relay.committed(events);
+        }
+        return present;
+      };
+      await clock.advance(1000);
+      await clock.advance(8000);
+      expect(committedMeanwhile).toBe(true);
+      expect(stream.stored.map((e) => e.name)).toEqual(['a', 'c']);
+      expect(await store.countOutbox()).toBe(0);
+    });
+
     it('a nudge (a daemon of an earlier version) makes the relaying daemon look at once; on standby it does nothing', async () => {
       await start();
       await commitElsewhere('x');
