@@ -152,6 +152,32 @@ describe('postgres: first statements of a batch in one round trip', () => {
     expect(events.map((e) => `${e.type} ${e.lock.name}`)).toEqual(['created fp.rt', 'released fp.rt']);
   });
 
+  it('statements on tables whose size swings are planned at each run; the others are prepared once per connection', async () => {
+    // A plan a connection prepared while lockmgr_requests or lockmgr_outbox was nearly empty reads
+    // the whole table once it has grown: those statements go unnamed (planned at each run).
+    const named = new Map<string, boolean>();
+    type WireQuery = { text: string; name?: string };
+    const submit = Query.prototype.submit;
+    const spy = jest.spyOn(Query.prototype, 'submit').mockImplementation(function (this: WireQuery, ...args: unknown[]) {
+      named.set(this.text.split(' ').slice(0, 3).join(' '), Boolean(this.name));
+      return (submit as (...a: unknown[]) => unknown).apply(this, args);
+    } as typeof Query.prototype.submit);
+    try {
+      const once = (id: string) => ({ id, copy: false, keepMs: 60_000, outcome: () => ({ done: true }) });
+      await batcher.run({ ...ops.get(getReq('fp.plan', 'plan-1'), who), once: once('plan-1') });
+      store.delivered(events.map((e) => e.seq)); // removed by the next transaction
+      await batcher.run({ ...ops.unlock({ name: 'fp.plan', token: null, requestId: 'plan-2', attempt: 1 }, who), once: once('plan-2') });
+      expect(await store.outboxHas([events[0]!.seq])).toEqual(new Set());
+    } finally {
+      spy.mockRestore();
+    }
+    expect(named.get('UPDATE lockmgr_requests SET')).toBe(false); // the request-id look-up
+    expect(named.get('DELETE FROM lockmgr_outbox')).toBe(false); // delivered rows removed
+    expect(named.get('SELECT seq FROM')).toBe(false); // outboxHas
+    expect(named.get('SELECT op, l_name')).toBe(true); // the first pass
+    expect(named.get('INSERT INTO lockmgr_requests')).toBe(true);
+  });
+
   it('a batch naming one lock twice runs one by one, in arrival order', async () => {
     statements = [];
     const [first, second] = await Promise.all([set('fp.twice'), set('fp.twice')]);

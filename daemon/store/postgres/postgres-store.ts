@@ -40,7 +40,7 @@ import {
   type TransactionResult,
 } from '../store';
 import { POSTGRES_MIGRATIONS } from './migrations';
-import { MIGRATION_LOCK_KEY, POSTGRES_LOCK_SQL, POSTGRES_SQL, RELAY_LOCK_KEY } from './sql';
+import { MIGRATION_LOCK_KEY, PLANNED_EACH_RUN, POSTGRES_LOCK_SQL, POSTGRES_SQL, RELAY_LOCK_KEY } from './sql';
 
 export interface PostgresStoreOptions {
   /** `postgres://user:pass@host:port/db` */
@@ -131,12 +131,14 @@ function preparedStatement(sql: string): { name: string; text: string } {
   return s;
 }
 
-/** A pg client running named prepared statements. */
+/** A pg client running named prepared statements (unnamed, planned at each run: PLANNED_EACH_RUN). */
 class PostgresConnection implements SqlConnection {
   constructor(private readonly client: Queryable) {}
 
   async query(sql: string, params: readonly unknown[] = []): Promise<Row[]> {
-    return (await this.client.query({ ...preparedStatement(sql), values: params })).rows;
+    const statement = preparedStatement(sql);
+    const config = PLANNED_EACH_RUN.has(sql) ? { text: statement.text, values: params } : { ...statement, values: params };
+    return (await this.client.query(config)).rows;
   }
 
   async exec(sql: string): Promise<void> {

@@ -2,8 +2,8 @@
  * The statements only the PostgreSQL backend runs (the portable lock, outbox and outcome statements
  * are in store/sql-tx.ts and store/sql-outbox.ts). `?` placeholders, numbered when prepared.
  */
-import { OUTBOX_COLUMNS } from '../sql-outbox';
-import { LIVE, LOCK_COLUMNS, SESSION_COLUMNS, withOwnedTwin, type BackendLockSql } from '../sql-tx';
+import { OUTBOX_COLUMNS, OUTBOX_SQL } from '../sql-outbox';
+import { LIVE, LOCK_COLUMNS, OUTCOME_SQL, SESSION_COLUMNS, SESSION_SQL, withOwnedTwin, type BackendLockSql } from '../sql-tx';
 
 /** Arbitrary constants naming the advisory locks of the schema migration and of the relay lease. */
 export const MIGRATION_LOCK_KEY = 7735342101;
@@ -78,3 +78,25 @@ export const POSTGRES_SQL = {
   /** (key): held for the rest of the migration's transaction. */
   migrationLock: 'SELECT pg_advisory_xact_lock(?)',
 } as const;
+
+/**
+ * Statements planned anew at each run rather than once per connection: they look rows up in tables
+ * whose size swings (outcomes kept for minutes, an outbox that grows while NATS is away, sessions).
+ * A plan a connection keeps from when such a table was nearly empty reads the whole table once it
+ * has grown (seen: the request-id look-up at 2–8 ms per batch after seconds of load on a new
+ * database, until autovacuum's next ANALYZE). Planning one of these costs tens of µs.
+ */
+export const PLANNED_EACH_RUN: ReadonlySet<string> = new Set([
+  POSTGRES_SQL.recall,
+  POSTGRES_SQL.removeOutboxRows,
+  POSTGRES_SQL.outboxHas,
+  POSTGRES_SQL.readStale,
+  OUTBOX_SQL.read,
+  OUTBOX_SQL.readBefore,
+  OUTBOX_SQL.removeThrough,
+  OUTBOX_SQL.count,
+  OUTCOME_SQL.forget,
+  OUTCOME_SQL.deleteExpired,
+  SESSION_SQL.deleteExpired,
+  POSTGRES_LOCK_SQL.deleteExpired,
+]);
