@@ -291,11 +291,12 @@ async function main(): Promise<void> {
     if (bench.wants('breakdown')) {
       const plan: [Store, number, boolean, BreakdownKind][] = [
         ['sqlite', 1, false, 'cycle'],
+        ['sqlite', 1, true, 'cycle'],
         ['sqlite', 64, false, 'cycle'],
         ['sqlite', 64, true, 'cycle'],
         ['sqlite', 8, true, 'multi'],
       ];
-      if (a.postgres) plan.push(['postgres', 1, false, 'cycle'], ['postgres', 64, false, 'cycle'], ['postgres', 64, true, 'cycle']);
+      if (a.postgres) plan.push(['postgres', 1, false, 'cycle'], ['postgres', 1, true, 'cycle'], ['postgres', 64, false, 'cycle'], ['postgres', 64, true, 'cycle']);
       for (const [store, n, profile, kind] of plan) {
         await attempt(`breakdown ${kind} ${store} ${n}${profile ? ' (cpu profile)' : ''}`, async () => {
           const b = await breakdown(bench, store, n, { profile, kind });
