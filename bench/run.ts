@@ -296,7 +296,13 @@ async function main(): Promise<void> {
         ['sqlite', 64, true, 'cycle'],
         ['sqlite', 8, true, 'multi'],
       ];
-      if (a.postgres) plan.push(['postgres', 1, false, 'cycle'], ['postgres', 1, true, 'cycle'], ['postgres', 64, false, 'cycle'], ['postgres', 64, true, 'cycle']);
+      if (a.postgres)
+        plan.push(
+          ['postgres', 1, false, 'cycle'],
+          ['postgres', 1, true, 'cycle'],
+          ['postgres', 64, false, 'cycle'],
+          ['postgres', 64, true, 'cycle'],
+        );
       for (const [store, n, profile, kind] of plan) {
         await attempt(`breakdown ${kind} ${store} ${n}${profile ? ' (cpu profile)' : ''}`, async () => {
           const b = await breakdown(bench, store, n, { profile, kind });
