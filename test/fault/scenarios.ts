@@ -89,8 +89,10 @@ const NATS_AWAY = 'NATS_UNAVAILABLE';
 export const SCENARIOS: readonly ScenarioDef[] = [
   { id: 'sqlite-kill9', store: 'sqlite', daemons: 1, fault: 'kill9', title: 'kill -9 of the daemon, then started again',
     expect: { allowedFailureCodes: [TIMEOUT, NO_DAEMON, UNKNOWN], unrelated: 'none', recoveryMinShare: 0.25 } },
+  // A grant the pause made too late to send is released and answered STORE_UNAVAILABLE
+  // (documented; nothing was done), as with PostgreSQL below.
   { id: 'sqlite-sigstop', store: 'sqlite', daemons: 1, fault: 'sigstop', title: 'SIGSTOP of the daemon for a few seconds, then SIGCONT',
-    expect: { allowedFailureCodes: [TIMEOUT, UNKNOWN], unrelated: 'none', recoveryMinShare: 0.25 } },
+    expect: { allowedFailureCodes: [TIMEOUT, UNKNOWN, UNAVAILABLE], unrelated: 'none', recoveryMinShare: 0.25 } },
   { id: 'sqlite-nats-restart', store: 'sqlite', daemons: 1, fault: 'nats-restart', title: 'nats-server kill -9, restarted on its port and store',
     expect: { allowedFailureCodes: [TIMEOUT, NO_DAEMON, UNKNOWN, NATS_AWAY], unrelated: 'none', recoveryMinShare: 0.25 } },
   { id: 'sqlite-second-daemon', store: 'sqlite', daemons: 1, fault: 'second-daemon', title: 'a second daemon on the prefix with another SQLite file',
