@@ -176,37 +176,47 @@ describe.each(STORES)('request ids on %s: a re-sent request is never done twice'
 
   it('the client sends one request id per call and re-sends it: a daemon paused past resendAfter costs a re-send, not a double grant', async () => {
     // The first copy's reply is held back past the client's resendAfter (the daemon's event loop
-    // is kept busy after the grant): the client sends the request again, same id.
+    // is kept busy after the grant): the client sends the request again, same id. Client and
+    // daemon share this process: when the client's socket is read in the same turn of the event
+    // loop as the pause ends, the reply can arrive before its re-send timer fires, and that try
+    // shows no re-send; so the pause is tried on fresh names until one shows it.
     const client = await stack.newClient({ timeout: 8000 });
     const slow = new LockClient(client.nc, { prefix: stack.prefix, timeout: 8000, resendAfter: 200 });
-    const copies: { request_id?: string; attempt?: number }[] = [];
-    const spy = client.nc.subscribe(`${stack.prefix}.get`, { callback: (_e, m) => copies.push(JSON.parse(decoder.decode(m.data))) });
-    let stalls = 1;
-    const stall = (m: unknown) => {
-      const { phase } = m as { phase: string };
-      if (phase !== 'end' || stalls === 0) return;
-      stalls -= 1;
-      const until = Date.now() + 600;
-      while (Date.now() < until); // the daemon cannot answer meanwhile
+    const pausedOnce = async (name: string) => {
+      const copies: { request_id?: string; attempt?: number }[] = [];
+      const spy = client.nc.subscribe(`${stack.prefix}.get`, { callback: (_e, m) => copies.push(JSON.parse(decoder.decode(m.data))) });
+      let stalls = 1;
+      const stall = (m: unknown) => {
+        const { phase } = m as { phase: string };
+        if (phase !== 'end' || stalls === 0) return;
+        stalls -= 1;
+        const until = Date.now() + 600;
+        while (Date.now() < until); // the daemon cannot answer meanwhile
+      };
+      const events = await follow(stack, name);
+      subscribe(CHANNELS.operation, stall);
+      subscribe(CHANNELS.transaction, stall);
+      try {
+        const lock = await slow.getLock(name, { expires: 60 });
+        expect(lock.name).toBe(name);
+        expect(await stack.client.lockInfo(name)).toMatchObject({ token: lock.token });
+        // Granted once, however many copies went.
+        expect((await events.settled(1)).map((e) => [e.type, e.lock.token])).toEqual([['created', lock.token]]);
+        await client.nc.flush(); // every copy sent has reached the spy
+        return copies;
+      } finally {
+        spy.unsubscribe();
+        events.stop();
+        unsubscribe(CHANNELS.operation, stall);
+        unsubscribe(CHANNELS.transaction, stall);
+      }
     };
-    const events = await follow(stack, 'rid.paused');
-    subscribe(CHANNELS.operation, stall);
-    subscribe(CHANNELS.transaction, stall);
-    try {
-      const lock = await slow.getLock('rid.paused', { expires: 60 });
-      expect(lock.name).toBe('rid.paused');
-      expect(await stack.client.lockInfo('rid.paused')).toMatchObject({ token: lock.token });
-      expect((await events.settled(1)).map((e) => [e.type, e.lock.token])).toEqual([['created', lock.token]]);
-      // Sent two or more times, under one id.
-      expect(copies.length).toBeGreaterThanOrEqual(2);
-      expect(new Set(copies.map((c) => c.request_id)).size).toBe(1);
-      expect(copies.map((c) => c.attempt ?? 1).slice(0, 2)).toEqual([1, 2]);
-    } finally {
-      spy.unsubscribe();
-      events.stop();
-      unsubscribe(CHANNELS.operation, stall);
-      unsubscribe(CHANNELS.transaction, stall);
-    }
+    let copies: { request_id?: string; attempt?: number }[] = [];
+    for (let i = 0; i < 8 && copies.length < 2; i++) copies = await pausedOnce(`rid.paused.${i}`);
+    // Sent two or more times, under one id.
+    expect(copies.length).toBeGreaterThanOrEqual(2);
+    expect(new Set(copies.map((c) => c.request_id)).size).toBe(1);
+    expect(copies.map((c) => c.attempt ?? 1).slice(0, 2)).toEqual([1, 2]);
   });
 });
 
