@@ -6,8 +6,22 @@
  */
 export type Answer = { value: unknown } | { error: unknown };
 
+interface Kept {
+  id: string;
+  answer: Answer;
+  until: number;
+}
+
 export class AnswerMemory {
-  private readonly kept = new Map<string, { answer: Answer; until: number }>();
+  private readonly kept = new Map<string, Kept>();
+  /**
+   * Every answer kept, in the order given (each kept for the same time: the stale ones are in
+   * front), from `head` on; an entry replaced by a later answer of its id stays here until it
+   * reaches the front. Not the Map's own order: a Map iterated from its start steps over every
+   * entry deleted since it last grew, which cost a tenth of the cycles at 20,000 answers.
+   */
+  private order: Kept[] = [];
+  private head = 0;
 
   constructor(
     private readonly keepMs: number,
@@ -21,12 +35,20 @@ export class AnswerMemory {
   }
 
   set(id: string, answer: Answer, now: number): void {
-    this.kept.delete(id);
-    this.kept.set(id, { answer, until: now + this.keepMs });
-    // Kept in the order they were answered, each for the same time: the stale ones are in front.
-    for (const [oldest, k] of this.kept) {
-      if (k.until > now && this.kept.size <= this.max) break;
-      this.kept.delete(oldest);
+    const entry = { id, answer, until: now + this.keepMs };
+    this.kept.set(id, entry);
+    this.order.push(entry);
+    while (this.head < this.order.length) {
+      const oldest = this.order[this.head]!;
+      if (this.kept.get(oldest.id) === oldest) {
+        if (oldest.until > now && this.kept.size <= this.max) break;
+        this.kept.delete(oldest.id);
+      }
+      this.head += 1;
+    }
+    if (this.head > 1024 && this.head * 2 > this.order.length) {
+      this.order = this.order.slice(this.head);
+      this.head = 0;
     }
   }
 
