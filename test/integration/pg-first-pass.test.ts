@@ -16,6 +16,18 @@ import { sqlQuery } from '../helpers/events';
 
 const who: Requester = { lockedBy: 'tester', process: 7, client: null };
 
+/** A query as pg puts it on a connection. */
+type WireQuery = { text: string; name?: string; callback?: (err: unknown, res: unknown) => void };
+
+/** Shows `see` every query the pg client sends, just before it goes; undone with the spy's mockRestore. */
+function watchSubmits(see: (query: WireQuery) => void) {
+  const submit = Query.prototype.submit;
+  return jest.spyOn(Query.prototype, 'submit').mockImplementation(function (this: WireQuery, ...args: unknown[]) {
+    see(this);
+    return (submit as (...a: unknown[]) => unknown).apply(this, args);
+  } as typeof Query.prototype.submit);
+}
+
 describe('postgres: first statements of a batch in one round trip', () => {
   let tdb: TestDatabase;
   let store: PostgresStore;
@@ -117,18 +129,15 @@ describe('postgres: first statements of a batch in one round trip', () => {
     // that moment: a statement sent while none is in flight starts a round trip.
     const sent: { sql: string; waiting: number }[] = [];
     let inFlight = 0;
-    type WireQuery = { text: string; callback?: (err: unknown, res: unknown) => void };
-    const submit = Query.prototype.submit;
-    const spy = jest.spyOn(Query.prototype, 'submit').mockImplementation(function (this: WireQuery, ...args: unknown[]) {
-      sent.push({ sql: this.text, waiting: inFlight });
+    const spy = watchSubmits((query) => {
+      sent.push({ sql: query.text, waiting: inFlight });
       inFlight += 1;
-      const answered = this.callback;
-      this.callback = (err, res) => {
+      const answered = query.callback;
+      query.callback = (err, res) => {
         inFlight -= 1;
         answered?.(err, res);
       };
-      return (submit as (...a: unknown[]) => unknown).apply(this, args);
-    } as typeof Query.prototype.submit);
+    });
     try {
       const once = (id: string) => ({ id, copy: false, keepMs: 60_000, outcome: () => ({ done: true }) });
       await batcher.run({ ...ops.get(getReq('fp.rt', 'rt-1'), who), once: once('rt-1') });
@@ -156,12 +165,7 @@ describe('postgres: first statements of a batch in one round trip', () => {
     // A plan a connection prepared while lockmgr_requests or lockmgr_outbox was nearly empty reads
     // the whole table once it has grown: those statements go unnamed (planned at each run).
     const named = new Map<string, boolean>();
-    type WireQuery = { text: string; name?: string };
-    const submit = Query.prototype.submit;
-    const spy = jest.spyOn(Query.prototype, 'submit').mockImplementation(function (this: WireQuery, ...args: unknown[]) {
-      named.set(this.text.split(' ').slice(0, 3).join(' '), Boolean(this.name));
-      return (submit as (...a: unknown[]) => unknown).apply(this, args);
-    } as typeof Query.prototype.submit);
+    const spy = watchSubmits((query) => named.set(query.text.split(' ').slice(0, 3).join(' '), Boolean(query.name)));
     try {
       const once = (id: string) => ({ id, copy: false, keepMs: 60_000, outcome: () => ({ done: true }) });
       await batcher.run({ ...ops.get(getReq('fp.plan', 'plan-1'), who), once: once('plan-1') });
