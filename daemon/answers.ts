@@ -2,13 +2,18 @@
  * The answers a daemon gave to requests with an id, kept for a while so that a copy of a request
  * (a client sends one when no answer came in time) arriving after the answer gets the same answer
  * and is not done again: a grant after a "locked", or an unlock after a "nothing to unlock", would
- * be a change the client was told did not happen. Bounded: past `max`, the oldest go first.
+ * be a change the client was told did not happen. An answer whose outcome the store recorded is
+ * kept as IN_STORE only: the copy looks it up there. Bounded: past `max`, the oldest go first.
  */
 export type Answer = { value: unknown } | { error: unknown };
 
+/** The answer's outcome is recorded in the store. */
+export const IN_STORE = Object.freeze({ inStore: true as const });
+export type KeptAnswer = Answer | typeof IN_STORE;
+
 interface Kept {
   id: string;
-  answer: Answer;
+  answer: KeptAnswer;
   until: number;
 }
 
@@ -28,13 +33,13 @@ export class AnswerMemory {
     private readonly max: number,
   ) {}
 
-  get(id: string, now: number): Answer | undefined {
+  get(id: string, now: number): KeptAnswer | undefined {
     const k = this.kept.get(id);
     if (k === undefined || k.until <= now) return undefined;
     return k.answer;
   }
 
-  set(id: string, answer: Answer, now: number): void {
+  set(id: string, answer: KeptAnswer, now: number): void {
     const entry = { id, answer, until: now + this.keepMs };
     this.kept.set(id, entry);
     this.order.push(entry);

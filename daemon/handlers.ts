@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { ErrorCode, type Api, type Endpoint, type LockRecord, type LockSetResultRecord, type SessionResult } from '../shared/protocol';
 import type { Mutation, NormalizedRequests } from '../shared/validate';
-import { AnswerMemory, settle, type Answer } from './answers';
+import { AnswerMemory, IN_STORE, settle, type Answer } from './answers';
 import type { Batcher, Once, Operation, RecordedRefusal } from './batcher';
 import type { Clock } from './clock';
 import { iso, toLockRecord } from './lock-records';
@@ -34,6 +34,11 @@ export interface RequestContext {
   deliver?: (lock: LockRecord) => Promise<'sent' | 'gone'>;
   /** Set by the handler once `deliver` sent the reply. */
   delivered?: boolean;
+  /**
+   * Set by the handler: the store holds the outcome of this request's id as answered (recorded by
+   * this run, or by an earlier one), so a later copy finds it there.
+   */
+  recorded?: boolean;
 }
 
 export type Handler<E extends Endpoint> = (req: NormalizedRequests[E], ctx: RequestContext) => Promise<Api[E]['result']>;
@@ -107,10 +112,22 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
     outcome: (value: T) => R | undefined,
     waitMs = 0,
   ): Promise<{ value: T } | { recalled: R }> {
+    ctx.recorded = false;
     if (req.requestId === null) return { value: await batcher.run(op, ctx.tag) };
-    const spec: Once<T> = { id: req.requestId, copy: req.attempt > 1, keepMs: options.requestWindowMs + waitMs, outcome };
+    // The value whose outcome the last run recorded (a transaction may run again, and change nothing then).
+    let recordedValue: { value: T } | undefined;
+    const record = (value: T): R | undefined => {
+      const o = outcome(value);
+      recordedValue = o === undefined ? undefined : { value };
+      return o;
+    };
+    const spec: Once<T> = { id: req.requestId, copy: req.attempt > 1, keepMs: options.requestWindowMs + waitMs, outcome: record };
     const r = await batcher.runOnce({ ...op, once: spec }, ctx.tag);
-    if ('value' in r) return r;
+    if ('value' in r) {
+      ctx.recorded = recordedValue !== undefined && recordedValue.value === r.value;
+      return r;
+    }
+    ctx.recorded = true;
     if (r.refusal) throw refusalError(r.refusal);
     return { recalled: r.result as R };
   }
@@ -215,8 +232,9 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
    * Copies of one request (the client sends one when no answer came in time) get one answer and
    * the request is done once: a copy that arrives while the first is handled joins it (a get that
    * waits tells the copy so); one that arrives later gets the answer given, kept for
-   * `requestWindowMs`. With a store other daemons share, the answer to a copy is recorded there
-   * too, so that a copy still on its way to another daemon answers the same.
+   * `requestWindowMs` (or the outcome the store recorded, looked up there).
+   * With a store other daemons share, the answer to a copy is recorded there too, so that a copy
+   * still on its way to another daemon answers the same.
    */
   const running = new Map<string, Promise<unknown>>();
   const answered = new AnswerMemory(options.requestWindowMs, MAX_ANSWERS_KEPT);
@@ -225,13 +243,16 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
       const { requestId: id, attempt } = req as Partial<Mutation>;
       if (id === undefined || id === null) return handler(req, ctx);
       const given = answered.get(id, clock.now());
-      if (given) return Promise.resolve().then(() => settle<R>(given));
+      if (given && !('inStore' in given)) return Promise.resolve().then(() => settle<R>(given));
       const first = running.get(id) as Promise<R> | undefined;
       if (first) {
         if ((req as Partial<NormalizedRequests['get']>).waitMs) ctx.waiting?.();
         return first;
       }
-      const done = answerOnce(handler, req, ctx, id, attempt ?? 1).finally(() => running.delete(id));
+      // A send of an id whose outcome this daemon recorded is a copy, whatever its attempt says:
+      // looked up in the store.
+      const copy = given === IN_STORE && (attempt ?? 1) < 2 ? { ...req, attempt: 2 } : req;
+      const done = answerOnce(handler, copy, ctx, id, (copy as Partial<Mutation>).attempt ?? 1).finally(() => running.delete(id));
       running.set(id, done);
       return done;
     };
@@ -254,8 +275,10 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
       answer = await settleShared(id, answer, ctx);
     }
     // Committed or not is unknown, or nothing was done because this daemon is stopping: a copy
-    // must find out again.
-    if (!('error' in answer && (answer.error instanceof CommitInDoubt || answer.error instanceof DaemonStopping))) {
+    // must find out again. A result the store holds is looked up there by a copy: kept whole
+    // here, a busy daemon's answers fill V8's old space (and RSS) for copies that rarely come.
+    if ('value' in answer && ctx.recorded) answered.set(id, IN_STORE, clock.now());
+    else if (!('error' in answer && (answer.error instanceof CommitInDoubt || answer.error instanceof DaemonStopping))) {
       answered.set(id, answer, clock.now());
     }
     return settle<R>(answer);
