@@ -18,6 +18,7 @@ import {
 import { connectNats, DEFAULT_NATS_URL, natsSecurityFromEnv, pickSecurity, type NatsSecurity } from '../shared/connect';
 import { maskNatsUrls } from '../shared/nats-url';
 import {
+  bodyBytes,
   CLIENT_HEADER,
   DEFAULT_EXPIRES,
   DEFAULT_PREFIX,
@@ -144,9 +145,8 @@ export interface ListLocksOptions extends RequestOptions {
   after?: string;
 }
 
-const encoder = new TextEncoder();
 /** The answer to a grant handed over after a wait: any body says "taken". */
-const HANDOVER_TAKEN = encoder.encode('{}');
+const HANDOVER_TAKEN = bodyBytes('{}');
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** The requests that change something: each call carries a request id, kept across its attempts. */
 const MUTATIONS: ReadonlySet<Endpoint> = new Set([
@@ -406,7 +406,7 @@ export class LockClient {
         // A copy waits only for what is left of the wait the call asked for.
         const waitLeft = Math.max(0, waitMs - (now - started));
         if (waitMs > 0) body.wait = waitLeft / 1000;
-        const data = encoder.encode(JSON.stringify(body));
+        const data = bodyBytes(JSON.stringify(body));
         // A copy listens until the call ends, or as long as a timer can run: then a new copy goes.
         const listen = Math.min(left, MAX_TIMER_MS);
         // Without a signal a copy is nats.js's plain request, the cheapest (its inbox entry goes

@@ -5,6 +5,7 @@
  */
 import type { Msg, MsgHdrs } from 'nats';
 import {
+  bodyBytes,
   CLIENT_HEADER,
   ERROR_STATUS,
   ErrorCode,
@@ -32,10 +33,9 @@ export interface Responder {
   respondError(code: number, description: string, data?: Uint8Array): boolean;
 }
 
-const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-const WAITING_NOTICE = encoder.encode(JSON.stringify({ waiting: true } satisfies WaitingNotice));
+const WAITING_NOTICE = bodyBytes(JSON.stringify({ waiting: true } satisfies WaitingNotice));
 
 /** How a request ended: `ok`, or the code of the error it was answered with. */
 export type Outcome = 'ok' | ErrorCode;
@@ -44,7 +44,7 @@ export type Outcome = 'ok' | ErrorCode;
 export type RequestObserver = (endpoint: Endpoint, outcome: Outcome, ms: number) => void;
 
 export function encodeReply<E extends Endpoint>(reply: Reply<Api[E]['result']>): Uint8Array {
-  return encoder.encode(JSON.stringify(reply));
+  return bodyBytes(JSON.stringify(reply));
 }
 
 export class LockService {
@@ -182,7 +182,7 @@ export class LockService {
     // A NATS header value cannot hold CR or LF (nats.js throws), and messages may quote the
     // request (JSON.parse errors do): flatten them for the header; the body keeps the original.
     const description = error.message.replace(/[\r\n]+/g, ' ');
-    msg.respondError(ERROR_STATUS[error.code], description, encoder.encode(JSON.stringify({ ok: false, error } satisfies Reply<never>)));
+    msg.respondError(ERROR_STATUS[error.code], description, bodyBytes(JSON.stringify({ ok: false, error } satisfies Reply<never>)));
     return error.code;
   }
 }

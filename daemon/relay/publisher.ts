@@ -29,6 +29,7 @@ import {
   streamFit,
   streamTakingEvents,
 } from '../../shared/events';
+import { bodyBytes } from '../../shared/protocol';
 import { micros, publishChannel } from '../diagnostics';
 import { iso } from '../lock-records';
 import type { OutboxEvent } from '../store/store';
@@ -109,8 +110,6 @@ export function eventPayload(e: OutboxEvent): string {
   );
 }
 
-const encoder = new TextEncoder();
-
 function eventHeaders(e: OutboxEvent) {
   const h = headers();
   h.set(DAEMON_HEADER, e.daemon);
@@ -167,7 +166,7 @@ export class JetStreamPublisher implements StreamPublisher {
       // The first event of a round has every earlier one delivered; each later one is stored
       // only right after its predecessor, so the stream keeps the outbox's order.
       if (i > 0 && chained) h.set('Nats-Expected-Last-Msg-Id', events[i - 1]!.id);
-      this.nc.publish(eventSubject(prefix, e.type, e.name), encoder.encode(eventPayload(e)), { reply, headers: h });
+      this.nc.publish(eventSubject(prefix, e.type, e.name), bodyBytes(eventPayload(e)), { reply, headers: h });
     });
     const delivered: OutboxEvent[] = [];
     let error: unknown;
@@ -359,7 +358,7 @@ export class CorePublisher implements Publisher {
 
   private async publishAndFlush(events: readonly OutboxEvent[]): Promise<PublishResult> {
     for (const e of events)
-      this.nc.publish(eventSubject(this.prefix, e.type, e.name), encoder.encode(eventPayload(e)), { headers: eventHeaders(e) });
+      this.nc.publish(eventSubject(this.prefix, e.type, e.name), bodyBytes(eventPayload(e)), { headers: eventHeaders(e) });
     let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
