@@ -36,10 +36,15 @@ const REQUEST_ID = new RegExp(`^[A-Za-z0-9_.:-]{1,${MAX_REQUEST_ID_LENGTH}}$`);
 // eslint-disable-next-line no-control-regex -- matching control characters is the point
 const CONTROL = /[\u0000-\u001f\u007f]/;
 
+/** A valid name in one test (every request carries one): dot-separated tokens of allowed characters. */
+// eslint-disable-next-line no-control-regex -- control characters are what it excludes
+const VALID_NAME = /^[^\s*>.\u0000-\u001f\u007f]+(?:\.[^\s*>.\u0000-\u001f\u007f]+)*$/;
+
 /** Why `name` is not a valid lock name, or null when it is. */
 export function lockNameProblem(name: unknown): string | null {
   if (typeof name !== 'string') return 'must be a string';
   if (name.length === 0 || name.length > MAX_NAME_LENGTH) return `must be 1-${MAX_NAME_LENGTH} characters`;
+  if (VALID_NAME.test(name)) return null;
   for (const token of name.split('.')) {
     if (token.length === 0) return 'must not have an empty dot-separated token';
     if (!NAME_TOKEN.test(token)) return "must not contain whitespace, '*' or '>'";
