@@ -243,7 +243,8 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
       const { requestId: id, attempt } = req as Partial<Mutation>;
       if (id === undefined || id === null) return handler(req, ctx);
       const given = answered.get(id, clock.now());
-      if (given && !('inStore' in given)) return Promise.resolve().then(() => settle<R>(given));
+      const inStore = given !== undefined && 'inStore' in given;
+      if (given && !inStore) return Promise.resolve().then(() => settle<R>(given));
       const first = running.get(id) as Promise<R> | undefined;
       if (first) {
         if ((req as Partial<NormalizedRequests['get']>).waitMs) ctx.waiting?.();
@@ -251,8 +252,10 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
       }
       // A send of an id whose outcome this daemon recorded is a copy, whatever its attempt says:
       // looked up in the store.
-      const copy = given === IN_STORE && (attempt ?? 1) < 2 ? { ...req, attempt: 2 } : req;
-      const done = answerOnce(handler, copy, ctx, id, (copy as Partial<Mutation>).attempt ?? 1).finally(() => running.delete(id));
+      const sendAttempt = attempt ?? 1;
+      const asAttempt = inStore ? Math.max(2, sendAttempt) : sendAttempt;
+      const asSent = asAttempt === sendAttempt ? req : { ...req, attempt: asAttempt };
+      const done = answerOnce(handler, asSent, ctx, id, asAttempt).finally(() => running.delete(id));
       running.set(id, done);
       return done;
     };
