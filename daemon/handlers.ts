@@ -87,17 +87,17 @@ export function requesterOf(req: NormalizedRequests[Endpoint], client: string | 
 }
 
 /**
- * Grants (`granted` rows) decided after `startedAt` (ms, performance.now()) that have less than a
- * quarter of their lifetime left now. The lifetime started no earlier than `startedAt`, so this
- * errs on the safe side.
+ * A grant of `lifetimeMs` (null: never expires) decided after `startedAt` (ms, performance.now())
+ * has less than a quarter of its lifetime left now. The lifetime started no earlier than
+ * `startedAt`, so this errs on the safe side.
  */
+function tooLate(lifetimeMs: number | null, startedAt: number): boolean {
+  return lifetimeMs !== null && lifetimeMs - (performance.now() - startedAt) < lifetimeMs * LEAST_LIFETIME_LEFT;
+}
+
+/** The grants (`granted` rows) decided after `startedAt` that would be sent too late. */
 function lateGrants(granted: readonly LockRow[], startedAt: number): LockRow[] {
-  const elapsed = performance.now() - startedAt;
-  return granted.filter((g) => {
-    if (g.locked_until === null) return false;
-    const lifetime = g.locked_until - g.created_at;
-    return lifetime - elapsed < lifetime * LEAST_LIFETIME_LEFT;
-  });
+  return granted.filter((g) => tooLate(g.locked_until === null ? null : g.locked_until - g.created_at, startedAt));
 }
 
 export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock, options: HandlerOptions): Handlers {
@@ -221,10 +221,12 @@ export function lockHandlers(batcher: Batcher, waiters: WaitQueue, clock: Clock,
     const changed = (v: LockSetResultRecord) => (v.counts.created + v.counts.renewed > 0 ? v : undefined);
     const r = await once(ops.set(req, ctx.who, options.maxReplyBytes()), req, ctx, changed);
     if ('recalled' in r) return r.recalled;
-    // The locks this request created: statuses name them, in the order of `locks`.
-    const created = r.value.statuses.filter(([, s]) => s.status === 'create').map(([name]) => name);
-    const grants = r.value.locks.filter((l) => created.includes(l.name)).map(toGrantedRow);
-    await withdrawIfLate(grants, startedAt, req, ctx);
+    // Every lock this request created has the lifetime it asked for: their rows are rebuilt from
+    // the records only when that is too late.
+    if (r.value.counts.created > 0 && tooLate(req.expiresMs, startedAt)) {
+      const created = new Set(r.value.statuses.filter(([, s]) => s.status === 'create').map(([name]) => name));
+      await withdrawIfLate(r.value.locks.filter((l) => created.has(l.name)).map(toGrantedRow), startedAt, req, ctx);
+    }
     return r.value;
   }
 

@@ -289,6 +289,30 @@ describe.each(STORES)('grants that would arrive too late on %s', (store) => {
     events.stop();
   });
 
+  it('a setLock that would arrive too late withdraws the locks it created and keeps the ones it renewed', async () => {
+    await stack.client.setLock('late.kept', { timeout: 60 });
+    let stalls = 1;
+    const stall = (m: unknown) => {
+      if ((m as { phase: string }).phase !== 'end' || stalls === 0) return;
+      stalls -= 1;
+      const until = Date.now() + 800;
+      while (Date.now() < until);
+    };
+    subscribe(CHANNELS.transaction, stall);
+    let err: unknown;
+    try {
+      const client = new LockClient(stack.client.nc, { prefix: stack.prefix, timeout: 5000, resendAfter: 4000 });
+      err = await client.setLock('late.3', 'late.kept', 'late.4', { timeout: 1 }).catch((e: unknown) => e);
+    } finally {
+      unsubscribe(CHANNELS.transaction, stall);
+    }
+    expect(err).toBeInstanceOf(StoreUnavailable);
+    expect((err as Error).message).toMatch(/granting late\.3, late\.4 took so long .*released them/);
+    expect(await stack.client.isLocked('late.3')).toBe(false);
+    expect(await stack.client.isLocked('late.4')).toBe(false);
+    expect(await stack.client.isLocked('late.kept')).toBe(true);
+  });
+
   it('a grant that arrives in good time is sent as usual', async () => {
     const lock = await stack.client.getLock('late.2', { expires: 1 });
     expect(lock.locked_until!.getTime() - lock.created_at.getTime()).toBe(1000);
