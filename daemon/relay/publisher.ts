@@ -11,11 +11,12 @@
  * sees to it), which keeps each lock's order.
  */
 import {
-  headers,
+  MsgHdrsImpl,
   nanos,
   RetentionPolicy,
   StorageType,
   type JetStreamManager,
+  type MsgHdrs,
   type NatsConnection,
   type StreamConfig,
   type StreamInfo,
@@ -110,10 +111,18 @@ export function eventPayload(e: OutboxEvent): string {
   );
 }
 
-function eventHeaders(e: OutboxEvent) {
-  const h = headers();
-  h.set(DAEMON_HEADER, e.daemon);
-  h.set('Nats-Msg-Id', e.id);
+/**
+ * An event's headers, with what the stream must hold for JetStream to store it (`expected`). The
+ * keys are canonical and the values the daemon's own (ids, a host name, a stream name: no CR or
+ * LF), so they go straight into the headers' map: nats.js's `set` checks and canonicalises each
+ * key and searches the keys twice, 2–3 µs for an event's four headers against 0.8 µs this way.
+ */
+function eventHeaders(e: OutboxEvent, expected?: { stream: string; lastId?: string }): MsgHdrs {
+  const h = new MsgHdrsImpl();
+  h.headers.set(DAEMON_HEADER, [e.daemon]);
+  h.headers.set('Nats-Msg-Id', [e.id]);
+  if (expected) h.headers.set('Nats-Expected-Stream', [expected.stream]);
+  if (expected?.lastId !== undefined) h.headers.set('Nats-Expected-Last-Msg-Id', [expected.lastId]);
   return h;
 }
 
@@ -161,11 +170,9 @@ export class JetStreamPublisher implements StreamPublisher {
     const { stream, prefix, timeoutMs, chained } = this.options;
     const results = await this.acks.round(events.length, timeoutMs, (i, reply) => {
       const e = events[i]!;
-      const h = eventHeaders(e);
-      h.set('Nats-Expected-Stream', stream);
       // The first event of a round has every earlier one delivered; each later one is stored
       // only right after its predecessor, so the stream keeps the outbox's order.
-      if (i > 0 && chained) h.set('Nats-Expected-Last-Msg-Id', events[i - 1]!.id);
+      const h = eventHeaders(e, { stream, lastId: i > 0 && chained ? events[i - 1]!.id : undefined });
       this.nc.publish(eventSubject(prefix, e.type, e.name), bodyBytes(eventPayload(e)), { reply, headers: h });
     });
     const delivered: OutboxEvent[] = [];

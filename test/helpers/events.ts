@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { connect, type NatsConnection } from 'nats';
-import type { LockEvent } from '../../shared/events';
+import { DAEMON_HEADER, type LockEvent } from '../../shared/events';
 import type { TestDatabase } from './databases';
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -28,6 +28,8 @@ export interface StoredEvent {
   streamSeq: number;
   subject: string;
   msgId: string | undefined;
+  /** The Lockmgr-Daemon header. */
+  daemonHeader: string | undefined;
   event: LockEvent;
 }
 
@@ -53,6 +55,7 @@ export async function readStreamWith(nc: NatsConnection, stream: string, startSe
       streamSeq: m.seq,
       subject: m.subject,
       msgId: m.headers?.get('Nats-Msg-Id'),
+      daemonHeader: m.headers?.get(DAEMON_HEADER),
       event: JSON.parse(new TextDecoder().decode(m.data)),
     });
     // (Not m.info.pending: servers before 2.10 may report 0 too early.)

@@ -201,6 +201,7 @@ describe.each(STORES)('lock events on %s', (store) => {
       const stored = await readStream(stack.nats.url, stream);
       expect(stored.map((s) => s.event.id)).toEqual(got.map((e) => e.id));
       expect(stored.map((s) => s.msgId)).toEqual(got.map((e) => e.id));
+      expect(stored.map((s) => s.daemonHeader)).toEqual(got.map((e) => e.daemon));
       expect(stored.map((s) => s.subject)).toEqual(got.map((e) => e.subject));
       expect(await outboxCount(stack.db)).toBe(0);
     });
