@@ -260,23 +260,29 @@ describe.each(STORES)('grants that would arrive too late on %s', (store) => {
   });
   afterAll(async () => stack?.stop());
 
-  it('a grant with less than a quarter of its lifetime left when the reply goes out is withdrawn, not sent', async () => {
-    // The daemon is held up after the grant (a pause between commit and reply), 800 ms of a 1 s lock.
+  /** Holds the daemon up for `ms` once, after its next transaction (between its commit and its reply). */
+  function stallAfterNextCommit(ms: number): () => void {
     let stalls = 1;
     const stall = (m: unknown) => {
       if ((m as { phase: string }).phase !== 'end' || stalls === 0) return;
       stalls -= 1;
-      const until = Date.now() + 800;
+      const until = Date.now() + ms;
       while (Date.now() < until);
     };
-    const events = await follow(stack, 'late.1');
     subscribe(CHANNELS.transaction, stall);
+    return () => unsubscribe(CHANNELS.transaction, stall);
+  }
+
+  it('a grant with less than a quarter of its lifetime left when the reply goes out is withdrawn, not sent', async () => {
+    const events = await follow(stack, 'late.1');
+    // 800 ms of a 1 s lock.
+    const resume = stallAfterNextCommit(800);
     let err: unknown;
     try {
       const client = new LockClient(stack.client.nc, { prefix: stack.prefix, timeout: 5000, resendAfter: 4000 });
       err = await client.getLock('late.1', { expires: 1 }).catch((e: unknown) => e);
     } finally {
-      unsubscribe(CHANNELS.transaction, stall);
+      resume();
     }
     expect(err).toBeInstanceOf(StoreUnavailable);
     expect((err as Error).message).toMatch(/less than a quarter of the lock's lifetime was left: released it/);
@@ -289,22 +295,16 @@ describe.each(STORES)('grants that would arrive too late on %s', (store) => {
     events.stop();
   });
 
-  it('a setLock that would arrive too late withdraws the locks it created and keeps the ones it renewed', async () => {
+  it('a setLock that would arrive too late withdraws the locks it created, not one it found held', async () => {
+    // Held for 60 s before: the setLock below finds it held and leaves it be (it does not renew by name).
     await stack.client.setLock('late.kept', { timeout: 60 });
-    let stalls = 1;
-    const stall = (m: unknown) => {
-      if ((m as { phase: string }).phase !== 'end' || stalls === 0) return;
-      stalls -= 1;
-      const until = Date.now() + 800;
-      while (Date.now() < until);
-    };
-    subscribe(CHANNELS.transaction, stall);
+    const resume = stallAfterNextCommit(800);
     let err: unknown;
     try {
       const client = new LockClient(stack.client.nc, { prefix: stack.prefix, timeout: 5000, resendAfter: 4000 });
       err = await client.setLock('late.3', 'late.kept', 'late.4', { timeout: 1 }).catch((e: unknown) => e);
     } finally {
-      unsubscribe(CHANNELS.transaction, stall);
+      resume();
     }
     expect(err).toBeInstanceOf(StoreUnavailable);
     expect((err as Error).message).toMatch(/granting late\.3, late\.4 took so long .*released them/);
