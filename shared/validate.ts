@@ -36,9 +36,10 @@ const REQUEST_ID = new RegExp(`^[A-Za-z0-9_.:-]{1,${MAX_REQUEST_ID_LENGTH}}$`);
 // eslint-disable-next-line no-control-regex -- matching control characters is the point
 const CONTROL = /[\u0000-\u001f\u007f]/;
 
+/** A character a name's token may hold: NAME_TOKEN's and CONTROL's rules in one class. */
+const TOKEN_CHAR = '[^\\s*>.\\u0000-\\u001f\\u007f]';
 /** A valid name in one test (every request carries one): dot-separated tokens of allowed characters. */
-// eslint-disable-next-line no-control-regex -- control characters are what it excludes
-const VALID_NAME = /^[^\s*>.\u0000-\u001f\u007f]+(?:\.[^\s*>.\u0000-\u001f\u007f]+)*$/;
+const VALID_NAME = new RegExp(`^${TOKEN_CHAR}+(?:\\.${TOKEN_CHAR}+)*$`);
 
 /** Why `name` is not a valid lock name, or null when it is. */
 export function lockNameProblem(name: unknown): string | null {
